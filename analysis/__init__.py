@@ -1,0 +1,1 @@
+"""Collecting run records into tables and plots."""

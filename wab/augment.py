@@ -1,0 +1,191 @@
+"""Batched data augmentation on the training device.
+
+Every random draw comes from the member's own ``numpy.random.Generator`` (saved in checkpoints,
+so a resumed run sees the same augmentations), and the image work is done on whole batches of
+uint8 tensors on the device: no DataLoader workers, no PIL per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+POLICIES = (None, "trivialaugment", "autoaugment")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """One member's augmentation settings."""
+
+    crop_padding: int = 0  # random crop with this zero padding (4 on CIFAR)
+    flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side of a zeroed square at a random centre (DeVries & Taylor, 2017); 0 = off
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Zhong et al., 2020)
+    mixup_alpha: float = 0.0  # Beta(a, a) mixing of pairs (Zhang et al., 2018); 0 = off
+    cutmix_alpha: float = 0.0  # Beta(a, a) box pasting (Yun et al., 2019); 0 = off
+    label_smoothing: float = 0.0
+    policy: str | None = None  # a policy augmentation on uint8 images: trivialaugment | autoaugment
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"augment.policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("random_erasing", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("crop_padding", "cutout", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Augment:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def merged(self, overrides: dict | None) -> Augment:
+        return Augment.from_dict({**asdict(self), **(overrides or {})})
+
+
+@dataclass
+class Batch:
+    """Normalised inputs and the (possibly mixed) targets: loss = lam*CE(y_a) + (1-lam)*CE(y_b)."""
+
+    x: Tensor
+    y_a: Tensor
+    y_b: Tensor
+    lam: float
+    label_smoothing: float
+
+    def loss(self, logits: Tensor) -> Tensor:
+        loss = F.cross_entropy(logits, self.y_a, label_smoothing=self.label_smoothing)
+        if self.lam < 1.0:
+            loss = self.lam * loss + (1.0 - self.lam) * F.cross_entropy(
+                logits, self.y_b, label_smoothing=self.label_smoothing
+            )
+        return loss
+
+
+class Normalizer:
+    """uint8 images to normalised floats: x / 255, minus the mean, over the std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = mean_t / std_t
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.addcmul(-self.shift, x.float(), self.scale)
+
+
+def random_crop(x: Tensor, padding: int, rng: np.random.Generator) -> Tensor:
+    """Zero-pad by ``padding`` and crop back to size at a random offset per image."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4)
+    off = torch.from_numpy(rng.integers(0, 2 * padding + 1, size=(2, b))).to(x.device)
+    rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (off[1, :, None] + torch.arange(w, device=x.device))[:, None, :]
+    idx = torch.arange(b, device=x.device)[:, None, None]
+    return xp.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: Tensor, rng: np.random.Generator) -> Tensor:
+    mask = torch.from_numpy(rng.random(len(x)) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(3), x)
+
+
+def _box_mask(h: int, w: int, top: Tensor, left: Tensor, bottom: Tensor, right: Tensor) -> Tensor:
+    """[B, 1, H, W] boolean mask of the boxes [top, bottom) x [left, right)."""
+    r = torch.arange(h, device=top.device).view(1, h, 1)
+    c = torch.arange(w, device=top.device).view(1, 1, w)
+    inside = (
+        (r >= top.view(-1, 1, 1))
+        & (r < bottom.view(-1, 1, 1))
+        & (c >= left.view(-1, 1, 1))
+        & (c < right.view(-1, 1, 1))
+    )
+    return inside[:, None]
+
+
+def cutout(x: Tensor, size: int, rng: np.random.Generator) -> Tensor:
+    """Zero a size x size square (clipped at the border) at a uniformly random centre per image."""
+    b, _, h, w = x.shape
+    cy = torch.from_numpy(rng.integers(0, h, b)).to(x.device)
+    cx = torch.from_numpy(rng.integers(0, w, b)).to(x.device)
+    mask = _box_mask(h, w, cy - size // 2, cx - size // 2, cy - size // 2 + size, cx - size // 2 + size)
+    return x.masked_fill(mask, 0.0)
+
+
+def random_erasing(x: Tensor, p: float, rng: np.random.Generator) -> Tensor:
+    """Erase (set to 0) a rectangle of area 2-33% and aspect 0.3-3.3 with probability p per image."""
+    b, _, h, w = x.shape
+    area = rng.uniform(0.02, 0.33, b) * h * w
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), b))
+    eh = np.clip(np.round(np.sqrt(area * aspect)), 1, h).astype(np.int64)
+    ew = np.clip(np.round(np.sqrt(area / aspect)), 1, w).astype(np.int64)
+    top = rng.integers(0, h - eh + 1)
+    left = rng.integers(0, w - ew + 1)
+    on = rng.random(b) < p
+    t = [torch.from_numpy(a).to(x.device) for a in (top, left, top + eh, left + ew)]
+    mask = _box_mask(h, w, *t) & torch.from_numpy(on).to(x.device).view(-1, 1, 1, 1)
+    return x.masked_fill(mask, 0.0)
+
+
+def _policy(x: Tensor, name: str) -> Tensor:
+    from torchvision.transforms import v2
+
+    op = v2.TrivialAugmentWide() if name == "trivialaugment" else v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    return torch.stack([op(img) for img in x])
+
+
+class Augmenter:
+    """Turns one member's uint8 batch into a normalised, augmented :class:`Batch`."""
+
+    def __init__(self, aug: Augment, normalize: Normalizer) -> None:
+        self.aug = aug
+        self.normalize = normalize
+
+    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator) -> Batch:
+        a = self.aug
+        if a.policy:
+            # torchvision draws the policy's ops from torch's global RNG: seed it from the member's.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**62)))
+                x = _policy(x, a.policy)
+        if a.crop_padding:
+            x = random_crop(x, a.crop_padding, rng)
+        if a.flip:
+            x = random_flip(x, rng)
+        xf = self.normalize(x)
+        if a.cutout:
+            xf = cutout(xf, a.cutout, rng)
+        if a.random_erasing:
+            xf = random_erasing(xf, a.random_erasing, rng)
+        y_b, lam = y, 1.0
+        use_mix = a.mixup_alpha > 0 or a.cutmix_alpha > 0
+        if use_mix:
+            perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+            y_b = y[perm]
+            use_cutmix = a.cutmix_alpha > 0 and (a.mixup_alpha == 0 or rng.random() < 0.5)
+            if use_cutmix:
+                lam = float(rng.beta(a.cutmix_alpha, a.cutmix_alpha))
+                h, w = xf.shape[-2:]
+                cut = np.sqrt(1.0 - lam)
+                ch, cw = int(h * cut), int(w * cut)
+                cy, cx = int(rng.integers(h)), int(rng.integers(w))
+                t, b_ = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
+                l_, r = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
+                xf = xf.clone()
+                xf[:, :, t:b_, l_:r] = xf[perm][:, :, t:b_, l_:r]
+                lam = 1.0 - float((b_ - t) * (r - l_)) / (h * w)
+            else:
+                lam = float(rng.beta(a.mixup_alpha, a.mixup_alpha))
+                xf = torch.lerp(xf[perm], xf, lam)
+        return Batch(xf, y, y_b, lam, a.label_smoothing)

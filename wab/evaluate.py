@@ -1,0 +1,158 @@
+"""Evaluation: one code path for every method.
+
+Members (each, and their mean/min/max), the ensemble (mean of logits; mean of probabilities),
+the uniform average with buffers averaged and after BatchNorm recalibration, and every model a
+method's ``finalize`` returns. Metrics: accuracy, NLL, ECE (15 bins), members' mean pairwise
+disagreement, and members' mean L2 distance to the population mean. The members' logits are
+computed once per evaluation and serve every member and ensemble metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from wab.augment import Normalizer
+from wab.data import DataSplits, ImageSet
+from wab.population import Population
+
+ECE_BINS = 15
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = ECE_BINS) -> float:
+    """ECE with equal-width confidence bins (Guo et al., 2017)."""
+    conf, pred = probs.max(1)
+    correct = (pred == y).double()
+    idx = (conf.double() * bins).ceil().clamp(1, bins).long() - 1
+    total = torch.zeros(bins, dtype=torch.float64, device=y.device)
+    gap = total.clone().index_add_(0, idx, correct - conf.double())
+    return float(gap.abs().sum() / len(y))
+
+
+def prob_metrics(probs: Tensor, y: Tensor) -> dict[str, float]:
+    """Accuracy, NLL and ECE of predicted probabilities [M, C]."""
+    nll = F.nll_loss(probs.clamp_min(1e-12).log(), y).item()
+    acc = (probs.argmax(1) == y).double().mean().item()
+    return {"acc": acc, "nll": nll, "ece": expected_calibration_error(probs, y)}
+
+
+def logit_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
+    return prob_metrics(logits.float().softmax(1), y)
+
+
+class Evaluator:
+    """Evaluates models and populations on the data splits, the same way for every method."""
+
+    def __init__(self, data: DataSplits, normalize: Normalizer, batch_size: int = 1000) -> None:
+        self.data = data
+        self.normalize = normalize
+        self.batch_size = batch_size
+
+    def split(self, name: str) -> ImageSet:
+        if name not in ("train", "heldout", "test"):
+            raise ValueError(f"unknown split {name!r}; known: train, heldout, test")
+        return getattr(self.data, name)
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, split: str = "test") -> Tensor:
+        """The model's logits [M, C] on a split, in eval mode."""
+        data = self.split(split)
+        if len(data) == 0:
+            raise ValueError(f"split {split!r} is empty (set data.heldout_fraction > 0 for a held-out split)")
+        was_training = model.training
+        model.eval()
+        out = torch.cat([model(self.normalize(x)) for x in data.x.split(self.batch_size)])
+        model.train(was_training)
+        return out.float()
+
+    def metrics(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        return logit_metrics(self.logits(model, split), self.split(split).y)
+
+    def accuracy(self, model: nn.Module, split: str = "heldout") -> float:
+        return self.metrics(model, split)["acc"]
+
+    @torch.no_grad()
+    def recalibrate_bn(self, model: nn.Module) -> nn.Module:
+        """Reset BatchNorm statistics and recompute them as a cumulative average (momentum None)
+        over one pass of the training data in train mode, with no gradient (as torch's
+        ``swa_utils.update_bn``). Returns the model, in eval mode."""
+        bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        if not bns:
+            return model.eval()
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        x = self.data.train.x
+        for chunk in x.split(self.batch_size):
+            if len(chunk) > 1:  # a batch of one has no variance
+                model(self.normalize(chunk))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        return model.eval()
+
+    def evaluate(
+        self, population: Population, finals: dict[str, nn.Module] | None = None, recalibrate_finals: bool = True
+    ) -> dict:
+        """Every metric of one evaluation on the test split (see README, final.json)."""
+        y = self.data.test.y
+        logits = torch.stack([self.logits(m) for m in population.members])  # [N, M, C], computed once
+        probs = logits.softmax(2)
+        members = [prob_metrics(p, y) for p in probs]
+        accs = [m["acc"] for m in members]
+        ens_logit = logit_metrics(logits.mean(0), y)
+        ens_prob = prob_metrics(probs.mean(0), y)
+        preds = logits.argmax(2)
+        pairs = list(itertools.combinations(range(len(preds)), 2))
+        disagreement = (
+            sum((preds[i] != preds[j]).double().mean().item() for i, j in pairs) / len(pairs) if pairs else 0.0
+        )
+        avg_model = population.average_model()
+        avg = self.metrics(avg_model)
+        avg_bn = self.metrics(self.recalibrate_bn(copy.deepcopy(avg_model))) if has_batchnorm(avg_model) else avg
+        final = {}
+        for name, model in (finals or {}).items():
+            if recalibrate_finals:
+                self.recalibrate_bn(model)
+            final[name] = self.metrics(model)
+        final_name = next(iter(final), "avg_bn")
+        primary = final.get(final_name, avg_bn)
+        out = {
+            "individual": accs,
+            "individual_mean": sum(accs) / len(accs),
+            "individual_min": min(accs),
+            "individual_max": max(accs),
+            "individual_nll_mean": sum(m["nll"] for m in members) / len(members),
+            "individual_ece_mean": sum(m["ece"] for m in members) / len(members),
+            "ensemble_acc": ens_logit["acc"],
+            "ensemble_nll": ens_logit["nll"],
+            "ensemble_ece": ens_logit["ece"],
+            "ensemble_prob_acc": ens_prob["acc"],
+            "ensemble_prob_nll": ens_prob["nll"],
+            "ensemble_prob_ece": ens_prob["ece"],
+            "avg_acc": avg["acc"],
+            "avg_nll": avg["nll"],
+            "avg_ece": avg["ece"],
+            "avg_bn_acc": avg_bn["acc"],
+            "avg_bn_nll": avg_bn["nll"],
+            "avg_bn_ece": avg_bn["ece"],
+            "final_model": final_name,
+            "final_acc": primary["acc"],
+            "nll": primary["nll"],
+            "ece": primary["ece"],
+            "disagreement": disagreement,
+            "distance_to_mean": population.distance_to_mean(),
+            "final": final,
+        }
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}

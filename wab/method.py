@@ -1,0 +1,157 @@
+"""The method plugin API: a base class with four hooks, one run-state object, and a registry.
+
+A method is one file ``methods/<name>.py`` defining a :class:`Method` subclass decorated with
+``@register("<name>")`` and one config ``configs/method/<name>.yaml``. Methods that live in other
+packages register through the entry-point group ``wab.methods``
+(``[project.entry-points."wab.methods"] mymethod = "mypkg.mymethod:MyMethod"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from wab.data import DataSplits
+from wab.evaluate import Evaluator
+from wab.ledger import CommLedger
+from wab.population import Population
+
+HOOKS = ("setup", "after_step", "after_epoch", "finalize")
+ENTRY_POINT_GROUP = "wab.methods"
+
+
+@dataclass
+class RunState:
+    """What every hook receives.
+
+    Counters: in ``after_step``, ``step`` is the number of optimizer steps done so far (>= 1) and
+    ``epoch_step`` the number done in the current epoch (1..steps_per_epoch); ``epoch`` is the
+    0-based index of the current epoch (in ``after_epoch``, of the epoch just finished).
+    ``lr`` is the learning rate of the step just taken and ``lr0`` the base learning rate.
+    """
+
+    cfg: Any  # the run's whole resolved config
+    method_cfg: dict
+    population: Population
+    optimizer: torch.optim.Optimizer
+    data: DataSplits
+    evaluator: Evaluator
+    ledger: CommLedger
+    rng: torch.Generator  # the method's own random stream, saved in checkpoints
+    epochs: int
+    steps_per_epoch: int
+    lr0: float
+    lr: float = 0.0
+    step: int = 0
+    epoch_step: int = 0
+    epoch: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class Method:
+    """Base class of every averaging method. Hooks a method does not override cost nothing.
+
+    Class attributes declare what the method needs instead of the trainer keeping special cases:
+    ``needs_heldout`` (a non-empty held-out split), ``recalibrate_outputs`` (BatchNorm
+    recalibration of the models ``finalize`` returns).
+    """
+
+    name: ClassVar[str] = ""
+    needs_heldout: ClassVar[bool] = False
+    recalibrate_outputs: ClassVar[bool] = True
+    demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = dict(cfg)
+
+    def setup(self, run: RunState) -> None:
+        """Before the first step; also on a resume, before the method's saved state is loaded."""
+
+    def after_step(self, run: RunState) -> None:
+        """After every optimizer step of the population."""
+
+    def after_epoch(self, run: RunState) -> None:
+        """At the end of every epoch, before evaluation and checkpointing."""
+
+    def finalize(self, run: RunState) -> dict[str, nn.Module]:
+        """The models the method delivers, by name; the first is its final model."""
+        return {}
+
+    def member_augment(self, size: int) -> list[dict] | None:
+        """Per-member augmentation overrides (member i gets entry i), or None for the config's."""
+        return None
+
+    def state_dict(self) -> dict:
+        """What the method must carry over a checkpoint (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @classmethod
+    def overridden_hooks(cls) -> set[str]:
+        return {h for h in HOOKS if getattr(cls, h) is not getattr(Method, h)}
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+_loaded = False
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator adding a method to the registry; a duplicate name is an error."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register({name!r}) needs a subclass of wab.method.Method, got {cls!r}")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            other = _REGISTRY[name]
+            raise ValueError(
+                f"method name {name!r} is already registered by {other.__module__}.{other.__qualname__}; "
+                f"cannot register {cls.__module__}.{cls.__qualname__} under it"
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import wab.methods
+
+    for info in pkgutil.iter_modules(wab.methods.__path__):
+        importlib.import_module(f"wab.methods.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if _REGISTRY.get(ep.name) is not cls:
+            register(ep.name)(cls)
+
+
+def available_methods() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

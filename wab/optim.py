@@ -1,0 +1,75 @@
+"""One optimizer over the population's flat tensors, and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "swa")
+
+
+def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov, weight decay) or AdamW over the flat [N, P] tensors.
+
+    Every update rule here is element-wise, so one step over [N, P] equals N separate steps.
+    """
+    name = cfg["name"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            list(params),
+            lr=cfg["lr"],
+            momentum=cfg.get("momentum", 0.0),
+            nesterov=cfg.get("nesterov", False),
+            weight_decay=cfg.get("weight_decay", 0.0),
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(
+            list(params),
+            lr=cfg["lr"],
+            betas=tuple(cfg.get("betas", (0.9, 0.999))),
+            eps=cfg.get("eps", 1e-8),
+            weight_decay=cfg.get("weight_decay", 0.01),
+        )
+    raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Mapping[str, Any]) -> float:
+    """The learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    - ``constant``: lr.
+    - ``cosine``: per step from lr down to ``lr_min`` (PAPA: 0.1 -> 1e-4).
+    - ``step``: lr times ``gamma`` per passed milestone; milestones are fractions of training.
+    - ``swa``: the schedule of Izmailov et al. (2018), per epoch as in their code: lr for the
+      first half of the pre-SWA phase, linear decay to ``swa_lr`` by 90% of it, then ``swa_lr``;
+      ``swa_start`` is a fraction of the epochs.
+    A linear warm-up over ``warmup_epochs`` multiplies any of them.
+    """
+    lr0 = cfg["lr"]
+    schedule = cfg.get("schedule", "constant")
+    t = step / max(total_steps, 1)
+    if schedule == "constant":
+        lr = lr0
+    elif schedule == "cosine":
+        lr_min = cfg.get("lr_min", 0.0)
+        lr = lr_min + (lr0 - lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+    elif schedule == "step":
+        passed = sum(t >= m for m in cfg.get("milestones", (0.5, 0.75)))
+        lr = lr0 * cfg.get("gamma", 0.1) ** passed
+    elif schedule == "swa":
+        epochs = total_steps / steps_per_epoch
+        start = cfg.get("swa_start", 0.55) * epochs
+        ratio = cfg.get("swa_lr", 0.05) / lr0
+        u = (step // steps_per_epoch) / max(start, 1e-12)
+        factor = 1.0 if u <= 0.5 else (1.0 - (1.0 - ratio) * (u - 0.5) / 0.4 if u <= 0.9 else ratio)
+        lr = lr0 * factor
+    else:
+        raise ValueError(f"unknown lr schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
+    warmup = cfg.get("warmup_epochs", 0) * steps_per_epoch
+    if warmup and step < warmup:
+        lr *= (step + 1) / warmup
+    return lr

@@ -1,0 +1,121 @@
+"""Run directories and their records, written atomically.
+
+A run directory is named by a hash of its resolved config, never by launch order, and holds
+``config.yaml``, ``metrics.jsonl``, ``final.json``, ``checkpoint.pt``, ``train.log`` and a
+``done`` marker written last. The state of a run is read from the filesystem alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Config keys that do not change a run's results, so they stay out of its identity.
+NOT_HASHED = (
+    ("out_dir",),
+    ("device",),
+    ("data", "root"),
+    ("data", "download"),
+    ("trainer", "progress"),
+    ("trainer", "checkpoint_every"),
+    ("trainer", "eval_batch_size"),
+)
+
+STATES = ("done", "diverged", "failed", "incomplete", "not launched")
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A stable hash of a resolved config (a plain dict), ignoring the keys in NOT_HASHED."""
+    cfg = json.loads(json.dumps(cfg, default=str))
+    for path in NOT_HASHED:
+        node = cfg
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_id(cfg: dict[str, Any]) -> str:
+    return f"{cfg['method']['name']}-{config_hash(cfg)}"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from collaborators
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+class RunDir:
+    """The files of one run."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    final = property(lambda self: self.path / "final.json")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    log = property(lambda self: self.path / "train.log")
+    done = property(lambda self: self.path / "done")
+
+    def read_final(self) -> dict | None:
+        try:
+            return json.loads(self.final.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def state(self) -> str:
+        """done | diverged | failed | incomplete | not launched, from the files alone."""
+        if not self.path.exists():
+            return "not launched"
+        final = self.read_final()
+        if self.done.exists():
+            return "diverged" if final and final.get("status") == "diverged" else "done"
+        if final and final.get("status") == "failed":
+            return "failed"
+        return "incomplete"
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop evaluation lines written after the checkpoint a resumed run restarts from."""
+        kept = [r for r in self.read_metrics() if r["step"] <= step]
+        atomic_write_text(self.metrics, "".join(json.dumps(r, default=str) + "\n" for r in kept))

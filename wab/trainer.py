@@ -1,0 +1,296 @@
+"""The population trainer: every method runs through this loop.
+
+Per step: each member takes its own batch (its own permutation of the training set every epoch,
+its own augmentation), the members' losses are summed and back-propagated once, one optimizer
+steps the flat [N, P] tensor, then the method's ``after_step`` runs. A non-finite loss stops the
+run with status ``diverged``. Checkpoints hold everything a resume needs, RNG states and the
+epoch's data order included, so an interrupted run ends bit-identical (on CPU) to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wab.augment import Augment, Augmenter, Normalizer
+from wab.data import DataSplits, load_data
+from wab.evaluate import Evaluator
+from wab.ledger import CommLedger
+from wab.method import Method, RunState, get_method
+from wab.models import model_factory
+from wab.optim import build_optimizer, lr_at
+from wab.population import Population
+from wab.records import RunDir, atomic_torch_save
+
+log = logging.getLogger("wab")
+
+_STOP = threading.Event()
+
+
+class Interrupted(Exception):
+    """Training stopped at a step boundary after saving a checkpoint (preemption)."""
+
+
+class Diverged(Exception):
+    """A member's loss was NaN or infinite."""
+
+
+def request_stop() -> None:
+    """Ask the running trainer to checkpoint at the next step boundary and raise Interrupted."""
+    _STOP.set()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def member_seed(seed: int, i: int) -> int:
+    return seed * 10_000 + i
+
+
+class Trainer:
+    """Trains one population run described by a resolved config (a plain dict)."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: RunDir) -> None:
+        self.cfg = cfg
+        self.dir = run_dir
+        self.device = resolve_device(cfg.get("device", "auto"))
+        tcfg, pcfg, dcfg = cfg["trainer"], cfg["population"], cfg["data"]
+        method_cls = get_method(cfg["method"]["name"])
+        self.method: Method = method_cls(cfg["method"])
+        self.hooks = method_cls.overridden_hooks()
+        size = int(pcfg["size"])
+        if size < 1:
+            raise ValueError(f"population.size must be >= 1, got {size}")
+
+        self.data: DataSplits = load_data(
+            dcfg["name"],
+            root=dcfg.get("root"),
+            heldout_fraction=dcfg.get("heldout_fraction", 0.02),
+            heldout_seed=dcfg.get("heldout_seed", 0),
+            device=self.device,
+            download=dcfg.get("download", False),
+            image_size=dcfg.get("image_size", 32),
+            train_subset=dcfg.get("train_subset"),
+        )
+        if method_cls.needs_heldout and len(self.data.heldout) == 0:
+            raise ValueError(f"method {method_cls.name!r} needs a held-out split: set data.heldout_fraction > 0")
+        self.batch_size = int(tcfg["batch_size"])
+        self.steps_per_epoch = len(self.data.train) // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"trainer.batch_size={self.batch_size} exceeds the {len(self.data.train)} training images")
+        self.epochs = int(tcfg["epochs"])
+        if self.epochs < 1:
+            raise ValueError(f"trainer.epochs must be >= 1, got {self.epochs}")
+
+        mcfg = dict(cfg["model"])
+        build = model_factory(
+            mcfg.pop("name"), self.data.in_channels, self.data.image_size, self.data.num_classes, **mcfg
+        )
+        seed = int(cfg["seed"])
+        seeds = [member_seed(seed, 0 if pcfg.get("same_init") else i) for i in range(size)]
+        self.ledger = CommLedger()
+        self.population = Population(build, seeds, self.device, self.ledger)
+        self.optimizer = build_optimizer(self.population.params, cfg["optim"])
+
+        normalize = Normalizer(self.data.mean, self.data.std, self.device)
+        base = Augment.from_dict(dcfg.get("augment")).merged(pcfg.get("augment"))
+        overrides = self.method.member_augment(size) or list(pcfg.get("member_augment") or [])
+        self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in range(size)]
+        self.augmenters = [Augmenter(a, normalize) for a in self.augment]
+        self.rngs = [np.random.default_rng([seed, i]) for i in range(size)]
+        self.perms: list[torch.Tensor] | None = None
+        self.evaluator = Evaluator(self.data, normalize, int(tcfg.get("eval_batch_size", 1000)))
+        self.state = RunState(
+            cfg=cfg,
+            method_cfg=self.method.cfg,
+            population=self.population,
+            optimizer=self.optimizer,
+            data=self.data,
+            evaluator=self.evaluator,
+            ledger=self.ledger,
+            rng=torch.Generator().manual_seed(member_seed(seed, 9_999)),
+            epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            lr0=float(cfg["optim"]["lr"]),
+        )
+        self.wall_before = 0.0
+        self.epoch_losses: list[float] = []
+
+    # ------------------------------------------------------------------------------ records
+    def record_base(self) -> dict:
+        c = self.cfg
+        return {
+            "run_id": self.dir.path.name,
+            "method": c["method"]["name"],
+            "seed": c["seed"],
+            "dataset": c["data"]["name"],
+            "model": c["model"]["name"],
+            "population_size": self.population.size,
+        }
+
+    def comm(self) -> dict:
+        return {
+            **self.ledger.summary(self.state.step),
+            "model_elements": self.population.num_params,
+            "buffer_elements": self.population.num_buffers,
+        }
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    # --------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self) -> None:
+        s = self.state
+        ckpt = {
+            "step": s.step,
+            "epoch": s.epoch,
+            "epoch_step": s.epoch_step,
+            "wall_time_s": self.wall_time(),
+            "epoch_losses": self.epoch_losses,
+            "population": self.population.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "member_rngs": [r.bit_generator.state for r in self.rngs],
+            "perms": self.perms,
+            "method_rng": s.rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        atomic_torch_save(self.dir.checkpoint, ckpt)
+
+    def load_checkpoint(self) -> None:
+        ckpt = torch.load(self.dir.checkpoint, map_location=self.device, weights_only=True)
+        s = self.state
+        s.step, s.epoch, s.epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
+        self.wall_before = ckpt["wall_time_s"]
+        self.epoch_losses = list(ckpt["epoch_losses"])
+        self.population.load_state_dict(ckpt["population"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.method.load_state_dict(ckpt["method"])
+        self.ledger.load_state_dict(ckpt["ledger"])
+        for rng, st in zip(self.rngs, ckpt["member_rngs"]):
+            rng.bit_generator.state = st
+        self.perms = [p.cpu() for p in ckpt["perms"]] if ckpt["perms"] is not None else None
+        s.rng.set_state(ckpt["method_rng"].cpu())
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
+        self.dir.truncate_metrics_after(s.step)
+        log.info("resumed from %s at step %d (epoch %d)", self.dir.checkpoint, s.step, s.epoch)
+
+    # ------------------------------------------------------------------------------ training
+    def train_step(self, k: int) -> float:
+        """One optimizer step of every member on batch k of its epoch order; returns the mean loss."""
+        s, pop, data = self.state, self.population, self.data.train
+        s.lr = lr_at(s.step, s.total_steps, self.steps_per_epoch, self.cfg["optim"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = s.lr
+        pop.zero_grad()
+        losses = []
+        for i, member in enumerate(pop.members):
+            idx = self.perms[i][k * self.batch_size : (k + 1) * self.batch_size].to(self.device)
+            batch = self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i])
+            losses.append(batch.loss(member(batch.x)))
+        total = torch.stack(losses).sum()
+        total.backward()
+        loss = total.item() / pop.size
+        if not np.isfinite(loss):
+            raise Diverged(f"non-finite loss {loss} at step {s.step + 1}")
+        self.optimizer.step()
+        s.step += 1
+        s.epoch_step = k + 1
+        if "after_step" in self.hooks:
+            self.method.after_step(s)
+        return loss
+
+    def evaluate(self, final: bool) -> dict:
+        finals = self.method.finalize(self.state) if final and "finalize" in self.hooks else {}
+        metrics = self.evaluator.evaluate(self.population, finals, self.method.recalibrate_outputs)
+        self.population.train()
+        return metrics
+
+    def fit(self) -> dict:
+        """Train to the end (resuming from a checkpoint if there is one); returns final metrics."""
+        self.t0 = time.perf_counter()
+        s, tcfg = self.state, self.cfg["trainer"]
+        if "setup" in self.hooks:
+            self.method.setup(s)
+        if self.dir.checkpoint.exists():
+            self.load_checkpoint()
+        self.population.train()
+        eval_every = int(tcfg.get("eval_every", 1))
+        ckpt_every = max(int(tcfg.get("checkpoint_every", 1)), 1)
+        metrics: dict = {}
+        bar = tqdm(
+            total=s.total_steps,
+            initial=s.step,
+            desc=self.dir.path.name,
+            disable=not tcfg.get("progress", True),
+            dynamic_ncols=True,
+            leave=False,
+        )
+        with bar:
+            while s.epoch < self.epochs:
+                if s.epoch_step == 0:
+                    n = len(self.data.train)
+                    self.perms = [torch.from_numpy(r.permutation(n)) for r in self.rngs]
+                    self.epoch_losses = []
+                for k in range(s.epoch_step, self.steps_per_epoch):
+                    self.epoch_losses.append(self.train_step(k))
+                    bar.update(1)
+                    if s.step % 10 == 0:
+                        bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
+                    if _STOP.is_set():
+                        _STOP.clear()
+                        self.save_checkpoint()
+                        raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
+                if "after_epoch" in self.hooks:
+                    self.method.after_epoch(s)
+                last = s.epoch == self.epochs - 1
+                if last or (eval_every and (s.epoch + 1) % eval_every == 0):
+                    metrics = self.evaluate(final=last)
+                    self.dir.append_metrics(
+                        {
+                            **self.record_base(),
+                            "step": s.step,
+                            "epoch": s.epoch + 1,
+                            "wall_time_s": self.wall_time(),
+                            "lr": s.lr,
+                            "train_loss": float(np.mean(self.epoch_losses)),
+                            **metrics,
+                            "comm": self.comm(),
+                        }
+                    )
+                    log.info(
+                        "epoch %d/%d  individual %.4f  ensemble %.4f  avg %.4f  avg_bn %.4f",
+                        s.epoch + 1, self.epochs, metrics["individual_mean"], metrics["ensemble_acc"],
+                        metrics["avg_acc"] or 0.0, metrics["avg_bn_acc"] or 0.0,
+                    )  # fmt: skip
+                s.epoch += 1
+                s.epoch_step = 0
+                if s.epoch < self.epochs and s.epoch % ckpt_every == 0:
+                    self.save_checkpoint()
+        if not metrics:  # resumed from the final checkpoint: the last evaluation is on disk
+            metrics = self.last_evaluation()
+        self.save_checkpoint()
+        return metrics
+
+    def last_evaluation(self) -> dict:
+        lines = [r for r in self.dir.read_metrics() if r["step"] == self.state.step]
+        if not lines:
+            return self.evaluate(final=True)
+        skip = set(self.record_base()) | {"step", "epoch", "wall_time_s", "lr", "train_loss", "comm"}
+        return {k: v for k, v in lines[-1].items() if k not in skip}
