@@ -285,14 +285,14 @@ def load_data(
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
     xtr, ytr, xte, yte = _load_arrays(name, root, download, image_size)
-    x, y = torch.from_numpy(np.ascontiguousarray(xtr)), torch.from_numpy(np.ascontiguousarray(ytr))
+    x, y = torch.from_numpy(np.array(xtr)), torch.from_numpy(np.array(ytr))
     order = torch.from_numpy(np.random.default_rng(heldout_seed).permutation(len(y)))
     n_held = int(round(heldout_fraction * len(y)))
     held, train = order[:n_held], order[n_held:]
     if train_subset:
         train = train[:train_subset]
     mean, std = channel_stats(x[train])
-    test = ImageSet(torch.from_numpy(np.ascontiguousarray(xte)), torch.from_numpy(np.ascontiguousarray(yte)))
+    test = ImageSet(torch.from_numpy(np.array(xte)), torch.from_numpy(np.array(yte)))
     return DataSplits(
         name=name,
         train=ImageSet(x[train], y[train]).to(device),

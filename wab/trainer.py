@@ -105,7 +105,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.population.params, cfg["optim"])
 
         normalize = Normalizer(self.data.mean, self.data.std, self.device)
-        base = Augment.from_dict(dcfg.get("augment")).merged(pcfg.get("augment"))
+        base = Augment.from_dict(dcfg.get("augment"))
         overrides = self.method.member_augment(size) or list(pcfg.get("member_augment") or [])
         self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in range(size)]
         self.augmenters = [Augmenter(a, normalize) for a in self.augment]
@@ -157,6 +157,7 @@ class Trainer:
             "step": s.step,
             "epoch": s.epoch,
             "epoch_step": s.epoch_step,
+            "lr": s.lr,
             "wall_time_s": self.wall_time(),
             "epoch_losses": self.epoch_losses,
             "population": self.population.state_dict(),
@@ -174,7 +175,7 @@ class Trainer:
     def load_checkpoint(self) -> None:
         ckpt = torch.load(self.dir.checkpoint, map_location=self.device, weights_only=True)
         s = self.state
-        s.step, s.epoch, s.epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
+        s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
         self.epoch_losses = list(ckpt["epoch_losses"])
         self.population.load_state_dict(ckpt["population"])

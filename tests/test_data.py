@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from wab.augment import Augment, Augmenter, Normalizer, random_crop, random_flip
+from wab.data import DatasetNotFound, load_data
+
+from .conftest import data_root, requires_data
+
+
+def test_digits_is_embedded_with_a_fixed_heldout_split():
+    d = load_data("digits")
+    assert d.train.x.dtype == torch.uint8 and d.train.x.shape[1:] == (1, 8, 8)
+    assert len(d.train) + len(d.heldout) == 1437 and len(d.test) == 360
+    assert len(d.heldout) == round(0.02 * 1437)
+    again = load_data("digits")
+    assert torch.equal(again.heldout.x, d.heldout.x) and torch.equal(again.train.y, d.train.y)
+    other = load_data("digits", heldout_seed=1)
+    assert not torch.equal(other.heldout.x, d.heldout.x)
+    assert d.num_classes == 10 and len(d.mean) == 1
+
+
+def test_a_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("WAB_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(DatasetNotFound, match=r"cifar-10-batches-bin.*nothing.*WAB_DATA.*data.download=true"):
+        load_data("cifar10", root=str(tmp_path / "empty"))
+
+
+@requires_data
+@pytest.mark.parametrize("name, first_test_labels", [("mnist", [7, 2, 1, 0]), ("fashion_mnist", [9, 2, 1, 1])])
+def test_mnist_like_from_the_offline_files(name, first_test_labels):
+    d = load_data(name, root=str(data_root()))
+    assert len(d.train) + len(d.heldout) == 60000 and len(d.heldout) == 1200
+    assert d.train.x.shape[1:] == (1, 28, 28) and len(d.test) == 10000
+    assert d.test.y[:4].tolist() == first_test_labels
+    assert torch.bincount(d.test.y, minlength=10).min() > 800
+
+
+@requires_data
+def test_cifar10_from_the_offline_binary_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WAB_CACHE", str(tmp_path))
+    d = load_data("cifar10", root=str(data_root()), heldout_fraction=0.0)
+    assert d.train.x.shape == (50000, 3, 32, 32) and len(d.test) == 10000
+    assert torch.bincount(d.train.y).tolist() == [5000] * 10
+    np.testing.assert_allclose(d.mean, (0.4914, 0.4822, 0.4465), atol=1e-3)
+    np.testing.assert_allclose(d.std, (0.2470, 0.2435, 0.2616), atol=1e-3)
+    assert (tmp_path / "cifar10_bin.npz").exists()  # decoded once, then cached
+
+
+def test_random_crop_shifts_the_image_within_its_padding():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    rng = np.random.default_rng(0)
+    out = random_crop(x, 2, rng)
+    off = np.random.default_rng(0).integers(0, 5, size=(2, 2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        oy, ox = off[0, b], off[1, b]
+        assert torch.equal(out[b], padded[b, :, oy : oy + 6, ox : ox + 6])
+
+
+def test_flip_and_mixup():
+    x = torch.arange(4 * 3 * 4 * 4, dtype=torch.uint8).view(4, 3, 4, 4)
+    flipped = random_flip(x, np.random.default_rng(1))
+    for a, b in zip(flipped, x):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(2))
+    aug = Augmenter(Augment(mixup_alpha=1.0), Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu")))
+    batch = aug(x, torch.arange(4), np.random.default_rng(0))
+    assert 0.0 <= batch.lam <= 1.0 and sorted(batch.y_b.tolist()) == [0, 1, 2, 3]
+    logits = torch.randn(4, 4)
+    ce = torch.nn.functional.cross_entropy
+    expected = batch.lam * ce(logits, batch.y_a) + (1 - batch.lam) * ce(logits, batch.y_b)
+    torch.testing.assert_close(batch.loss(logits), expected)
+
+
+def test_augment_rejects_bad_values():
+    with pytest.raises(ValueError, match="random_erasing must be in"):
+        Augment(random_erasing=2.0)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        Augment(policy="randaug")

@@ -1,0 +1,157 @@
+import json
+
+import pytest
+import torch
+
+from wab.method import Method, register, unregister
+from wab.optim import lr_at
+from wab.records import RunDir
+from wab.run import run, run_dir_for
+from wab.trainer import Interrupted, Trainer, request_stop
+
+FINAL_KEYS = {"status", "method", "config", "seed", "wall_time_s", "steps", "metrics", "comm"}
+METRIC_KEYS = {
+    "individual_mean", "individual_min", "individual_max", "ensemble_acc", "ensemble_prob_acc",
+    "avg_acc", "avg_bn_acc", "nll", "ece", "disagreement", "final",
+}  # fmt: skip
+
+
+def test_a_run_learns_and_writes_its_records(tiny):
+    cfg = tiny("trainer.epochs=3", "trainer.batch_size=32", "model.width=8")
+    rec = run(cfg)
+    rd = run_dir_for(cfg)
+    assert rec["status"] == "done"
+    assert rd.path.name.startswith("independent-")
+    for f in ("config.yaml", "metrics.jsonl", "final.json", "checkpoint.pt", "train.log", "done"):
+        assert (rd.path / f).exists(), f
+    final = json.loads(rd.final.read_text())
+    assert FINAL_KEYS <= set(final) and METRIC_KEYS <= set(final["metrics"])
+    m = final["metrics"]
+    assert m["individual_min"] <= m["individual_mean"] <= m["individual_max"]
+    assert m["individual_mean"] > 0.6  # 10 classes: chance is 0.1
+    assert {"elements_total", "bytes_total", "elements_per_step", "ops"} <= set(final["comm"])
+    assert final["comm"]["elements_total"] == 0  # independent members never communicate
+    lines = rd.read_metrics()
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert all(r["run_id"] == rd.path.name and "comm" in r and "wall_time_s" in r for r in lines)
+    assert lines[-1]["step"] == final["steps"]
+    # a second start of a finished run returns its record and trains nothing
+    assert run(cfg)["wall_time_s"] == final["wall_time_s"]
+
+
+def test_run_dir_depends_on_the_config_not_on_where_it_is_written(tiny, tmp_path):
+    a, b = tiny(), tiny("seed=1")
+    assert run_dir_for(a).path.name != run_dir_for(b).path.name
+    c = dict(a, out_dir=str(tmp_path / "elsewhere"), device="cuda")
+    assert run_dir_for(c).path.name == run_dir_for(a).path.name
+
+
+def test_members_have_their_own_data_order(tiny):
+    cfg = tiny()
+    t = Trainer(cfg, run_dir_for(cfg))
+    perms = [r.permutation(100) for r in t.rngs]
+    assert not (perms[0] == perms[1]).all()
+    assert not torch.equal(t.population.params[0][0], t.population.params[0][1])  # own inits
+
+
+@pytest.fixture
+def interrupter():
+    state = {"at": None}
+
+    @register("test_interrupt_at")
+    class InterruptAt(Method):
+        def after_step(self, run):
+            if run.step == state["at"]:
+                request_stop()
+
+    yield state
+    unregister("test_interrupt_at")
+
+
+@pytest.mark.parametrize("stop_at", [7, 5], ids=["mid-epoch", "epoch-boundary"])
+def test_an_interrupted_run_resumes_bit_for_bit(tiny, tmp_path, interrupter, stop_at):
+    overrides = (
+        "method.name=test_interrupt_at",
+        "trainer.epochs=3",
+        "trainer.batch_size=256",  # 5 steps per epoch
+        "data.augment.crop_padding=1",
+        "data.augment.flip=true",
+        "data.augment.mixup_alpha=0.4",
+    )
+    ref = run(dict(tiny(*overrides), out_dir=str(tmp_path / "ref")))
+    assert ref["status"] == "done"
+    cfg = dict(tiny(*overrides), out_dir=str(tmp_path / "resumed"))
+    interrupter["at"] = stop_at
+    with pytest.raises(Interrupted):
+        run(cfg)
+    rd = run_dir_for(cfg)
+    assert rd.checkpoint.exists() and not rd.done.exists() and rd.state() == "incomplete"
+    interrupter["at"] = None
+    resumed = run(cfg)
+    assert resumed["status"] == "done" and resumed["steps"] == ref["steps"]
+    assert resumed["metrics"] == ref["metrics"]  # bit for bit: every float equal
+    ref_lines = RunDir(run_dir_for(dict(cfg, out_dir=str(tmp_path / "ref"))).path).read_metrics()
+    drop = {"wall_time_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rd.read_metrics()] == [
+        {k: v for k, v in r.items() if k not in drop} for r in ref_lines
+    ]
+    ck = torch.load(rd.checkpoint, weights_only=True)  # checkpoints load with weights_only=True
+    assert ck["step"] == ref["steps"]
+
+
+def test_a_non_finite_loss_is_recorded_as_diverged(tiny):
+    @register("test_poison")
+    class Poison(Method):
+        def after_step(self, run):
+            if run.step == 3:
+                run.population.params[0].fill_(float("nan"))
+
+    try:
+        cfg = tiny("method.name=test_poison")
+        rec = run(cfg)
+    finally:
+        unregister("test_poison")
+    assert rec["status"] == "diverged" and "non-finite loss" in rec["error"] and rec["steps"] == 3
+    rd = run_dir_for(cfg)
+    assert rd.state() == "diverged" and rd.done.exists()
+    assert json.loads(rd.final.read_text())["metrics"]["avg_acc"] is None
+
+
+def test_a_crash_is_recorded_in_its_own_directory(tiny):
+    cfg = tiny("model.name=nope")
+    rec = run(cfg)  # does not raise
+    rd = run_dir_for(cfg)
+    assert rec["status"] == "failed" and "unknown model 'nope'" in rec["error"] and "Traceback" in rec["traceback"]
+    assert rd.state() == "failed" and not rd.done.exists()
+    assert json.loads(rd.final.read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("population.size=0", "population.size must be >= 1"),
+        ("trainer.batch_size=100000", "exceeds the"),
+        ("optim.name=lamb", "unknown optimizer 'lamb'"),
+        ("optim.schedule=zigzag", "unknown lr schedule 'zigzag'"),
+        ("data.name=svhn", "unknown dataset 'svhn'"),
+        ("+data.augment.blur=1", "unknown augmentation option"),
+    ],
+)
+def test_bad_config_fails_with_a_message_naming_the_value(tiny, override, message):
+    rec = run(tiny(override))
+    assert rec["status"] == "failed" and message in rec["error"]
+
+
+def test_lr_schedules():
+    cfg = {"lr": 0.1, "schedule": "cosine", "lr_min": 1e-4}
+    assert lr_at(0, 100, 10, cfg) == pytest.approx(0.1)
+    assert lr_at(50, 100, 10, cfg) == pytest.approx((0.1 + 1e-4) / 2)
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(1e-4)
+    step = {"lr": 0.1, "schedule": "step", "milestones": [0.5, 0.75], "gamma": 0.1}
+    assert [lr_at(s, 100, 10, step) for s in (0, 49, 50, 74, 75)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    swa = {"lr": 0.1, "schedule": "swa", "swa_start": 0.5, "swa_lr": 0.01}  # 20 epochs, swa from epoch 10
+    lrs = [lr_at(e * 10, 200, 10, swa) for e in range(20)]
+    assert lrs[:6] == pytest.approx([0.1] * 6)  # constant for the first half of the pre-SWA phase
+    assert lrs[7] == pytest.approx(0.1 - 0.09 * (0.7 - 0.5) / 0.4)  # linear decay
+    assert lrs[10:] == pytest.approx([0.01] * 10)  # then swa_lr
+    assert lr_at(0, 100, 10, {"lr": 0.1, "schedule": "constant", "warmup_epochs": 1}) == pytest.approx(0.01)
