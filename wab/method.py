@@ -87,7 +87,7 @@ class Method:
         """The models the method delivers, by name; the first is its final model."""
         return {}
 
-    def member_augment(self, size: int) -> list[dict] | None:
+    def member_augment(self, size: int, image_size: int) -> list[dict] | None:
         """Per-member augmentation overrides (member i gets entry i), or None for the config's."""
         return None
 
@@ -143,6 +143,29 @@ def _load_all() -> None:
         cls = ep.load()
         if _REGISTRY.get(ep.name) is not cls:
             register(ep.name)(cls)
+
+
+_FINALIZERS: dict[str, Callable[[RunState], dict[str, nn.Module]]] = {}
+
+
+def register_finalizer(name: str):
+    """Decorator adding a function ``run -> {name: model}`` that any method can end with, through
+    ``population.finalizers`` (e.g. the soups); a duplicate name is an error."""
+
+    def deco(fn):
+        if name in _FINALIZERS and _FINALIZERS[name] is not fn:
+            raise ValueError(f"finalizer name {name!r} is already registered")
+        _FINALIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_finalizer(name: str) -> Callable[[RunState], dict[str, nn.Module]]:
+    _load_all()
+    if name not in _FINALIZERS:
+        raise ValueError(f"unknown finalizer {name!r}; known finalizers: {', '.join(sorted(_FINALIZERS))}")
+    return _FINALIZERS[name]
 
 
 def available_methods() -> list[str]:

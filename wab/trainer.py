@@ -23,7 +23,7 @@ from wab.augment import Augment, Augmenter, Batch, Normalizer
 from wab.data import DataSplits, load_data
 from wab.evaluate import Evaluator
 from wab.ledger import CommLedger
-from wab.method import Method, RunState, get_method
+from wab.method import Method, RunState, get_finalizer, get_method
 from wab.models import model_factory
 from wab.optim import build_optimizer, lr_at
 from wab.population import Population
@@ -90,6 +90,7 @@ class Trainer:
         method_cls = get_method(cfg["method"]["name"])
         self.method: Method = method_cls(cfg["method"])
         self.hooks = method_cls.overridden_hooks()
+        self.finalizers = [get_finalizer(name) for name in cfg["population"].get("finalizers") or []]
         size = int(pcfg["size"])
         if size < 1:
             raise ValueError(f"population.size must be >= 1, got {size}")
@@ -126,7 +127,7 @@ class Trainer:
 
         normalize = Normalizer(self.data.mean, self.data.std, self.device)
         base = Augment.from_dict(dcfg.get("augment"))
-        overrides = self.method.member_augment(size) or list(pcfg.get("member_augment") or [])
+        overrides = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
         self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in range(size)]
         self.augmenters = [Augmenter(a, normalize) for a in self.augment]
         self.rngs = [np.random.default_rng([seed, i]) for i in range(size)]
@@ -233,7 +234,12 @@ class Trainer:
         return loss
 
     def evaluate(self, final: bool) -> dict:
-        finals = self.method.finalize(self.state) if final and "finalize" in self.hooks else {}
+        finals = {}
+        if final:
+            if "finalize" in self.hooks:
+                finals.update(self.method.finalize(self.state))
+            for fn in self.finalizers:
+                finals.update(fn(self.state))
         metrics = self.evaluator.evaluate(self.population, finals, self.method.recalibrate_outputs)
         self.population.train()
         return metrics
@@ -241,6 +247,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (resuming from a checkpoint if there is one); returns final metrics."""
         self.t0 = time.perf_counter()
+        self.dir.path.mkdir(parents=True, exist_ok=True)
         s, tcfg = self.state, self.cfg["trainer"]
         if "setup" in self.hooks:
             self.method.setup(s)

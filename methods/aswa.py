@@ -1,0 +1,99 @@
+"""ASWA: Adaptive Stochastic Weight Averaging (Demir, Sharma and Ngonga Ngomo, 2024), per member.
+
+SWA with an acceptance test on the held-out split; the running model is never modified. At the
+end of every epoch, with v_run the held-out accuracy of the member theta, theta_A its current
+average of n snapshots and v_A the accuracy of theta_A:
+
+1. first epoch: theta_A <- theta, n <- 1;
+2. theta_prov = (n theta_A + theta) / (n + 1), v_prov its held-out accuracy;
+3. hard update if v_run > v_prov and v_run > v_A: theta_A <- theta, n <- 1 (the authors' KG code
+   resets n to 0, which looks like an off-by-one; 1 is used here);
+4. else soft update if v_prov > v_A: theta_A <- theta_prov, n <- n + 1;
+5. else reject.
+
+Buffers are averaged like the weights so that theta_prov can be evaluated as it stands (no
+recalibration inside the loop: two extra held-out passes per member per epoch); the final models
+``aswa_<i>`` are recalibrated before the test evaluation. Communication 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wab.method import Method, RunState, register
+
+
+def aswa_decision(v_run: float, v_prov: float, v_avg: float) -> str:
+    """'hard', 'soft' or 'reject' (steps 3-5)."""
+    if v_run > v_prov and v_run > v_avg:
+        return "hard"
+    if v_prov > v_avg:
+        return "soft"
+    return "reject"
+
+
+@register("aswa")
+class Aswa(Method):
+    """ASWA: accept a member's snapshot into its average only if held-out accuracy improves."""
+
+    needs_heldout = True
+
+    def setup(self, run: RunState) -> None:
+        pop = run.population
+        self.params = [torch.zeros_like(p) for p in pop.params]
+        self.buffers = [torch.zeros_like(b) for b in pop.buffers]
+        self.n = [0] * pop.size
+        self.acc = [0.0] * pop.size
+        self.decisions: list[list[str]] = [[] for _ in range(pop.size)]
+
+    def _model(self, run: RunState, params, buffers):
+        return run.population.model_from(params, buffers)
+
+    @torch.no_grad()
+    def after_epoch(self, run: RunState) -> None:
+        pop, ev = run.population, run.evaluator
+        for i in range(pop.size):
+            theta_p, theta_b = pop.member_state(i)
+            if self.n[i] == 0:
+                self._store(i, theta_p, theta_b, 1, ev.accuracy(self._model(run, theta_p, theta_b)))
+                self.decisions[i].append("first")
+                continue
+            v_run = ev.accuracy(pop.members[i])
+            n = self.n[i]
+            prov_p = [(n * a[i] + t) / (n + 1) for a, t in zip(self.params, theta_p)]
+            prov_b = [(n * a[i] + t) / (n + 1) for a, t in zip(self.buffers, theta_b)]
+            v_prov = ev.accuracy(self._model(run, prov_p, prov_b))
+            decision = aswa_decision(v_run, v_prov, self.acc[i])
+            if decision == "hard":
+                self._store(i, theta_p, theta_b, 1, v_run)
+            elif decision == "soft":
+                self._store(i, prov_p, prov_b, n + 1, v_prov)
+            self.decisions[i].append(decision)
+
+    def _store(self, i: int, params, buffers, n: int, acc: float) -> None:
+        for a, v in zip(self.params + self.buffers, list(params) + list(buffers)):
+            a[i].copy_(v)
+        self.n[i], self.acc[i] = n, acc
+
+    def finalize(self, run: RunState) -> dict:
+        pop = run.population
+        return {
+            f"aswa_{i}": self._model(run, [a[i] for a in self.params], [b[i] for b in self.buffers])
+            if self.n[i]
+            else pop.model_from(*pop.member_state(i))
+            for i in range(pop.size)
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "params": self.params,
+            "buffers": self.buffers,
+            "n": self.n,
+            "acc": self.acc,
+            "decisions": self.decisions,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for a, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
+            a.copy_(v)
+        self.n, self.acc, self.decisions = list(state["n"]), list(state["acc"]), [list(d) for d in state["decisions"]]

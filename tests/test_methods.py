@@ -1,0 +1,362 @@
+"""Each method's defining property, checked against its formula or reference implementation."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel, update_bn
+
+from wab.methods.aswa import Aswa, aswa_decision
+from wab.methods.dart import Dart
+from wab.methods.papa import Papa
+from wab.methods.papa_2 import Papa2, pair_mixing_matrix
+from wab.methods.papa_all import PapaAll, merge_epochs
+from wab.methods.soups import greedy_ingredients
+from wab.methods.swa import Swa
+from wab.methods.twa import block_basis, orthonormal_basis, twa_v_weights
+from wab.methods.wash import Wash, layer_probabilities, random_permutations, sample_positions
+from wab.methods.wash_opt import WashOpt
+from wab.run import run, run_dir_for
+from wab.trainer import Interrupted, Trainer, request_stop
+
+
+def make_run(tiny, *overrides):
+    cfg = tiny(*overrides)
+    trainer = Trainer(cfg, run_dir_for(cfg))
+    return trainer, trainer.state
+
+
+def perturb(pop, gen, scale=0.1):
+    with torch.no_grad():
+        for p in pop.params:
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+# ----------------------------------------------------------------------------------------- WASH
+def test_wash_shuffle_keeps_the_mean_bit_identical_and_each_multiset(tiny):
+    _, state = make_run(tiny, "population.size=5", "model.width=8")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(0))
+    wash = Wash({"p": 0.2, "schedule": "constant"})
+    wash.setup(state)
+    mean_before = pop.mean(record=False)
+    before = pop.params[0].clone()
+    for _ in range(3):
+        wash.shuffle(pop, state.rng)
+    mean_after = pop.mean(record=False)
+    assert all(torch.equal(a, b) for a, b in zip(mean_before[0] + mean_before[1], mean_after[0] + mean_after[1]))
+    assert torch.equal(pop.params[0].sort(0).values, before.sort(0).values)
+    assert not torch.equal(pop.params[0], before)
+
+
+def test_wash_layer_probabilities():
+    lin = layer_probabilities(0.01, 5, "linear")
+    assert lin.tolist() == pytest.approx([0.01, 0.0075, 0.005, 0.0025, 0.0])
+    assert layer_probabilities(0.05, 3, "constant").tolist() == [0.05] * 3
+    with pytest.raises(ValueError, match="wash schedule must be one of"):
+        layer_probabilities(0.01, 3, "cubic")
+
+
+def test_wash_shuffled_fraction_is_binomial_with_p_l(tiny):
+    _, state = make_run(tiny, "model=mlp", "model.width=256")
+    segs = state.population.param_segments
+    probs = layer_probabilities(0.1, len(segs), "linear")
+    gen = torch.Generator().manual_seed(0)
+    reps = 200
+    counts = torch.zeros(len(segs))
+    for _ in range(reps):
+        pos = sample_positions(segs, probs, gen)
+        assert len(pos.unique()) == len(pos)  # distinct positions
+        seg_of = torch.bucketize(pos, torch.tensor([s.start for s in segs]), right=True) - 1
+        counts += torch.bincount(seg_of, minlength=len(segs)).float()
+    for seg, p, c in zip(segs, probs.tolist(), counts.tolist()):
+        n = seg.numel * reps
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(c - n * p) <= 4.5 * sd + 1e-9, (seg.name, c / n, p)  # 4.5 sigma: false alarm ~1e-5
+
+
+def test_wash_opt_moves_each_weight_with_its_momentum(tiny):
+    trainer, state = make_run(tiny, "population.size=4", "optim.name=sgd")
+    trainer.perms = [torch.arange(len(trainer.data.train))] * 4
+    trainer.train_step(0)  # creates momentum buffers
+    pop, opt = state.population, state.optimizer
+    (mom,) = pop.optimizer_state_rows(opt, 0)
+    pairs_before = torch.stack([pop.params[0], mom], -1).clone()  # [N, P, 2]
+    wash = WashOpt({"p": 0.3, "schedule": "constant"})
+    wash.setup(state)
+    wash.after_step(state)
+    pairs_after = torch.stack([pop.params[0], mom], -1)
+    moved = (pairs_after != pairs_before).any(-1).any(0)
+    assert moved.sum() > 0
+    for j in moved.nonzero().flatten()[:200].tolist():  # the same (w, m) pairs, in another order
+        a = sorted(map(tuple, pairs_before[:, j].tolist()))
+        b = sorted(map(tuple, pairs_after[:, j].tolist()))
+        assert a == b
+    assert pop.ledger.ops["permute_elements"].calls == 1
+
+
+def test_wash_ledger_matches_the_expected_count(tiny):
+    _, state = make_run(tiny, "population.size=4", "model=mlp", "model.width=128")
+    pop = state.population
+    wash = Wash({"p": 0.05, "schedule": "linear"})
+    wash.setup(state)
+    reps = 100
+    for _ in range(reps):
+        wash.shuffle(pop, state.rng)
+    n = pop.size
+    expected = sum(p * s.numel for p, s in zip(wash.param_probs.tolist(), pop.param_segments)) * (n - 1) / n
+    measured = pop.ledger.ops["permute_elements"].elements / reps
+    assert measured == pytest.approx(expected, rel=0.05)
+
+
+def test_random_permutations_are_uniform():
+    perms = random_permutations(24000, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(perms.sort(1).values, torch.arange(3).expand(24000, 3))
+    counts = torch.unique(perms, dim=0, return_counts=True)[1]
+    assert len(counts) == 6 and counts.min() > 3700 and counts.max() < 4300
+
+
+# ----------------------------------------------------------------------------------------- PAPA
+def test_papa_pull_matches_the_formula(tiny):
+    _, state = make_run(tiny, "population.size=3")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(1))
+    papa = Papa({"alpha": 0.99, "every": 10})
+    papa.setup(state)
+    state.lr, state.lr0, state.epoch_step = 0.025, 0.05, 10
+    before, buffers = pop.params[0].clone(), pop.buffers[0].clone()
+    papa.after_step(state)
+    w = (0.025 / 0.05) * (1 - 0.99)
+    torch.testing.assert_close(pop.params[0], before + w * (before.mean(0) - before), rtol=0, atol=1e-7)
+    torch.testing.assert_close(pop.buffers[0], buffers + w * (buffers.mean(0) - buffers), rtol=0, atol=1e-7)
+    state.epoch_step = 11
+    snapshot = pop.params[0].clone()
+    papa.after_step(state)
+    assert torch.equal(pop.params[0], snapshot)  # only every k steps
+    assert pop.ledger.ops["lerp_toward_mean"].elements == pop.num_params + pop.num_buffers
+
+
+def test_papa_all_merges_every_k_epochs_from_the_first_never_the_last(tiny):
+    assert merge_epochs(12, 5) == [0, 5, 10]
+    assert merge_epochs(11, 5) == [0, 5]
+    assert merge_epochs(11, 5, include_first=False) == [5]
+    _, state = make_run(tiny, "population.size=3", "trainer.epochs=6")
+    pop = state.population
+    m = PapaAll({"every_epochs": 5})
+    m.setup(state)
+    mean = pop.params[0].mean(0)
+    state.epoch = 1
+    m.after_epoch(state)
+    assert not torch.equal(pop.params[0][0], pop.params[0][1])
+    state.epoch = 0
+    m.after_epoch(state)
+    torch.testing.assert_close(pop.params[0], mean.expand(3, -1), rtol=0, atol=1e-7)
+
+
+def test_papa_2_replaces_each_member_by_the_midpoint_of_a_random_pair(tiny):
+    w = pair_mixing_matrix(5, torch.Generator().manual_seed(0))
+    rows = [tuple(r.nonzero().flatten().tolist()) for r in w]
+    assert all(len(r) == 2 for r in rows) and len(set(rows)) == 5
+    assert torch.all(w.sum(1) == 1) and set(w.unique().tolist()) == {0.0, 0.5}
+    with pytest.raises(ValueError, match="at least 3 members"):
+        pair_mixing_matrix(2, torch.Generator())
+    _, state = make_run(tiny, "population.size=4")
+    pop = state.population
+    before = pop.params[0].clone()
+    m = Papa2({"every_epochs": 1})
+    m.setup(state)
+    gen_state = state.rng.get_state()
+    m.after_epoch(state)
+    state.rng.set_state(gen_state)
+    expected_w = pair_mixing_matrix(4, state.rng)
+    for j, row in enumerate(expected_w):
+        a, b = row.nonzero().flatten().tolist()
+        torch.testing.assert_close(pop.params[0][j], (before[a] + before[b]) / 2, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- DART
+def test_dart_gives_members_their_own_augmentation_and_averages_every_t_steps(tiny):
+    trainer, state = make_run(tiny, "method=dart", "population.size=5", "method.every_steps=3")
+    assert [a.cutout for a in trainer.augment] == [0, 4, 0, 0, 0]
+    assert trainer.augment[2].cutmix_alpha == 1.0 and trainer.augment[3].mixup_alpha == 1.0
+    assert trainer.augment[4].policy == "trivialaugment"
+    trainer.perms = [torch.randperm(len(trainer.data.train)) for _ in range(5)]
+    pop = state.population
+    trainer.method.setup(state)
+    for k in range(3):
+        trainer.train_step(k)
+        equal = all(torch.equal(pop.params[0][0], pop.params[0][i]) for i in range(5))
+        assert equal == (k == 2)
+    assert pop.ledger.ops["average_into_members"].calls == 1
+    (mom,) = pop.optimizer_state_rows(state.optimizer, 0)
+    assert not torch.equal(mom[0], mom[1])  # optimizer states are kept, not averaged
+
+
+def test_dart_warmup_makes_every_member_a_copy_of_member_0(tiny):
+    trainer, state = make_run(tiny, "method=dart", "population.size=3", "method.warmup_epochs=1")
+    trainer.method.setup(state)
+    trainer.perms = [torch.randperm(len(trainer.data.train)) for _ in range(3)]
+    trainer.train_step(0)
+    assert all(torch.equal(state.population.params[0][0], state.population.params[0][i]) for i in (1, 2))
+    with pytest.raises(ValueError, match="unknown"):
+        Dart({"augmentations": ["blur"]}).member_augment(3, 8)
+
+
+# ----------------------------------------------------------------------------------------- SWA
+def test_swa_equals_torch_swa_utils_on_the_same_checkpoints_and_batches(tiny):
+    _, state = make_run(tiny, "method=swa", "population.size=2", "trainer.epochs=4")
+    pop, ev = state.population, state.evaluator
+    swa = Swa({"start": 0.5, "cycle": 1})
+    swa.setup(state)
+    refs = [AveragedModel(copy.deepcopy(m)) for m in pop.members]
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(4):
+        perturb(pop, gen)
+        state.epoch = epoch
+        swa.after_epoch(state)
+        if epoch + 1 >= 2:  # start_epoch = ceil(0.5 * 4) = 2
+            for ref, m in zip(refs, pop.members):
+                ref.update_parameters(m)
+    assert swa.n == 3
+    models = swa.finalize(state)
+    batches = [ev.normalize(x) for x in state.data.train.x.split(ev.batch_size) if len(x) > 1]
+    for i, ref in enumerate(refs):
+        model = ev.recalibrate_bn(models[f"swa_{i}"])
+        update_bn(batches, ref)
+        for a, b in zip(model.parameters(), ref.module.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        for a, b in zip(model.buffers(), ref.module.buffers()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_swa_selects_its_schedule():
+    from wab.config import compose_config
+
+    cfg = compose_config(["method=swa"])
+    assert cfg["optim"]["schedule"] == "swa" and cfg["method"]["start"] == cfg["optim"]["swa_start"]
+
+
+# ----------------------------------------------------------------------------------------- ASWA
+def test_aswa_decision_rule():
+    assert aswa_decision(0.9, 0.8, 0.7) == "hard"
+    assert aswa_decision(0.7, 0.9, 0.8) == "soft"
+    assert aswa_decision(0.9, 0.95, 0.8) == "soft"
+    assert aswa_decision(0.7, 0.75, 0.8) == "reject"
+
+
+def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
+    _, state = make_run(tiny, "method=aswa", "population.size=1")
+    pop = state.population
+    m = Aswa({})
+    m.setup(state)
+    # per epoch: first -> [v_theta]; later -> [v_run, v_prov]
+    script = iter([0.50, 0.60, 0.55, 0.52, 0.58, 0.40, 0.45, 0.70, 0.65])
+    monkeypatch.setattr(state.evaluator, "accuracy", lambda model, split="heldout": next(script))
+    gen = torch.Generator().manual_seed(0)
+    snaps = []
+    for epoch in range(5):
+        perturb(pop, gen)
+        snaps.append(pop.params[0][0].clone())
+        state.epoch = epoch
+        m.after_epoch(state)
+    # e0 first (v_A=.5); e1 run .6 > prov .55 and > .5: hard (n=1, v_A=.6); e2 run .52, prov .58 < .6: reject;
+    # e3 run .40, prov .45: reject; e4 run .70 > prov .65 > .6: hard
+    assert m.decisions[0] == ["first", "hard", "reject", "reject", "hard"]
+    assert m.n[0] == 1 and m.acc[0] == 0.70
+    torch.testing.assert_close(m.params[0][0], snaps[4])
+    script2 = iter([0.71, 0.75])  # soft: the provisional average is kept, n grows
+    monkeypatch.setattr(state.evaluator, "accuracy", lambda model, split="heldout": next(script2))
+    perturb(pop, gen)
+    state.epoch = 5
+    m.after_epoch(state)
+    assert m.decisions[0][-1] == "soft" and m.n[0] == 2
+    torch.testing.assert_close(m.params[0][0], (snaps[4] + pop.params[0][0]) / 2)
+    assert torch.equal(pop.params[0][0], pop.params[0][0])  # the running model is never modified
+
+
+# ----------------------------------------------------------------------------------------- TWA
+def test_twa_coefficients_at_their_initial_value_give_the_uniform_average():
+    gen = torch.Generator().manual_seed(0)
+    cands = torch.randn(4, 50, generator=gen)
+    block_of = torch.tensor([0] * 20 + [1] * 30)
+    mean = cands.mean(0)
+    basis = block_basis(cands, mean, block_of, 2)
+    assert torch.equal(twa_v_weights(mean, basis, torch.zeros(4, 2), block_of), mean)
+    for k in range(4):  # each block of each candidate has unit norm
+        assert basis[k, :20].norm() == pytest.approx(1, abs=1e-5) and basis[k, 20:].norm() == pytest.approx(1, abs=1e-5)
+    p = orthonormal_basis(cands)
+    torch.testing.assert_close(p @ p.t(), torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(p.t() @ (p @ mean), mean, atol=1e-5, rtol=0)  # the mean lies in the span
+
+
+@pytest.mark.parametrize("variant", ["v", "t"])
+def test_twa_training_lowers_the_loss_it_trains_on(tiny, variant):
+    trainer, state = make_run(tiny, "method=twa", "population.size=3", f"method.variant={variant}", "trainer.epochs=2")
+    trainer.fit()
+    twa = trainer.method
+    split = "heldout" if variant == "v" else "train"
+    ev = state.evaluator
+    pop = state.population
+
+    def loss(model):
+        logits = ev.logits(model, split)
+        return torch.nn.functional.cross_entropy(logits, getattr(state.data, split).y).item()
+
+    uniform = pop.model_from(*pop.mean(record=False))
+    twa.cfg.update({"epochs": 3, "lr": 0.5})
+    trained = twa.finalize(state)["twa"]
+    assert loss(trained) < loss(uniform)
+
+
+# ----------------------------------------------------------------------------------------- soups
+@pytest.mark.parametrize("same_init", ["true", "false"])
+def test_greedy_soup_is_never_worse_than_the_best_member_on_heldout(tiny, same_init):
+    cfg = tiny("method=soups", "population.size=4", f"population.same_init={same_init}", "data.heldout_fraction=0.1")
+    trainer = Trainer(cfg, run_dir_for(cfg))
+    trainer.fit()
+    state = trainer.state
+    pop, ev = state.population, state.evaluator
+    best_member = max(ev.accuracy(pop.model_from(*pop.member_state(i))) for i in range(pop.size))
+    chosen, trace = greedy_ingredients(state)
+    assert trace[0] == best_member and trace == sorted(trace) and trace[-1] >= best_member
+    models = trainer.method.finalize(state)
+    assert set(models) == {"greedy_soup", "uniform_soup"}
+    assert ev.accuracy(models["greedy_soup"]) == trace[-1]
+
+
+def test_soups_are_available_to_any_method_as_finalizers(tiny):
+    rec = run(tiny("method=papa", "population.finalizers=[greedy_soup,uniform_soup]"))
+    assert rec["status"] == "done", rec.get("traceback")
+    assert set(rec["metrics"]["final"]) == {"greedy_soup", "uniform_soup"}
+    bad = run(tiny("population.finalizers=[nope]"))
+    assert bad["status"] == "failed" and "unknown finalizer 'nope'" in bad["error"]
+
+
+# ------------------------------------------------------------------------------- every method runs
+METHODS = ["wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_resumes_bit_for_bit(tiny, tmp_path, monkeypatch, name):
+    """Interrupted mid-epoch and restarted, each method ends with the uninterrupted run's metrics."""
+    overrides = (f"method={name}", "population.size=3", "trainer.epochs=3", "trainer.batch_size=256")
+    extra = {"dart": ("method.every_steps=2",), "twa": ("method.candidates=both", "method.epochs=1")}
+    overrides += extra.get(name, ())
+    ref = run(dict(tiny(*overrides), out_dir=str(tmp_path / "ref")))
+    assert ref["status"] == "done", ref.get("traceback")
+    original = Trainer.train_step
+
+    def stopping_step(self, k):
+        loss = original(self, k)
+        if self.state.step == 7:
+            request_stop()
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", stopping_step)
+    cfg = dict(tiny(*overrides), out_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Interrupted):
+        run(cfg)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = run(cfg)
+    assert resumed["metrics"] == ref["metrics"] and resumed["comm"] == ref["comm"]
