@@ -41,6 +41,25 @@ def train_main(overrides: list[str]) -> int:
     return 1 if "failed" in _last_status else 0
 
 
+def sweep_main(config: str, cluster: str, dry_run: bool) -> int:
+    from wab.sweep import launch, load_sweep, plan
+
+    spec = load_sweep(config)
+    if dry_run:
+        for r in plan(spec):
+            print(f"{r.run_id}  {r.dir.state():<12}  {' '.join(r.overrides)}")
+        return 0
+    manifest = launch(spec, cluster)
+    last = manifest["launches"][-1]
+    total = len(manifest["runs"])
+    done = total - last["submitted"]
+    print(f"sweep {spec.name}: {total} runs, {done} already finished, {last['submitted']} submitted")
+    if last["jobs"]:
+        print(f"job array: {sorted(set(j.split('_')[0] for j in last['jobs'].values()))}")
+    print(f"follow it with: wab status {spec.out_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wab", description="wab, the weight-averaging benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,11 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         help="train one run: wab train [hydra overrides], e.g. method=independent population.size=4",
         add_help=False,
     )
+    sweep = sub.add_parser("sweep", help="launch a grid of runs as one job array (returns after submission)")
+    sweep.add_argument("config", help="a sweep YAML file, or the name of one in configs/sweep/")
+    sweep.add_argument("--cluster", required=True, choices=["slurm", "local", "debug"], help="where the jobs run")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their states; submit nothing")
+    status = sub.add_parser("status", help="each run's state in a sweep directory, from the files alone")
+    status.add_argument("sweep_dir")
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return train_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "sweep":
+        return sweep_main(args.config, args.cluster, args.dry_run)
+    if args.command == "status":
+        from wab.sweep import format_status, sweep_status
+
+        print(format_status(sweep_status(args.sweep_dir)))
+        return 0
     if args.command == "demo":
         from wab.demo import demo as run_demo
 

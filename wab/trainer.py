@@ -279,6 +279,7 @@ class Trainer:
                     if _STOP.is_set():
                         _STOP.clear()
                         self.save_checkpoint()
+                        log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
                         raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
                 if "after_epoch" in self.hooks:
                     self.method.after_epoch(s)
