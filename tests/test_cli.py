@@ -35,3 +35,14 @@ def test_wab_demo_compares_methods(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "independent" in p.stdout and "ensemble" in p.stdout and "averaged+BN" in p.stdout
     assert len(list((tmp_path / "demo").glob("independent-*/done"))) == 1
+
+
+def test_wab_train_multirun_with_the_basic_launcher(tmp_path):
+    out = tmp_path / "multi"
+    p = _run(
+        ["train", "-m", "seed=0,1", "data=digits", "population.size=2", "model.width=4", "trainer.epochs=1",
+         "trainer.batch_size=256", "trainer.progress=false", "device=cpu", f"out_dir={out}"],
+        tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert len(list(out.glob("independent-*/done"))) == 2

@@ -114,3 +114,13 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_result(tmp_path):
     assert "resumed from" in planned.dir.log.read_text()
     final = json.loads(planned.dir.final.read_text())
     assert final["metrics"] == reference["metrics"] and final["steps"] == reference["steps"]
+
+
+def test_the_hydra_launcher_path_gives_the_same_run_directories(tmp_path):
+    out = tmp_path / "hydra"
+    cmd = [sys.executable, "-m", "wab.cli", "train", "-m", "method=independent,wash", "seed=0,1",
+           "hydra/launcher=slurm", *TINY, "trainer.progress=false", f"out_dir={out}"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    spec = sweep(tmp_path, "same", {"method": ["wash", "independent"], "seed": [1, 0]})  # another order
+    assert {d.name for d in out.iterdir() if (d / "done").exists()} == {r.run_id for r in plan(spec)}
