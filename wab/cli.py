@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their states; submit nothing")
     status = sub.add_parser("status", help="each run's state in a sweep directory, from the files alone")
     status.add_argument("sweep_dir")
+    report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
+    report.add_argument("results", help="a results directory (searched recursively for runs)")
+    report.add_argument("--out", default=None, help="where the report goes (default: <results>/report)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return train_main(rest)
@@ -89,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         from wab.sweep import format_status, sweep_status
 
         print(format_status(sweep_status(args.sweep_dir)))
+        return 0
+    if args.command == "report":
+        from wab.analysis.report import write_report
+
+        print(f"report written: {write_report(args.results, args.out)}")
         return 0
     if args.command == "demo":
         from wab.demo import demo as run_demo

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from wab.analysis.collect import collect_runs
+from wab.analysis.report import write_report
 from wab.config import compose_config, method_override
 from wab.method import available_methods, get_method
 from wab.run import run
@@ -63,4 +64,5 @@ def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str
         print()
         print(table.to_string(index=False))
     print(f"\nruns in {out}/")
+    print(f"report: {write_report(out)}")
     return 1 if failed else 0

@@ -113,7 +113,13 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash mid-write
+                continue
+        return out
 
     def truncate_metrics_after(self, step: int) -> None:
         """Drop evaluation lines written after the checkpoint a resumed run restarts from."""
