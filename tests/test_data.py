@@ -77,3 +77,29 @@ def test_augment_rejects_bad_values():
         Augment(random_erasing=2.0)
     with pytest.raises(ValueError, match="policy must be one of"):
         Augment(policy="randaug")
+
+
+def test_cifar100_python_pickles_and_imagefolder(tmp_path):
+    import pickle
+
+    from PIL import Image
+
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 50), ("test", 20)):
+        data = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(rng.integers(0, 100, n))}
+        (d / split).write_bytes(pickle.dumps(data))
+    c = load_data("cifar100", root=str(tmp_path), heldout_fraction=0.1)
+    assert c.train.x.shape == (45, 3, 32, 32) and len(c.heldout) == 5 and len(c.test) == 20
+    raw = pickle.loads((d / "test").read_bytes())
+    assert torch.equal(c.test.x[3], torch.from_numpy(raw["data"][3].reshape(3, 32, 32)))
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / cls / f"{i}.png"
+                )
+    f = load_data("imagefolder", root=str(tmp_path / "imgs"), heldout_fraction=0.0, image_size=16)
+    assert f.train.x.shape == (6, 3, 16, 16) and f.num_classes == 2 and f.test.y.tolist() == [0, 0, 0, 1, 1, 1]
