@@ -44,13 +44,13 @@ class FlatModel:
         self.segments = pop.param_segments
 
     def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
-        params = {s.name: theta[s.start : s.stop].view(s.shape) for s in self.segments}
+        params = {s.name: s.view(theta[s.start : s.stop]) for s in self.segments}
         return functional_call(self.module, params, (x,))
 
     def to_module(self, theta: Tensor) -> nn.Module:
         with torch.no_grad():
             for s, p in zip(self.segments, self.module.parameters()):
-                p.copy_(theta[s.start : s.stop].view(s.shape))
+                p.copy_(s.view(theta[s.start : s.stop]))
         return self.module
 
 

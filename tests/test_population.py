@@ -156,3 +156,27 @@ def test_bad_input_is_named():
         pop.mix(torch.eye(3))
     with pytest.raises(ValueError, match="population size must be >= 1"):
         Population(cnn, seeds=[])
+
+
+def test_channels_last_layout_changes_nothing_but_the_layout():
+    plain = make_pop(n=2)
+    cl = Population(cnn, seeds=list(range(2)), channels_last=True)
+    w = cl.members[0].features[1][0].weight  # 4 input channels (the first conv has 1: both layouts agree)
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    seg = next(s for s in cl.param_segments if s.name == "features.1.0.weight")
+    assert w.data_ptr() == cl.params[0][0, seg.start :].data_ptr()
+    x = torch.randn(4, 1, 8, 8)
+    for a, b in zip(plain.members, cl.members):
+        torch.testing.assert_close(a(x), b(x.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-5)
+    opt_p, opt_c = build_optimizer(plain.params, OPTIMS[0]), build_optimizer(cl.params, OPTIMS[0])
+    for pop, opt in ((plain, opt_p), (cl, opt_c)):
+        pop.zero_grad()
+        sum(m(x).square().mean() for m in pop.members).backward()
+        opt.step()
+    for a, b in zip(plain.members, cl.members):
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    model = cl.model_from(*cl.member_state(1))
+    cl.members[1].eval()
+    model.eval()
+    torch.testing.assert_close(model(x), cl.members[1](x), rtol=0, atol=0)

@@ -155,3 +155,10 @@ def test_lr_schedules():
     assert lrs[7] == pytest.approx(0.1 - 0.09 * (0.7 - 0.5) / 0.4)  # linear decay
     assert lrs[10:] == pytest.approx([0.01] * 10)  # then swa_lr
     assert lr_at(0, 100, 10, {"lr": 0.1, "schedule": "constant", "warmup_epochs": 1}) == pytest.approx(0.01)
+
+
+def test_gpu_mode_options_run_on_cpu_too(tiny):
+    rec = run(tiny("trainer.amp=true", "trainer.channels_last=true"))
+    assert rec["status"] == "done", rec.get("traceback")
+    bad = run(tiny("trainer.amp=maybe"))
+    assert bad["status"] == "failed" and "trainer.amp must be auto, true or false, got 'maybe'" in bad["error"]

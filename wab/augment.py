@@ -75,14 +75,17 @@ class Batch:
 class Normalizer:
     """uint8 images to normalised floats: x / 255, minus the mean, over the std."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
+    def __init__(
+        self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, channels_last: bool = False
+    ) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = mean_t / std_t
 
     def __call__(self, x: Tensor) -> Tensor:
-        return torch.addcmul(-self.shift, x.float(), self.scale)
+        return torch.addcmul(-self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
 
 
 def random_crop(x: Tensor, padding: int, rng: np.random.Generator) -> Tensor:

@@ -31,10 +31,18 @@ class Segment:
     start: int
     numel: int
     shape: tuple[int, ...]
+    channels_last: bool = False  # a 4-D weight stored in channels-last order (CUDA speed)
 
     @property
     def stop(self) -> int:
         return self.start + self.numel
+
+    def view(self, flat: Tensor) -> Tensor:
+        """This tensor as a view of its slice ``flat`` (1-D, numel elements) of a flat row."""
+        if self.channels_last:
+            o, i, h, w = self.shape
+            return flat.view(o, h, w, i).permute(0, 3, 1, 2)
+        return flat.view(self.shape)
 
 
 def order_invariant_mean(x: Tensor) -> Tensor:
@@ -58,7 +66,9 @@ def order_invariant_mean(x: Tensor) -> Tensor:
     return out
 
 
-def _flatten_into(tensors: Sequence[tuple[str, Tensor]]) -> tuple[list[Segment], list[torch.dtype], list[int]]:
+def _flatten_into(
+    tensors: Sequence[tuple[str, Tensor]], channels_last: bool = False
+) -> tuple[list[Segment], list[torch.dtype], list[int]]:
     """Lay out named tensors in groups by dtype, in their order of appearance."""
     dtypes: list[torch.dtype] = []
     sizes: list[int] = []
@@ -68,7 +78,7 @@ def _flatten_into(tensors: Sequence[tuple[str, Tensor]]) -> tuple[list[Segment],
             dtypes.append(t.dtype)
             sizes.append(0)
         g = dtypes.index(t.dtype)
-        segments.append(Segment(name, g, sizes[g], t.numel(), tuple(t.shape)))
+        segments.append(Segment(name, g, sizes[g], t.numel(), tuple(t.shape), channels_last and t.dim() == 4))
         sizes[g] += t.numel()
     return segments, dtypes, sizes
 
@@ -82,7 +92,10 @@ class Population:
         seeds: Sequence[int],
         device: torch.device | str = "cpu",
         ledger: CommLedger | None = None,
+        channels_last: bool = False,
     ) -> None:
+        """``channels_last`` stores 4-D (convolution) weights in channels-last order, the layout
+        fast convolutions on CUDA want; the flat tensors and every operation are unchanged."""
         if len(seeds) < 1:
             raise ValueError(f"population size must be >= 1, got {len(seeds)} seeds")
         self.build_member = build_member
@@ -95,7 +108,8 @@ class Population:
         n = len(self.members)
 
         first = self.members[0]
-        self.param_segments, pdtypes, psizes = _flatten_into(list(first.named_parameters()))
+        self.channels_last = channels_last
+        self.param_segments, pdtypes, psizes = _flatten_into(list(first.named_parameters()), channels_last)
         float_buffers = [(k, b) for k, b in first.named_buffers() if b.is_floating_point()]
         self.buffer_segments, bdtypes, bsizes = _flatten_into(float_buffers)
         self.params = [torch.empty(n, s, dtype=d, device=self.device) for d, s in zip(pdtypes, psizes)]
@@ -108,16 +122,16 @@ class Population:
             named = dict(member.named_parameters())
             for seg in self.param_segments:
                 p = named[seg.name]
-                row = self.params[seg.group][i, seg.start : seg.stop]
-                row.copy_(p.detach().reshape(-1))
-                p.data = row.view(seg.shape)
-                p.grad = self.grads[seg.group][i, seg.start : seg.stop].view(seg.shape)
+                view = seg.view(self.params[seg.group][i, seg.start : seg.stop])
+                view.copy_(p.detach())
+                p.data = view
+                p.grad = seg.view(self.grads[seg.group][i, seg.start : seg.stop])
             for seg in self.buffer_segments:
                 owner, _, attr = seg.name.rpartition(".")
                 module = member.get_submodule(owner)
-                row = self.buffers[seg.group][i, seg.start : seg.stop]
-                row.copy_(module._buffers[attr].reshape(-1))
-                module._buffers[attr] = row.view(seg.shape)
+                view = seg.view(self.buffers[seg.group][i, seg.start : seg.stop])
+                view.copy_(module._buffers[attr])
+                module._buffers[attr] = view
 
     # ----------------------------------------------------------------------------------- sizes
     @property
@@ -246,13 +260,15 @@ class Population:
     def model_from(self, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> nn.Module:
         """A standalone module (own storage) holding the given flat params and buffers."""
         model = self.build_member().to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         named_p = dict(model.named_parameters())
         for seg in self.param_segments:
-            named_p[seg.name].copy_(params[seg.group][seg.start : seg.stop].view(seg.shape))
+            named_p[seg.name].copy_(seg.view(params[seg.group][seg.start : seg.stop]))
         if buffers:
             named_b = dict(model.named_buffers())
             for seg in self.buffer_segments:
-                named_b[seg.name].copy_(buffers[seg.group][seg.start : seg.stop].view(seg.shape))
+                named_b[seg.name].copy_(seg.view(buffers[seg.group][seg.start : seg.stop]))
         return model
 
     def average_model(self) -> nn.Module:

@@ -25,6 +25,7 @@ NOT_HASHED = (
     ("trainer", "progress"),
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
+    ("trainer", "compile"),
 )
 
 STATES = ("done", "diverged", "failed", "incomplete", "not launched")

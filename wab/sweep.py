@@ -207,8 +207,12 @@ def launch(spec: SweepSpec, cluster: str) -> dict[str, Any]:
         "out_dir": str(spec.out_dir),
         "resources": spec.resources,
         "runs": [
-            {"run_id": r.run_id, "overrides": r.overrides, "state_at_launch": states[r.run_id],
-             "job_id": job_ids.get(r.run_id)}
+            {
+                "run_id": r.run_id,
+                "overrides": r.overrides,
+                "state_at_launch": states[r.run_id],
+                "job_id": job_ids.get(r.run_id),
+            }
             for r in runs
         ],  # fmt: skip
         "launches": history,
