@@ -1,0 +1,84 @@
+"""One epoch of CIFAR-10 including data: wab's trainer against the loop of the papers' own code
+(N separate models and optimizers, one torchvision-style Dataset + DataLoader with PIL
+transforms per member; random crop + flip), side by side in one process, in alternating chunks of
+steps, on CPU. Targets: wab at most 0.9x the loop's time with the tiny CNN, at most 1.0x with
+ResNet-18 (on a subset of the epoch: --resnet-steps).
+
+    WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_epoch [--models cnn resnet18] [--sizes 2 5 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+
+import torch
+
+from benchmarks.papers_loop import loop_step, member_loaders, sgd
+from wab.config import compose_config
+from wab.records import RunDir
+from wab.trainer import Trainer
+
+
+def build(model: str, n: int, batch_size: int, workers: int) -> tuple:
+    cfg = compose_config(
+        ["data=cifar10", f"model={model}", f"population.size={n}", f"trainer.batch_size={batch_size}",
+         "data.heldout_fraction=0", "data.augment.crop_padding=4", "data.augment.flip=true", "device=cpu",
+         "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}"]
+    )  # fmt: skip
+    if os.environ.get("WAB_DATA"):
+        cfg["data"]["root"] = os.environ["WAB_DATA"]
+    trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
+    trainer.perms = [torch.from_numpy(r.permutation(len(trainer.data.train))) for r in trainer.rngs]
+    models = [copy.deepcopy(m) for m in trainer.population.members]  # the same initial weights, own storage
+    loaders = member_loaders(trainer.data.train, trainer.data.mean, trainer.data.std, n, batch_size, workers)
+    return trainer, models, sgd(models), [iter(dl) for dl in loaders]
+
+
+def bench(model: str, n: int, steps: int | None, batch_size: int, workers: int, chunk: int) -> tuple[float, float, int]:
+    trainer, models, opts, iters = build(model, n, batch_size, workers)
+    for m in models:
+        m.train()
+    total = steps or trainer.steps_per_epoch
+    t_wab = t_loop = 0.0
+    for start in range(0, total, chunk):
+        ks = range(start, min(start + chunk, total))
+        sides = ["wab", "loop"] if (start // chunk) % 2 == 0 else ["loop", "wab"]
+        for side in sides:
+            t0 = time.perf_counter()
+            for k in ks:
+                trainer.train_step(k) if side == "wab" else loop_step(models, opts, iters)
+            dt = time.perf_counter() - t0
+            if side == "wab":
+                t_wab += dt
+            else:
+                t_loop += dt
+    return t_wab, t_loop, total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cnn", "resnet18"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[2, 5, 10])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per member in the papers' loop")
+    p.add_argument("--cnn-steps", type=int, default=None, help="default: the whole epoch")
+    p.add_argument("--resnet-steps", type=int, default=4, help="ResNet-18 on CPU: this many steps of the epoch")
+    p.add_argument("--chunk", type=int, default=10, help="steps per alternating chunk")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU; CIFAR-10, "
+          f"batch {args.batch_size} per member, loop DataLoader workers {args.workers}")  # fmt: skip
+    print(f"{'model':>9s} {'N':>3s} {'steps':>6s} {'wab s':>8s} {'loop s':>8s} {'ratio':>6s}")
+    for model in args.models:
+        steps = args.resnet_steps if model == "resnet18" else args.cnn_steps
+        chunk = min(args.chunk, steps) if steps else args.chunk
+        for n in args.sizes:
+            w, h, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk))
+            print(f"{model:>9s} {n:>3d} {total:>6d} {w:>8.2f} {h:>8.2f} {w / h:>6.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
