@@ -41,6 +41,15 @@ def _save(fig: plt.Figure, out: Path, name: str) -> Path:
     return png
 
 
+def _label_averaged(ax: plt.Axes, xlabel: str, title: str) -> None:
+    """Labels, grid and an outside legend for a figure whose y axis is the averaged model's accuracy."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("averaged model accuracy after BN recal. (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
 def _stats(df: pd.DataFrame, col: str) -> pd.DataFrame:
     g = df.groupby(["method", "variant"])[col]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
@@ -71,11 +80,7 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
     if (merged["mean_comm"] == 0).any():  # methods that never communicate sit at the left edge
         ax.axvline(floor * 2, color="grey", linestyle=":", linewidth=1)
         ax.text(floor, ax.get_ylim()[1], " none", va="top", ha="left", fontsize=8, color="grey")
-    ax.set_xlabel("communication per member per step (elements, log scale)")
-    ax.set_ylabel("averaged model accuracy after BN recal. (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _label_averaged(ax, "communication per member per step (elements, log scale)", title)
     return fig
 
 
@@ -131,11 +136,7 @@ def disagreement_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
         sub = df[df["variant"] == variant]
         ax.scatter(100 * sub["metrics.disagreement"], 100 * sub["metrics.avg_bn_acc"], color=method_color(method),
                    label=variant, s=30)  # fmt: skip
-    ax.set_xlabel("members' mean pairwise disagreement (%)")
-    ax.set_ylabel("averaged model accuracy after BN recal. (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _label_averaged(ax, "members' mean pairwise disagreement (%)", title)
     return fig
 
 
