@@ -26,7 +26,7 @@ from wab import CONFIG_DIR
 from wab.config import compose_config
 from wab.records import STATES, RunDir, atomic_write_json, run_id
 from wab.run import run
-from wab.trainer import Interrupted, request_stop
+from wab.trainer import Interrupted, clear_stop, request_stop
 
 CLUSTERS = ("slurm", "local", "debug")
 SPEC_KEYS = {"name", "out_dir", "base", "grid", "variants", "resources"}
@@ -145,6 +145,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __call__(self, cfg: dict[str, Any]) -> str:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
+        clear_stop()
         signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
         try:
             return run(cfg)["status"]
@@ -153,6 +154,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 submitit_handler(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
             raise
         finally:
+            clear_stop()
             signal.signal(signal.SIGUSR2, submitit_handler)
 
 

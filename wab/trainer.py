@@ -47,6 +47,11 @@ def request_stop() -> None:
     _STOP.set()
 
 
+def clear_stop() -> None:
+    """Forget a stop request that arrived after the last step (e.g. during the final evaluation)."""
+    _STOP.clear()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
