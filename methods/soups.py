@@ -35,8 +35,10 @@ def _heldout_accuracy(run: RunState, model: nn.Module, bn: str) -> float:
 
 
 def _gather(run: RunState) -> None:
-    pop = run.population
-    run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size())
+    """Every member's weights travel once, however many soups are made of them."""
+    if "soup_gather" not in run.ledger.ops:
+        pop = run.population
+        run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size())
 
 
 @register_finalizer("uniform_soup")

@@ -322,6 +322,8 @@ def test_greedy_soup_is_never_worse_than_the_best_member_on_heldout(tiny, same_i
     assert trace[0] == best_member and trace == sorted(trace) and trace[-1] >= best_member
     models = trainer.method.finalize(state)
     assert set(models) == {"greedy_soup", "uniform_soup"}
+    gather = state.ledger.ops["soup_gather"]
+    assert gather.calls == 1 and gather.elements == pop.num_params  # gathered once for both soups
     assert ev.accuracy(models["greedy_soup"]) == trace[-1]
 
 
