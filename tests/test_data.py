@@ -103,3 +103,17 @@ def test_cifar100_python_pickles_and_imagefolder(tmp_path):
                 )
     f = load_data("imagefolder", root=str(tmp_path / "imgs"), heldout_fraction=0.0, image_size=16)
     assert f.train.x.shape == (6, 3, 16, 16) and f.num_classes == 2 and f.test.y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_crop_and_flip_in_one_gather_equal_cropping_then_flipping():
+    from wab.augment import crop_flip
+
+    x = torch.randint(0, 256, (64, 3, 10, 12), dtype=torch.uint8)
+    out = crop_flip(x, 2, True, np.random.default_rng(3))
+    draws = np.random.default_rng(3)
+    off, flips = draws.integers(0, 5, size=(2, 64)), draws.random(64) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(64):
+        ref = padded[b, :, off[0, b] : off[0, b] + 10, off[1, b] : off[1, b] + 12]
+        assert torch.equal(out[b], ref.flip(2) if flips[b] else ref)
+    assert 10 < flips.sum() < 54

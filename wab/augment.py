@@ -88,20 +88,33 @@ class Normalizer:
         return torch.addcmul(-self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
 
 
+def crop_flip(x: Tensor, padding: int, flip: bool, rng: np.random.Generator) -> Tensor:
+    """Random crop (zero padding ``padding``) and/or random horizontal flip of each image, as one
+    gather over the batch: the crop offsets and flips only change which pixel each output reads."""
+    b, c, h, w = x.shape
+    device = x.device
+    xp = F.pad(x, (padding,) * 4) if padding else x
+    hp, wp = h + 2 * padding, w + 2 * padding
+    oy = ox = torch.zeros(b, dtype=torch.long, device=device)
+    if padding:
+        off = torch.from_numpy(rng.integers(0, 2 * padding + 1, size=(2, b))).to(device)
+        oy, ox = off[0], off[1]
+    cols = torch.arange(w, device=device).expand(b, w)
+    if flip:
+        mask = torch.from_numpy(rng.random(b) < 0.5).to(device).view(b, 1)
+        cols = torch.where(mask, w - 1 - cols, cols)
+    rows = oy.view(b, 1, 1) + torch.arange(h, device=device).view(1, h, 1)
+    idx = (rows * wp + (ox.view(b, 1, 1) + cols.view(b, 1, w))).view(b, 1, h * w)
+    return xp.reshape(b, c, hp * wp).gather(2, idx.expand(b, c, h * w)).view(b, c, h, w)
+
+
 def random_crop(x: Tensor, padding: int, rng: np.random.Generator) -> Tensor:
     """Zero-pad by ``padding`` and crop back to size at a random offset per image."""
-    b, _, h, w = x.shape
-    xp = F.pad(x, (padding,) * 4)
-    off = torch.from_numpy(rng.integers(0, 2 * padding + 1, size=(2, b))).to(x.device)
-    rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (off[1, :, None] + torch.arange(w, device=x.device))[:, None, :]
-    idx = torch.arange(b, device=x.device)[:, None, None]
-    return xp.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
+    return crop_flip(x, padding, False, rng)
 
 
 def random_flip(x: Tensor, rng: np.random.Generator) -> Tensor:
-    mask = torch.from_numpy(rng.random(len(x)) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(mask, x.flip(3), x)
+    return crop_flip(x, 0, True, rng)
 
 
 def _box_mask(h: int, w: int, top: Tensor, left: Tensor, bottom: Tensor, right: Tensor) -> Tensor:
@@ -162,10 +175,8 @@ class Augmenter:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**62)))
                 x = _policy(x, a.policy)
-        if a.crop_padding:
-            x = random_crop(x, a.crop_padding, rng)
-        if a.flip:
-            x = random_flip(x, rng)
+        if a.crop_padding or a.flip:
+            x = crop_flip(x, a.crop_padding, a.flip, rng)
         xf = self.normalize(x)
         if a.cutout:
             xf = cutout(xf, a.cutout, rng)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every benchmark in turn, each printing its figures (run on an otherwise idle machine).
+#   WAB_DATA=../shared/data bash benchmarks/run_all.sh 2>&1 | tee /tmp/benchmarks.txt
+set -euo pipefail
+py="${PYTHON:-.venv/bin/python}"
+for cmd in "-m benchmarks.bench_trainer" "-m benchmarks.bench_methods" "-m benchmarks.bench_data" \
+           "-m benchmarks.bench_epoch" "-m benchmarks.bench_memory"; do
+  echo "## $py $cmd  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
+  $py $cmd
+  echo
+done
