@@ -3,7 +3,7 @@ Dataset + DataLoader with PIL transforms, one epoch of CIFAR-10 (../shared/data)
 (padding 4) + horizontal flip + normalisation, batches of 128, CPU, data alone (no model).
 Target: wab at least 3x faster per epoch.
 
-    WAB_DATA=../shared/data .venv/bin/python benchmarks/bench_data.py [--workers 0 2] [--epochs 1]
+    WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_data [--workers 0 2] [--subset K]
 """
 
 from __future__ import annotations

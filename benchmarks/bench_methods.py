@@ -5,7 +5,7 @@ WASH+Opt shuffle at p=0.01, and the PAPA pull (every 10 steps, so its per-step c
 of one pull), against the population's training step on the same machine, in one process.
 Targets: the shuffle under 2% of a step at p=0.01, growing with p; the PAPA pull under 2%.
 
-    .venv/bin/python benchmarks/bench_methods.py [--model resnet18] [--size 5] [--batch-size 64]
+    .venv/bin/python -m benchmarks.bench_methods [--model resnet18] [--size 5] [--batch-size 64]
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Both sides get the same architecture, initial weights and batches, and run side 
 process, alternating, so the ratio is measured under the same conditions. Prints the median step
 time of each and their ratio (wab / loop; target <= 1.0).
 
-    .venv/bin/python benchmarks/bench_trainer.py                 # tiny CNN and ResNet-18, N in {2, 5}
-    .venv/bin/python benchmarks/bench_trainer.py --models cnn --sizes 2 5 10 --reps 20
+    .venv/bin/python -m benchmarks.bench_trainer                 # tiny CNN and ResNet-18, N in {2, 5}
+    .venv/bin/python -m benchmarks.bench_trainer --models cnn --sizes 2 5 10 --reps 20
 """
 
 from __future__ import annotations
