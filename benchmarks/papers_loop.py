@@ -4,7 +4,6 @@ transforms) and DataLoader."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -59,7 +58,3 @@ def loop_step(models: list[nn.Module], optimizers: list[torch.optim.Optimizer], 
 
 def sgd(models: list[nn.Module], lr: float = 0.05) -> list[torch.optim.Optimizer]:
     return [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4) for m in models]
-
-
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)

@@ -268,11 +268,12 @@ def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
     script2 = iter([0.71, 0.75])  # soft: the provisional average is kept, n grows
     monkeypatch.setattr(state.evaluator, "accuracy", lambda model, split="heldout": next(script2))
     perturb(pop, gen)
+    running = pop.params[0][0].clone()
     state.epoch = 5
     m.after_epoch(state)
     assert m.decisions[0][-1] == "soft" and m.n[0] == 2
     torch.testing.assert_close(m.params[0][0], (snaps[4] + pop.params[0][0]) / 2)
-    assert torch.equal(pop.params[0][0], pop.params[0][0])  # the running model is never modified
+    assert torch.equal(pop.params[0][0], running)  # the running model is never modified
 
 
 # ----------------------------------------------------------------------------------------- TWA

@@ -9,7 +9,6 @@ computed once per evaluation and serve every member and ensemble metric.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
@@ -120,7 +119,7 @@ class Evaluator:
         )
         avg_model = population.average_model()
         avg = self.metrics(avg_model)
-        avg_bn = self.metrics(self.recalibrate_bn(copy.deepcopy(avg_model))) if has_batchnorm(avg_model) else avg
+        avg_bn = self.metrics(self.recalibrate_bn(avg_model)) if has_batchnorm(avg_model) else avg  # in place
         final = {}
         for name, model in (finals or {}).items():
             if recalibrate_finals:
