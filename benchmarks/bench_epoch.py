@@ -2,7 +2,7 @@
 (N separate models and optimizers, one torchvision-style Dataset + DataLoader with PIL
 transforms per member; random crop + flip), side by side in one process, in alternating chunks of
 steps, on CPU. Targets: wab at most 0.9x the loop's time with the tiny CNN, at most 1.0x with
-ResNet-18 (on a subset of the epoch: --resnet-steps).
+ResNet-18 (on a subset of the epoch: --resnet-steps). Each side first takes --warmup untimed steps.
 
     WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_epoch [--models cnn resnet18] [--sizes 2 5 10]
 """
@@ -38,15 +38,20 @@ def build(model: str, n: int, batch_size: int, workers: int) -> tuple:
     return trainer, models, sgd(models), [iter(dl) for dl in loaders]
 
 
-def bench(model: str, n: int, steps: int | None, batch_size: int, workers: int, chunk: int) -> tuple[float, float, int]:
+def bench(
+    model: str, n: int, steps: int | None, batch_size: int, workers: int, chunk: int, warmup: int
+) -> tuple[float, float, int]:
     trainer, models, opts, iters = build(model, n, batch_size, workers)
     for m in models:
         m.train()
-    total = steps or trainer.steps_per_epoch
+    total = steps or trainer.steps_per_epoch - warmup
+    for k in range(warmup):  # untimed, both sides: first-call allocations and caches
+        trainer.train_step(k)
+        loop_step(models, opts, iters)
     t_wab = t_loop = 0.0
-    for start in range(0, total, chunk):
-        ks = range(start, min(start + chunk, total))
-        sides = ["wab", "loop"] if (start // chunk) % 2 == 0 else ["loop", "wab"]
+    for start in range(warmup, warmup + total, chunk):
+        ks = range(start, min(start + chunk, warmup + total))
+        sides = ["wab", "loop"] if ((start - warmup) // chunk) % 2 == 0 else ["loop", "wab"]
         for side in sides:
             t0 = time.perf_counter()
             for k in ks:
@@ -68,6 +73,7 @@ def main() -> None:
     p.add_argument("--cnn-steps", type=int, default=None, help="default: the whole epoch")
     p.add_argument("--resnet-steps", type=int, default=4, help="ResNet-18 on CPU: this many steps of the epoch")
     p.add_argument("--chunk", type=int, default=10, help="steps per alternating chunk")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps of each side before timing")
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU; CIFAR-10, "
           f"batch {args.batch_size} per member, loop DataLoader workers {args.workers}")  # fmt: skip
@@ -76,7 +82,7 @@ def main() -> None:
         steps = args.resnet_steps if model == "resnet18" else args.cnn_steps
         chunk = min(args.chunk, steps) if steps else args.chunk
         for n in args.sizes:
-            w, h, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk))
+            w, h, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk), args.warmup)
             print(f"{model:>9s} {n:>3d} {total:>6d} {w:>8.2f} {h:>8.2f} {w / h:>6.3f}", flush=True)
 
 

@@ -12,19 +12,17 @@ import subprocess
 import sys
 
 CHILD = r"""
-import resource, sys, torch
-from wab.augment import Batch
+import resource, sys
+from benchmarks.synthetic import SGD, synthetic_batches
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
 from wab.trainer import population_step
 model, n, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-gen = torch.Generator().manual_seed(0)
-batches = [Batch(torch.randn(bs, 3, 32, 32, generator=gen), y, y, 1.0, 0.0)
-           for y in (torch.randint(0, 10, (bs,), generator=gen) for _ in range(n))]
+batches = synthetic_batches(n, bs)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 pop = Population(model_factory(model, 3, 32, 10), seeds=range(n))
-opt = build_optimizer(pop.params, {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
+opt = build_optimizer(pop.params, SGD)
 for _ in range(steps):
     population_step(pop, opt, batches)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

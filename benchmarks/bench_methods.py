@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from wab.augment import Batch
+from benchmarks.synthetic import SGD, synthetic_batches
 from wab.methods.wash import Wash
 from wab.models import model_factory
 from wab.optim import build_optimizer
@@ -50,13 +50,9 @@ def main() -> None:
     p.add_argument("--op-reps", type=int, default=20)
     args = p.parse_args()
     pop = Population(model_factory(args.model, 3, 32, 10), seeds=range(args.size))
-    opt = build_optimizer(pop.params, {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
-    gen = torch.Generator().manual_seed(0)
+    opt = build_optimizer(pop.params, SGD)
     bs = args.batch_size
-    batches = [
-        Batch(torch.randn(bs, 3, 32, 32, generator=gen), y, y, 1.0, 0.0)
-        for y in (torch.randint(0, 10, (bs,), generator=gen) for _ in range(args.size))
-    ]
+    batches = synthetic_batches(args.size, bs)
     step = median_time(lambda: population_step(pop, opt, batches), args.step_reps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.model}, N={args.size}, "
           f"D={pop.num_params:,}, batch {bs} per member")  # fmt: skip

@@ -18,13 +18,12 @@ import time
 import torch
 from torch import nn
 
+from benchmarks.synthetic import SGD, synthetic_batches
 from wab.augment import Batch
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
 from wab.trainer import population_step
-
-OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
 
 
 def hand_written_step(models: list[nn.Module], optimizers: list[torch.optim.Optimizer], batches: list[Batch]) -> None:
@@ -38,20 +37,13 @@ def hand_written_step(models: list[nn.Module], optimizers: list[torch.optim.Opti
 def bench(model: str, n: int, batch_size: int, reps: int, warmup: int) -> tuple[float, float]:
     build = model_factory(model, 3, 32, 10)
     pop = Population(build, seeds=range(n))
-    flat_opt = build_optimizer(pop.params, OPTIM)
+    flat_opt = build_optimizer(pop.params, SGD)
     models = [copy.deepcopy(m) for m in pop.members]
-    opts = [torch.optim.SGD(m.parameters(), **{k: v for k, v in OPTIM.items() if k != "name"}) for m in models]
+    opts = [torch.optim.SGD(m.parameters(), **{k: v for k, v in SGD.items() if k != "name"}) for m in models]
     pop.train()
     for m in models:
         m.train()
-    gen = torch.Generator().manual_seed(0)
-    batches = [
-        Batch(x, y, y, 1.0, 0.0)
-        for x, y in (
-            (torch.randn(batch_size, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch_size,), generator=gen))
-            for _ in range(n)
-        )
-    ]
+    batches = synthetic_batches(n, batch_size)
     t_wab, t_loop = [], []
     sides = [
         (t_wab, lambda: population_step(pop, flat_opt, batches)),

@@ -53,13 +53,16 @@ OPTIMS = [
 ]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("ocfg", OPTIMS, ids=["sgd", "sgd-nesterov", "adamw"])
-def test_flat_optimizer_step_equals_separate_steps(ocfg):
+def test_flat_optimizer_step_equals_separate_steps(ocfg, fused):
+    """The flat step (torch's fused kernel or not) equals N default torch optimizers, one per member."""
     pop = make_pop(n=3)
     copies = [copy.deepcopy(m) for m in pop.members]
     # standalone copies own their storage: deepcopy of a view copies the data, check that
     assert copies[0].head.weight.data_ptr() != pop.members[0].head.weight.data_ptr()
-    flat_opt = build_optimizer(pop.params, ocfg)
+    flat_opt = build_optimizer(pop.params, {**ocfg, "fused": fused})
+    assert flat_opt.defaults["fused"] is fused
     kw = {k: v for k, v in ocfg.items() if k != "name"}
     sep_opts = [(torch.optim.SGD if ocfg["name"] == "sgd" else torch.optim.AdamW)(c.parameters(), **kw) for c in copies]
     gen = torch.Generator().manual_seed(0)

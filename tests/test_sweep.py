@@ -5,6 +5,8 @@ import time
 import pytest
 import yaml
 
+from wab.config import compose_config
+from wab.records import config_hash
 from wab.sweep import expand, format_status, launch, load_sweep, plan, sweep_status
 
 TINY = ["data=digits", "model=cnn", "model.width=4", "population.size=2", "trainer.epochs=1",
@@ -35,6 +37,14 @@ def test_expansion_is_deterministic_and_adding_a_value_keeps_existing_ids(tmp_pa
     ids_b = [r.run_id for r in plan(b)]
     assert set(ids) < set(ids_b) and len(ids_b) == 3 + 6
     assert expand(a)[0] == [*TINY, "seed=0", "method=independent"]
+
+
+def test_run_id_ignores_settings_that_leave_results_unchanged():
+    base = compose_config([*TINY, "method=independent"])
+    same = compose_config([*TINY, "method=independent", "optim.fused=false", "trainer.progress=false", "device=cuda"])
+    other = compose_config([*TINY, "method=independent", "optim.lr=0.1"])
+    assert config_hash(base) == config_hash(same)
+    assert config_hash(base) != config_hash(other)
 
 
 def test_bad_sweep_configs_are_named(tmp_path):

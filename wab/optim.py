@@ -17,8 +17,11 @@ def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.o
     """SGD (momentum, nesterov, weight decay) or AdamW over the flat [N, P] tensors.
 
     Every update rule here is element-wise, so one step over [N, P] equals N separate steps.
+    ``fused`` (default true) selects torch's fused kernel: one pass over the flat tensor with no
+    [N, P] temporaries (ResNet-18, N=10, CPU: SGD 0.05 s against 0.32 s per step; see BENCHMARKS.md).
     """
     name = cfg["name"]
+    fused = bool(cfg.get("fused", True))
     if name == "sgd":
         return torch.optim.SGD(
             list(params),
@@ -26,6 +29,7 @@ def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.o
             momentum=cfg.get("momentum", 0.0),
             nesterov=cfg.get("nesterov", False),
             weight_decay=cfg.get("weight_decay", 0.0),
+            fused=fused,
         )
     if name == "adamw":
         return torch.optim.AdamW(
@@ -34,6 +38,7 @@ def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.o
             betas=tuple(cfg.get("betas", (0.9, 0.999))),
             eps=cfg.get("eps", 1e-8),
             weight_decay=cfg.get("weight_decay", 0.01),
+            fused=fused,
         )
     raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
 

@@ -26,6 +26,7 @@ NOT_HASHED = (
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
     ("trainer", "compile"),
+    ("optim", "fused"),
 )
 
 STATES = ("done", "diverged", "failed", "incomplete", "not launched")

@@ -1,0 +1,20 @@
+"""What the step benchmarks share: the optimizer they train with and random CIFAR-shaped batches."""
+
+from __future__ import annotations
+
+import torch
+
+from wab.augment import Batch
+
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
+
+
+def synthetic_batches(n: int, batch_size: int, image_size: int = 32, classes: int = 10, seed: int = 0) -> list[Batch]:
+    """One fixed batch of random 3-channel images and labels per member (no mixing)."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
+        y = torch.randint(0, classes, (batch_size,), generator=gen)
+        batches.append(Batch(x, y, y, 1.0, 0.0))
+    return batches
