@@ -9,3 +9,10 @@ for cmd in "-m benchmarks.bench_trainer" "-m benchmarks.bench_methods" "-m bench
   $py $cmd
   echo
 done
+if $py -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  for flags in "" "--compile"; do
+    echo "## $py -m benchmarks.bench_gpu $flags  ($(date -u +%Y-%m-%dT%H:%MZ))"
+    $py -m benchmarks.bench_gpu $flags
+    echo
+  done
+fi

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from wab.device import to_device
 from wab.method import Method, RunState, register
 from wab.population import Population, Segment
 
@@ -95,4 +96,4 @@ class Wash(Method):
                 idx = [i for i, s in enumerate(segments) if s.group == g]
                 cols = sample_positions([segments[i] for i in idx], probs[idx], gen)
                 perms = random_permutations(len(cols), pop.size, gen)
-                pop.permute_elements(g, cols.to(pop.device), perms, buffers=buffers, optimizer=optimizer)
+                pop.permute_elements(g, to_device(cols, pop.device), perms, buffers=buffers, optimizer=optimizer)

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from wab.device import to_device
+
 POLICIES = (None, "trivialaugment", "autoaugment")
 
 
@@ -97,11 +99,11 @@ def crop_flip(x: Tensor, padding: int, flip: bool, rng: np.random.Generator) -> 
     hp, wp = h + 2 * padding, w + 2 * padding
     oy = ox = torch.zeros(b, dtype=torch.long, device=device)
     if padding:
-        off = torch.from_numpy(rng.integers(0, 2 * padding + 1, size=(2, b))).to(device)
+        off = to_device(rng.integers(0, 2 * padding + 1, size=(2, b)), device)
         oy, ox = off[0], off[1]
     cols = torch.arange(w, device=device).expand(b, w)
     if flip:
-        mask = torch.from_numpy(rng.random(b) < 0.5).to(device).view(b, 1)
+        mask = to_device(rng.random(b) < 0.5, device).view(b, 1)
         cols = torch.where(mask, w - 1 - cols, cols)
     rows = oy.view(b, 1, 1) + torch.arange(h, device=device).view(1, h, 1)
     idx = (rows * wp + (ox.view(b, 1, 1) + cols.view(b, 1, w))).view(b, 1, h * w)
@@ -133,8 +135,8 @@ def _box_mask(h: int, w: int, top: Tensor, left: Tensor, bottom: Tensor, right: 
 def cutout(x: Tensor, size: int, rng: np.random.Generator) -> Tensor:
     """Zero a size x size square (clipped at the border) at a uniformly random centre per image."""
     b, _, h, w = x.shape
-    cy = torch.from_numpy(rng.integers(0, h, b)).to(x.device)
-    cx = torch.from_numpy(rng.integers(0, w, b)).to(x.device)
+    cy = to_device(rng.integers(0, h, b), x.device)
+    cx = to_device(rng.integers(0, w, b), x.device)
     mask = _box_mask(h, w, cy - size // 2, cx - size // 2, cy - size // 2 + size, cx - size // 2 + size)
     return x.masked_fill(mask, 0.0)
 
@@ -149,8 +151,8 @@ def random_erasing(x: Tensor, p: float, rng: np.random.Generator) -> Tensor:
     top = rng.integers(0, h - eh + 1)
     left = rng.integers(0, w - ew + 1)
     on = rng.random(b) < p
-    t = [torch.from_numpy(a).to(x.device) for a in (top, left, top + eh, left + ew)]
-    mask = _box_mask(h, w, *t) & torch.from_numpy(on).to(x.device).view(-1, 1, 1, 1)
+    t = [to_device(a, x.device) for a in (top, left, top + eh, left + ew)]
+    mask = _box_mask(h, w, *t) & to_device(on, x.device).view(-1, 1, 1, 1)
     return x.masked_fill(mask, 0.0)
 
 
@@ -185,7 +187,7 @@ class Augmenter:
         y_b, lam = y, 1.0
         use_mix = a.mixup_alpha > 0 or a.cutmix_alpha > 0
         if use_mix:
-            perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+            perm = to_device(rng.permutation(len(y)), y.device)
             y_b = y[perm]
             use_cutmix = a.cutmix_alpha > 0 and (a.mixup_alpha == 0 or rng.random() < 0.5)
             if use_cutmix:

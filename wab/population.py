@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from wab.device import to_device
 from wab.ledger import CommLedger
 
 _MEAN_CHUNK = 1 << 16
@@ -236,7 +237,7 @@ class Population:
         targets = [self.buffers[group] if buffers else self.params[group]]
         if optimizer is not None and not buffers:
             targets += self.optimizer_state_rows(optimizer, group)
-        src = perms.t().to(self.device)
+        src = to_device(perms.t(), self.device)
         for t in targets:
             t[:, columns] = t[:, columns].gather(0, src)
         identity = torch.arange(self.size, device=perms.device)

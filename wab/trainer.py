@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from wab.augment import Augment, Augmenter, Batch, Normalizer
 from wab.data import DataSplits, load_data
+from wab.device import resolve_device, to_device
 from wab.evaluate import Evaluator
 from wab.ledger import CommLedger
 from wab.method import Method, RunState, get_finalizer, get_method
@@ -50,14 +51,6 @@ def request_stop() -> None:
 def clear_stop() -> None:
     """Forget a stop request that arrived after the last step (e.g. during the final evaluation)."""
     _STOP.clear()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def _auto(value: Any, cuda: bool, name: str) -> bool:
@@ -216,7 +209,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "ledger": self.ledger.state_dict(),
             "member_rngs": [r.bit_generator.state for r in self.rngs],
-            "perms": self.perms,
+            "perms": [p.cpu() for p in self.perms] if self.perms is not None else None,
             "method_rng": s.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -235,7 +228,7 @@ class Trainer:
         self.ledger.load_state_dict(ckpt["ledger"])
         for rng, st in zip(self.rngs, ckpt["member_rngs"]):
             rng.bit_generator.state = st
-        self.perms = [p.cpu() for p in ckpt["perms"]] if ckpt["perms"] is not None else None
+        self.perms = [p.to(self.device) for p in ckpt["perms"]] if ckpt["perms"] is not None else None
         s.rng.set_state(ckpt["method_rng"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt["cuda_rng"]:
@@ -252,7 +245,7 @@ class Trainer:
             group["lr"] = s.lr
         batches = []
         for i in range(pop.size):
-            idx = self.perms[i][k * self.batch_size : (k + 1) * self.batch_size].to(self.device)
+            idx = self.perms[i][k * self.batch_size : (k + 1) * self.batch_size]
             batches.append(self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i]))
         loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype) / pop.size
         if not np.isfinite(loss):
@@ -299,7 +292,7 @@ class Trainer:
             while s.epoch < self.epochs:
                 if s.epoch_step == 0:
                     n = len(self.data.train)
-                    self.perms = [torch.from_numpy(r.permutation(n)) for r in self.rngs]
+                    self.perms = [to_device(r.permutation(n), self.device) for r in self.rngs]
                     self.epoch_losses = []
                 for k in range(s.epoch_step, self.steps_per_epoch):
                     self.epoch_losses.append(self.train_step(k))
