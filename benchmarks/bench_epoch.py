@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import tempfile
 import time
 
@@ -40,7 +41,9 @@ def build(model: str, n: int, batch_size: int, workers: int) -> tuple:
 
 def bench(
     model: str, n: int, steps: int | None, batch_size: int, workers: int, chunk: int, warmup: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, float, int]:
+    """Total seconds of each side, the median of the paired chunk ratios (each wab chunk over the
+    loop chunk run next to it, which cancels slow drifts of the machine's speed), and the steps."""
     trainer, models, opts, iters = build(model, n, batch_size, workers)
     for m in models:
         m.train()
@@ -49,19 +52,19 @@ def bench(
         trainer.train_step(k)
         loop_step(models, opts, iters)
     t_wab = t_loop = 0.0
+    paired = []
     for start in range(warmup, warmup + total, chunk):
         ks = range(start, min(start + chunk, warmup + total))
         sides = ["wab", "loop"] if ((start - warmup) // chunk) % 2 == 0 else ["loop", "wab"]
+        dt = {}
         for side in sides:
             t0 = time.perf_counter()
             for k in ks:
                 trainer.train_step(k) if side == "wab" else loop_step(models, opts, iters)
-            dt = time.perf_counter() - t0
-            if side == "wab":
-                t_wab += dt
-            else:
-                t_loop += dt
-    return t_wab, t_loop, total
+            dt[side] = time.perf_counter() - t0
+        t_wab, t_loop = t_wab + dt["wab"], t_loop + dt["loop"]
+        paired.append(dt["wab"] / dt["loop"])
+    return t_wab, t_loop, statistics.median(paired), total
 
 
 def main() -> None:
@@ -77,13 +80,13 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU; CIFAR-10, "
           f"batch {args.batch_size} per member, loop DataLoader workers {args.workers}")  # fmt: skip
-    print(f"{'model':>9s} {'N':>3s} {'steps':>6s} {'wab s':>8s} {'loop s':>8s} {'ratio':>6s}")
+    print(f"{'model':>9s} {'N':>3s} {'steps':>6s} {'wab s':>8s} {'loop s':>8s} {'ratio':>6s} {'median paired':>14s}")
     for model in args.models:
         steps = args.resnet_steps if model == "resnet18" else args.cnn_steps
         chunk = min(args.chunk, steps) if steps else args.chunk
         for n in args.sizes:
-            w, h, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk), args.warmup)
-            print(f"{model:>9s} {n:>3d} {total:>6d} {w:>8.2f} {h:>8.2f} {w / h:>6.3f}", flush=True)
+            w, h, med, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk), args.warmup)
+            print(f"{model:>9s} {n:>3d} {total:>6d} {w:>8.2f} {h:>8.2f} {w / h:>6.3f} {med:>14.3f}", flush=True)
 
 
 if __name__ == "__main__":
