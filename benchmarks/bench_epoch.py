@@ -3,6 +3,8 @@
 transforms per member; random crop + flip), side by side in one process, in alternating chunks of
 steps, on CPU. Targets: wab at most 0.9x the loop's time with the tiny CNN, at most 1.0x with
 ResNet-18 (on a subset of the epoch: --resnet-steps). Each side first takes --warmup untimed steps.
+wab runs with its defaults (channels-last on CPU too); --wab trainer.channels_last=false gives it
+the loop's memory layout, which isolates the harness from the layout.
 
     WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_epoch [--models cnn resnet18] [--sizes 2 5 10]
 """
@@ -24,11 +26,11 @@ from wab.records import RunDir
 from wab.trainer import Trainer
 
 
-def build(model: str, n: int, batch_size: int, workers: int) -> tuple:
+def build(model: str, n: int, batch_size: int, workers: int, overrides: tuple[str, ...] = ()) -> tuple:
     cfg = compose_config(
         ["data=cifar10", f"model={model}", f"population.size={n}", f"trainer.batch_size={batch_size}",
          "data.heldout_fraction=0", "data.augment.crop_padding=4", "data.augment.flip=true", "device=cpu",
-         "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}"]
+         "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}", *overrides]
     )  # fmt: skip
     if os.environ.get("WAB_DATA"):
         cfg["data"]["root"] = os.environ["WAB_DATA"]
@@ -40,11 +42,18 @@ def build(model: str, n: int, batch_size: int, workers: int) -> tuple:
 
 
 def bench(
-    model: str, n: int, steps: int | None, batch_size: int, workers: int, chunk: int, warmup: int
+    model: str,
+    n: int,
+    steps: int | None,
+    batch_size: int,
+    workers: int,
+    chunk: int,
+    warmup: int,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[float, float, float, int]:
     """Total seconds of each side, the median of the paired chunk ratios (each wab chunk over the
     loop chunk run next to it, which cancels slow drifts of the machine's speed), and the steps."""
-    trainer, models, opts, iters = build(model, n, batch_size, workers)
+    trainer, models, opts, iters = build(model, n, batch_size, workers, overrides)
     for m in models:
         m.train()
     total = steps or trainer.steps_per_epoch - warmup
@@ -77,15 +86,25 @@ def main() -> None:
     p.add_argument("--resnet-steps", type=int, default=4, help="ResNet-18 on CPU: this many steps of the epoch")
     p.add_argument("--chunk", type=int, default=10, help="steps per alternating chunk")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps of each side before timing")
+    p.add_argument(
+        "--wab",
+        nargs="*",
+        default=[],
+        metavar="OVERRIDE",
+        help="config overrides for wab's side, e.g. trainer.channels_last=false (the loop's layout)",
+    )
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU; CIFAR-10, "
-          f"batch {args.batch_size} per member, loop DataLoader workers {args.workers}")  # fmt: skip
+          f"batch {args.batch_size} per member, loop DataLoader workers {args.workers}, "
+          f"wab overrides {args.wab or 'none'}")  # fmt: skip
     print(f"{'model':>9s} {'N':>3s} {'steps':>6s} {'wab s':>8s} {'loop s':>8s} {'ratio':>6s} {'median paired':>14s}")
     for model in args.models:
         steps = args.resnet_steps if model == "resnet18" else args.cnn_steps
         chunk = min(args.chunk, steps) if steps else args.chunk
         for n in args.sizes:
-            w, h, med, total = bench(model, n, steps, args.batch_size, args.workers, max(1, chunk), args.warmup)
+            w, h, med, total = bench(
+                model, n, steps, args.batch_size, args.workers, max(1, chunk), args.warmup, tuple(args.wab)
+            )
             print(f"{model:>9s} {n:>3d} {total:>6d} {w:>8.2f} {h:>8.2f} {w / h:>6.3f} {med:>14.3f}", flush=True)
 
 

@@ -53,10 +53,10 @@ def clear_stop() -> None:
     _STOP.clear()
 
 
-def _auto(value: Any, cuda: bool, name: str) -> bool:
-    """``auto`` means on with CUDA, off on CPU; else a boolean."""
+def _auto(value: Any, default: bool, name: str) -> bool:
+    """``auto`` means ``default`` (what is faster on this device); else a boolean."""
     if value == "auto":
-        return cuda
+        return default
     if isinstance(value, bool):
         return value
     raise ValueError(f"{name} must be auto, true or false, got {value!r}")
@@ -137,7 +137,9 @@ class Trainer:
         seed = int(cfg["seed"])
         seeds = [member_seed(seed, 0 if pcfg.get("same_init") else i) for i in range(size)]
         cuda = self.device.type == "cuda"
-        channels_last = _auto(tcfg.get("channels_last", "auto"), cuda, "trainer.channels_last")
+        # channels-last convolutions are faster on CUDA and, with oneDNN, on CPU (BENCHMARKS.md)
+        channels_last = _auto(tcfg.get("channels_last", "auto"), cuda or self.device.type == "cpu",
+                              "trainer.channels_last")  # fmt: skip
         amp = _auto(tcfg.get("amp", "auto"), cuda, "trainer.amp")
         self.autocast_dtype = torch.bfloat16 if amp else None
         self.ledger = CommLedger()
