@@ -11,12 +11,10 @@ Targets: the shuffle under 2% of a step at p=0.01, growing with p; the PAPA pull
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from benchmarks.synthetic import SGD, synthetic_batches
+from benchmarks.synthetic import SGD, median_time, synthetic_batches
 from wab.methods.wash import Wash
 from wab.models import model_factory
 from wab.optim import build_optimizer
@@ -29,16 +27,6 @@ class _State:
 
     def __init__(self, population):
         self.population = population
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 
-from benchmarks.synthetic import SGD
+from benchmarks.synthetic import SGD, median_time
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
 
 ADAMW = {"name": "adamw", "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up: creates the optimizer state
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -3,8 +3,9 @@
 #   WAB_DATA=../shared/data bash benchmarks/run_all.sh 2>&1 | tee /tmp/benchmarks.txt
 set -euo pipefail
 py="${PYTHON:-.venv/bin/python}"
-for cmd in "-m benchmarks.bench_trainer" "-m benchmarks.bench_optimizer" "-m benchmarks.bench_methods" \
-           "-m benchmarks.bench_data" "-m benchmarks.bench_epoch" "-m benchmarks.bench_memory"; do
+for cmd in "-m benchmarks.bench_trainer" "-m benchmarks.bench_optimizer" "-m benchmarks.bench_layout" \
+           "-m benchmarks.bench_methods" "-m benchmarks.bench_data" "-m benchmarks.bench_epoch" \
+           "-m benchmarks.bench_memory"; do
   echo "## $py $cmd  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
   $py $cmd
   echo

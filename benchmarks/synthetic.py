@@ -1,6 +1,11 @@
-"""What the step benchmarks share: the optimizer they train with and random CIFAR-shaped batches."""
+"""What the step benchmarks share: the optimizer they train with, random CIFAR-shaped batches, and
+a median timer."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,3 +23,14 @@ def synthetic_batches(n: int, batch_size: int, image_size: int = 32, classes: in
         y = torch.randint(0, classes, (batch_size,), generator=gen)
         batches.append(Batch(x, y, y, 1.0, 0.0))
     return batches
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
