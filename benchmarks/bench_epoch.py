@@ -36,7 +36,8 @@ def build(model: str, n: int, batch_size: int, workers: int, overrides: tuple[st
         cfg["data"]["root"] = os.environ["WAB_DATA"]
     trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
     trainer.perms = [torch.from_numpy(r.permutation(len(trainer.data.train))) for r in trainer.rngs]
-    models = [copy.deepcopy(m) for m in trainer.population.members]  # the same initial weights, own storage
+    # the same initial weights in their own storage, in the default layout the papers' code trains in
+    models = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in trainer.population.members]
     loaders = member_loaders(trainer.data.train, trainer.data.mean, trainer.data.std, n, batch_size, workers)
     return trainer, models, sgd(models), [iter(dl) for dl in loaders]
 

@@ -157,6 +157,18 @@ def test_lr_schedules():
     assert lr_at(0, 100, 10, {"lr": 0.1, "schedule": "constant", "warmup_epochs": 1}) == pytest.approx(0.01)
 
 
+def test_speed_defaults_on_cpu(tiny):
+    """auto: channels-last convolutions (faster with oneDNN) and no autocast; fused optimizer."""
+    cfg = tiny()
+    t = Trainer(cfg, run_dir_for(cfg))
+    assert t.population.channels_last and t.autocast_dtype is None and t.optimizer.defaults["fused"]
+    conv = next(p for p in t.population.members[0].parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    cfg = tiny("trainer.channels_last=false", "optim.fused=false")
+    t = Trainer(cfg, run_dir_for(cfg))
+    assert not t.population.channels_last and not t.optimizer.defaults["fused"]
+
+
 def test_gpu_mode_options_run_on_cpu_too(tiny):
     rec = run(tiny("trainer.amp=true", "trainer.channels_last=true"))
     assert rec["status"] == "done", rec.get("traceback")
