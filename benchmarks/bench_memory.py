@@ -1,6 +1,7 @@
 """Peak memory of a CPU population run (N members in the flat tensors, one optimizer) printed
 next to N times the peak of one model trained alone, each measured in a fresh process (peak
-resident set size, minus the process's size before the model is built).
+resident set size, minus the process's size before the model is built). Channels-last, as the
+trainer's default.
 
     .venv/bin/python -m benchmarks.bench_memory [--model resnet18] [--size 5] [--batch-size 128]
 """
@@ -19,9 +20,9 @@ from wab.optim import build_optimizer
 from wab.population import Population
 from wab.trainer import population_step
 model, n, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-batches = synthetic_batches(n, bs)
+batches = synthetic_batches(n, bs, channels_last=True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-pop = Population(model_factory(model, 3, 32, 10), seeds=range(n))
+pop = Population(model_factory(model, 3, 32, 10), seeds=range(n), channels_last=True)
 opt = build_optimizer(pop.params, SGD)
 for _ in range(steps):
     population_step(pop, opt, batches)

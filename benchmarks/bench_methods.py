@@ -2,7 +2,8 @@
 
 ResNet-18 at 32x32, N=5, CPU: the WASH shuffle (linear schedule) at p in {0.001, 0.01, 0.1}, the
 WASH+Opt shuffle at p=0.01, and the PAPA pull (every 10 steps, so its per-step cost is a tenth
-of one pull), against the population's training step on the same machine, in one process.
+of one pull), against the population's training step on the same machine, in one process. The
+population is channels-last, as the trainer's default.
 Targets: the shuffle under 2% of a step at p=0.01, growing with p; the PAPA pull under 2%.
 
     .venv/bin/python -m benchmarks.bench_methods [--model resnet18] [--size 5] [--batch-size 64]
@@ -37,10 +38,10 @@ def main() -> None:
     p.add_argument("--step-reps", type=int, default=3)
     p.add_argument("--op-reps", type=int, default=20)
     args = p.parse_args()
-    pop = Population(model_factory(args.model, 3, 32, 10), seeds=range(args.size))
+    pop = Population(model_factory(args.model, 3, 32, 10), seeds=range(args.size), channels_last=True)
     opt = build_optimizer(pop.params, SGD)
     bs = args.batch_size
-    batches = synthetic_batches(args.size, bs)
+    batches = synthetic_batches(args.size, bs, channels_last=True)
     step = median_time(lambda: population_step(pop, opt, batches), args.step_reps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.model}, N={args.size}, "
           f"D={pop.num_params:,}, batch {bs} per member")  # fmt: skip
