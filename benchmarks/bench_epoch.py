@@ -15,27 +15,18 @@ import argparse
 import copy
 import os
 import statistics
-import tempfile
 import time
 
 import torch
 
+from benchmarks.common import cifar10_trainer
 from benchmarks.papers_loop import loop_step, member_loaders, sgd
-from wab.config import compose_config
-from wab.records import RunDir
-from wab.trainer import Trainer
 
 
 def build(model: str, n: int, batch_size: int, workers: int, overrides: tuple[str, ...] = ()) -> tuple:
-    cfg = compose_config(
-        ["data=cifar10", f"model={model}", f"population.size={n}", f"trainer.batch_size={batch_size}",
-         "data.heldout_fraction=0", "data.augment.crop_padding=4", "data.augment.flip=true", "device=cpu",
-         "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}", *overrides]
-    )  # fmt: skip
-    if os.environ.get("WAB_DATA"):
-        cfg["data"]["root"] = os.environ["WAB_DATA"]
-    trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
-    trainer.perms = [torch.from_numpy(r.permutation(len(trainer.data.train))) for r in trainer.rngs]
+    trainer = cifar10_trainer(
+        f"model={model}", f"population.size={n}", f"trainer.batch_size={batch_size}", "device=cpu", *overrides
+    )
     # the same initial weights in their own storage, in the default layout the papers' code trains in
     models = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in trainer.population.members]
     loaders = member_loaders(trainer.data.train, trainer.data.mean, trainer.data.std, n, batch_size, workers)

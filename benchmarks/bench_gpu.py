@@ -12,44 +12,13 @@ ready batches of the same shapes and settings, in alternating chunks.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import tempfile
 import time
 
 import torch
 
-from wab.config import compose_config
-from wab.device import to_device
-from wab.records import RunDir
-from wab.trainer import Trainer
-
-
-def build(args: argparse.Namespace) -> Trainer:
-    cfg = compose_config(
-        ["data=cifar10", f"model={args.model}", f"method={args.method}", f"population.size={args.size}",
-         f"trainer.batch_size={args.batch_size}", "data.augment.crop_padding=4", "data.augment.flip=true",
-         f"device={args.device}", f"trainer.compile={str(args.compile).lower()}", "trainer.progress=false",
-         f"out_dir={tempfile.mkdtemp()}"]
-    )  # fmt: skip
-    if os.environ.get("WAB_DATA"):
-        cfg["data"]["root"] = os.environ["WAB_DATA"]
-    trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
-    if "setup" in trainer.hooks:
-        trainer.method.setup(trainer.state)
-    n = len(trainer.data.train)
-    trainer.perms = [to_device(r.permutation(n), trainer.device) for r in trainer.rngs]
-    trainer.population.train()
-    return trainer
-
-
-def forward_backward(trainer: Trainer, batches: list) -> None:
-    """The members' forward and backward only, as the trainer runs them."""
-    dev = trainer.device.type
-    for member, batch in zip(trainer.population.members, batches):
-        with torch.autocast(dev, dtype=trainer.autocast_dtype or torch.float32, enabled=bool(trainer.autocast_dtype)):
-            loss = batch.loss(member(batch.x))
-        loss.backward()
+from benchmarks.common import cifar10_trainer
+from wab.trainer import forward_backward
 
 
 def main() -> None:
@@ -64,7 +33,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator, cudnn)")
     p.add_argument("--chunk", type=int, default=20, help="steps per alternating chunk")
     args = p.parse_args()
-    trainer = build(args)
+    trainer = cifar10_trainer(
+        f"model={args.model}", f"method={args.method}", f"population.size={args.size}", f"device={args.device}",
+        f"trainer.batch_size={args.batch_size}", f"trainer.compile={str(args.compile).lower()}",
+    )  # fmt: skip
     cuda = trainer.device.type == "cuda"
 
     def sync() -> None:
@@ -78,7 +50,7 @@ def main() -> None:
     steps = args.steps or trainer.steps_per_epoch - args.warmup
     for k in range(args.warmup):
         trainer.train_step(k)
-        forward_backward(trainer, batches)
+        forward_backward(trainer.population, batches, trainer.autocast_dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t_step = t_fb = 0.0
@@ -91,7 +63,7 @@ def main() -> None:
         sync()
         t1 = time.perf_counter()
         for _ in ks:
-            forward_backward(trainer, batches)
+            forward_backward(trainer.population, batches, trainer.autocast_dtype)
         sync()
         t_step += t1 - t0
         t_fb += time.perf_counter() - t1

@@ -14,7 +14,7 @@ import sys
 
 CHILD = r"""
 import resource, sys
-from benchmarks.synthetic import SGD, synthetic_batches
+from benchmarks.common import SGD, synthetic_batches
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population

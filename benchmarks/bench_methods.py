@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from benchmarks.synthetic import SGD, median_time, synthetic_batches
+from benchmarks.common import SGD, median_time, synthetic_batches
 from wab.methods.wash import Wash
 from wab.models import model_factory
 from wab.optim import build_optimizer

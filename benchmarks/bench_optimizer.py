@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from benchmarks.synthetic import SGD, median_time
+from benchmarks.common import SGD, median_time
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population

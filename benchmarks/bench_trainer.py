@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.synthetic import SGD, synthetic_batches
+from benchmarks.common import SGD, synthetic_batches
 from wab.augment import Batch
 from wab.models import model_factory
 from wab.optim import build_optimizer

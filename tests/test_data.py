@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from wab.augment import Augment, Augmenter, Normalizer, random_crop, random_flip
+from wab.augment import Augment, Augmenter, Normalizer, crop_flip
 from wab.data import DatasetNotFound, load_data
 
 from .conftest import data_root, requires_data
@@ -50,7 +50,7 @@ def test_cifar10_from_the_offline_binary_files(tmp_path, monkeypatch):
 def test_random_crop_shifts_the_image_within_its_padding():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
     rng = np.random.default_rng(0)
-    out = random_crop(x, 2, rng)
+    out = crop_flip(x, 2, False, rng)
     off = np.random.default_rng(0).integers(0, 5, size=(2, 2))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for b in range(2):
@@ -60,7 +60,7 @@ def test_random_crop_shifts_the_image_within_its_padding():
 
 def test_flip_and_mixup():
     x = torch.arange(4 * 3 * 4 * 4, dtype=torch.uint8).view(4, 3, 4, 4)
-    flipped = random_flip(x, np.random.default_rng(1))
+    flipped = crop_flip(x, 0, True, np.random.default_rng(1))
     for a, b in zip(flipped, x):
         assert torch.equal(a, b) or torch.equal(a, b.flip(2))
     aug = Augmenter(Augment(mixup_alpha=1.0), Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu")))
@@ -106,8 +106,6 @@ def test_cifar100_python_pickles_and_imagefolder(tmp_path):
 
 
 def test_crop_and_flip_in_one_gather_equal_cropping_then_flipping():
-    from wab.augment import crop_flip
-
     x = torch.randint(0, 256, (64, 3, 10, 12), dtype=torch.uint8)
     out = crop_flip(x, 2, True, np.random.default_rng(3))
     draws = np.random.default_rng(3)

@@ -97,10 +97,10 @@ def crop_flip(x: Tensor, padding: int, flip: bool, rng: np.random.Generator) -> 
     device = x.device
     xp = F.pad(x, (padding,) * 4) if padding else x
     hp, wp = h + 2 * padding, w + 2 * padding
-    oy = ox = torch.zeros(b, dtype=torch.long, device=device)
     if padding:
-        off = to_device(rng.integers(0, 2 * padding + 1, size=(2, b)), device)
-        oy, ox = off[0], off[1]
+        oy, ox = to_device(rng.integers(0, 2 * padding + 1, size=(2, b)), device)
+    else:
+        oy = ox = torch.zeros(b, dtype=torch.long, device=device)
     cols = torch.arange(w, device=device).expand(b, w)
     if flip:
         mask = to_device(rng.random(b) < 0.5, device).view(b, 1)
@@ -108,15 +108,6 @@ def crop_flip(x: Tensor, padding: int, flip: bool, rng: np.random.Generator) -> 
     rows = oy.view(b, 1, 1) + torch.arange(h, device=device).view(1, h, 1)
     idx = (rows * wp + (ox.view(b, 1, 1) + cols.view(b, 1, w))).view(b, 1, h * w)
     return xp.reshape(b, c, hp * wp).gather(2, idx.expand(b, c, h * w)).view(b, c, h, w)
-
-
-def random_crop(x: Tensor, padding: int, rng: np.random.Generator) -> Tensor:
-    """Zero-pad by ``padding`` and crop back to size at a random offset per image."""
-    return crop_flip(x, padding, False, rng)
-
-
-def random_flip(x: Tensor, rng: np.random.Generator) -> Tensor:
-    return crop_flip(x, 0, True, rng)
 
 
 def _box_mask(h: int, w: int, top: Tensor, left: Tensor, bottom: Tensor, right: Tensor) -> Tensor:

@@ -66,20 +66,13 @@ def member_seed(seed: int, i: int) -> int:
     return seed * 10_000 + i
 
 
-def population_step(
-    population: Population,
-    optimizer: torch.optim.Optimizer,
-    batches: list[Batch],
-    check_finite: bool = False,
-    autocast_dtype: torch.dtype | None = None,
-) -> float:
-    """One optimizer step of every member on its own batch, then one optimizer step of the flat
-    tensor. Each member's graph is back-propagated and freed before the next member's forward
-    (faster on CPU than one backward of the summed losses, and a lower memory peak); with
-    ``autocast_dtype`` (bf16 on CUDA) the forward runs under autocast. Returns the
-    summed loss (read back from the device only when ``check_finite``; a non-finite loss skips
-    the step)."""
-    population.zero_grad()
+def forward_backward(
+    population: Population, batches: list[Batch], autocast_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Every member's forward and backward on its own batch, accumulating into the flat gradient.
+    Each member's graph is back-propagated and freed before the next member's forward (faster on
+    CPU than one backward of the summed losses, and a lower memory peak); with ``autocast_dtype``
+    (bf16 on CUDA) the forward runs under autocast. Returns the summed loss, on the device."""
     total = torch.zeros((), device=population.device)
     for member, batch in zip(population.members, batches):
         with torch.autocast(
@@ -88,6 +81,21 @@ def population_step(
             loss = batch.loss(member(batch.x))
         loss.backward()
         total += loss.detach()
+    return total
+
+
+def population_step(
+    population: Population,
+    optimizer: torch.optim.Optimizer,
+    batches: list[Batch],
+    check_finite: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """One optimizer step of every member on its own batch (:func:`forward_backward`), as one
+    optimizer step of the flat tensor. Returns the summed loss (read back from the device only
+    when ``check_finite``; a non-finite loss skips the step)."""
+    population.zero_grad()
+    total = forward_backward(population, batches, autocast_dtype)
     loss = total.item() if check_finite else 0.0
     if np.isfinite(loss):
         optimizer.step()
@@ -138,7 +146,7 @@ class Trainer:
         seeds = [member_seed(seed, 0 if pcfg.get("same_init") else i) for i in range(size)]
         cuda = self.device.type == "cuda"
         # channels-last convolutions are faster on CUDA and, with oneDNN, on CPU (BENCHMARKS.md)
-        channels_last = _auto(tcfg.get("channels_last", "auto"), cuda or self.device.type == "cpu",
+        channels_last = _auto(tcfg.get("channels_last", "auto"), self.device.type in ("cuda", "cpu"),
                               "trainer.channels_last")  # fmt: skip
         amp = _auto(tcfg.get("amp", "auto"), cuda, "trainer.amp")
         self.autocast_dtype = torch.bfloat16 if amp else None
@@ -230,7 +238,7 @@ class Trainer:
         self.ledger.load_state_dict(ckpt["ledger"])
         for rng, st in zip(self.rngs, ckpt["member_rngs"]):
             rng.bit_generator.state = st
-        self.perms = [p.to(self.device) for p in ckpt["perms"]] if ckpt["perms"] is not None else None
+        self.perms = ckpt["perms"]  # on self.device through map_location
         s.rng.set_state(ckpt["method_rng"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt["cuda_rng"]:

@@ -1,0 +1,64 @@
+"""What the benchmarks share: the optimizer they train with, random CIFAR-shaped batches, a
+trainer on CIFAR-10 with crop+flip, and a median timer."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from wab.augment import Batch
+from wab.config import compose_config
+from wab.device import to_device
+from wab.records import RunDir
+from wab.trainer import Trainer
+
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
+
+
+def synthetic_batches(
+    n: int, batch_size: int, image_size: int = 32, classes: int = 10, seed: int = 0, channels_last: bool = False
+) -> list[Batch]:
+    """One fixed batch of random 3-channel images and labels per member (no mixing)."""
+    gen = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    batches = []
+    for _ in range(n):
+        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).contiguous(memory_format=fmt)
+        y = torch.randint(0, classes, (batch_size,), generator=gen)
+        batches.append(Batch(x, y, y, 1.0, 0.0))
+    return batches
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cifar10_trainer(*overrides: str) -> Trainer:
+    """wab's trainer on CIFAR-10 (from $WAB_DATA when set) with random crop (padding 4) and flip,
+    no held-out split, in a temporary directory, with the first epoch's data order drawn and the
+    method set up, ready for ``train_step``."""
+    cfg = compose_config(
+        ["data=cifar10", "data.heldout_fraction=0", "data.augment.crop_padding=4", "data.augment.flip=true",
+         "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}", *overrides]
+    )  # fmt: skip
+    if os.environ.get("WAB_DATA"):
+        cfg["data"]["root"] = os.environ["WAB_DATA"]
+    trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
+    if "setup" in trainer.hooks:
+        trainer.method.setup(trainer.state)
+    n = len(trainer.data.train)
+    trainer.perms = [to_device(r.permutation(n), trainer.device) for r in trainer.rngs]
+    trainer.population.train()
+    return trainer
