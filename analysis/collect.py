@@ -1,28 +1,25 @@
 """Collect run records (final.json, metrics.jsonl) under a directory into pandas DataFrames.
 
 Nothing is dropped silently: a run directory that cannot be read, or has not finished, is
-returned in ``skipped`` with the reason.
+returned in ``skipped`` with the reason. Runs are grouped into one table row per *setting*: the
+whole resolved config except the seed and the keys that do not change results (``NOT_HASHED``),
+so two runs that differ in anything else (epochs, lr, a method hyper-parameter) are never
+averaged together. Each row is labelled with what sets it apart (see :func:`label_settings`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from wab.records import RunDir
+from wab.config import default_config, flatten, format_value
+from wab.records import RunDir, hashed_config, setting_id
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
+GROUP = ["dataset", "model", "population_size"]  # one table per group
+_MISSING = "<missing>"
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -32,18 +29,77 @@ def find_runs(root: str | Path) -> list[Path]:
     )
 
 
-def variant_label(method: str, hparams: dict) -> str:
-    """'wash' or 'wash (p=0.01)': the method and its hyper-parameters that vary in the results."""
-    if not hparams:
-        return method
-    return f"{method} ({', '.join(f'{k}={v}' for k, v in sorted(hparams.items()))})"
+def setting_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config that defines a run's table row: without the seed and NOT_HASHED keys."""
+    return {k: v for k, v in flatten(hashed_config(cfg)).items() if k != "seed"}
+
+
+def _val(d: dict[str, Any], key: str) -> str:
+    return json.dumps(d.get(key, _MISSING), sort_keys=True, default=str)
+
+
+def _defaults_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return setting_of(default_config(cfg))
+    except Exception:  # a plugin or dataset without a config file: every setting counts as changed
+        return {}
+
+
+def label_settings(settings: list[dict[str, Any]], defaults: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """Row labels for the settings of one table, and the changed settings every row shares.
+
+    A row is labelled ``method (k=v, ...)`` with each method hyper-parameter it changes from the
+    method's defaults (e.g. ``papa (alpha=0.9)``) and each other key whose value differs between
+    rows and from that row's defaults (e.g. ``epochs=3``). Keys changed from the defaults but
+    equal in every row are returned as ``shared`` (for the table's caption) instead. Labels are
+    unique within the table: rows that would collide also get the keys that set them apart
+    (``–`` where a row's config lacks the key, e.g. one written by an older wab).
+    """
+    keys: list[str] = []
+    for s in settings:
+        keys += [k for k in s if k not in keys and k != "method.name"]
+    keys.sort(key=lambda k: not k.startswith("method."))  # stable: method keys first, config order
+    varying = {k for k in keys if len({_val(s, k) for s in settings}) > 1}
+    changed = [
+        [k for k in keys if k in s and _val(s, k) != _val(d, k) and (k.startswith("method.") or k in varying)]
+        for s, d in zip(settings, defaults)
+    ]
+    labels = _labels(settings, changed)
+    for lab in {lab for lab in labels if labels.count(lab) > 1}:  # add what sets the colliding rows apart
+        rows = [i for i, other in enumerate(labels) if other == lab]
+        apart = [k for k in keys if len({_val(settings[i], k) for i in rows}) > 1]
+        for i in rows:
+            changed[i] = changed[i] + [k for k in apart if k not in changed[i]]
+    labels = _labels(settings, changed)
+    shared = {
+        k: settings[0][k]
+        for k in keys
+        if k not in varying
+        and not k.startswith("method.")
+        and k in settings[0]
+        and any(_val(s, k) != _val(d, k) for s, d in zip(settings, defaults))
+    }
+    return labels, shared
+
+
+def _labels(settings: list[dict[str, Any]], changed: list[list[str]]) -> list[str]:
+    shown = {k for c in changed for k in c}
+    short = {k: k.rsplit(".", 1)[-1] for k in shown}
+    clash = {n for n in short.values() if list(short.values()).count(n) > 1}
+    names = {k: (k.removeprefix("method.") if short[k] in clash else short[k]) for k in shown}
+    out = []
+    for s, c in zip(settings, changed):
+        method = str(s.get("method.name", "?"))
+        parts = [f"{names[k]}={format_value(s[k]) if k in s else '–'}" for k in c]
+        out.append(f"{method} ({', '.join(parts)})" if parts else method)
+    return out
 
 
 def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """One row per run with a final.json (flattened; the config under ``config.*``), plus
-    (run dir, reason) for each run skipped. Adds ``variant``: the method with those of its
-    hyper-parameters that differ between runs of that method."""
-    rows, skipped = [], []
+    (run dir, reason) for each run skipped. Adds ``setting_id`` (hash of the config without the
+    seed), ``variant`` (the row label, unique within its table) and ``shared_settings``."""
+    rows, skipped, seen = [], [], {}
     for run_dir in find_runs(root):
         rd = RunDir(run_dir)
         if not rd.final.exists():
@@ -51,7 +107,7 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]
             continue
         try:
             rec = json.loads(rd.final.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             skipped.append((str(run_dir), f"unreadable final.json: {e}"))
             continue
         if not isinstance(rec, dict) or "status" not in rec or "method" not in rec:
@@ -59,24 +115,38 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]
             continue
         rec = dict(rec)
         cfg = rec.pop("config", {}) or {}
-        row = _flatten(rec)
-        row.update(_flatten(cfg, "config."))
+        rid = rec.get("run_id") or run_dir.name
+        if rid in seen:  # the same run copied into two places would count its seed twice
+            skipped.append((str(run_dir), f"duplicate of {seen[rid]} (same run id); counted once"))
+            continue
+        seen[rid] = str(run_dir)
+        row = flatten(rec)
+        row.update(flatten(cfg, "config."))
         row["run_dir"] = str(run_dir)
+        row["setting_id"] = setting_id(cfg)
+        row["setting"] = json.dumps(setting_of(cfg), sort_keys=True, default=str)
+        row["_config"] = cfg
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
-        df["variant"] = _variants(df)
+        _add_labels(df)
+        df = df.drop(columns="_config")
     return df, skipped
 
 
-def _variants(df: pd.DataFrame) -> pd.Series:
-    hp_cols = [c for c in df.columns if c.startswith("config.method.") and c != "config.method.name"]
-    labels = pd.Series(index=df.index, dtype=object)
-    for method, sub in df.groupby("method"):
-        varying = [c for c in hp_cols if sub[c].astype(str).nunique(dropna=False) > 1]
-        for idx, row in sub.iterrows():
-            labels[idx] = variant_label(str(method), {c.removeprefix("config.method."): row[c] for c in varying})
-    return labels
+def _add_labels(df: pd.DataFrame) -> None:
+    """``variant`` and ``shared_settings`` per table, from the runs that finished (a failed run
+    must not change the labels of the table); other runs are labelled by their method alone."""
+    df["variant"] = df["method"].astype(str)
+    df["shared_settings"] = ""
+    done = df[df["status"] == "done"]
+    for _, group in done.groupby(GROUP, sort=False):
+        firsts = group.drop_duplicates("setting_id")
+        settings = [json.loads(s) for s in firsts["setting"]]
+        labels, shared = label_settings(settings, [_defaults_of(c) for c in firsts["_config"]])
+        label_of = dict(zip(firsts["setting_id"], labels))
+        df.loc[group.index, "variant"] = group["setting_id"].map(label_of)
+        df.loc[group.index, "shared_settings"] = ", ".join(f"{k}={format_value(v)}" for k, v in shared.items())
 
 
 def collect_curves(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,8 +155,9 @@ def collect_curves(df: pd.DataFrame) -> pd.DataFrame:
     for _, run in df.iterrows():
         lines = RunDir(run["run_dir"]).read_metrics()
         if lines:
-            curve = pd.DataFrame([_flatten(line) for line in lines])
+            curve = pd.DataFrame([flatten(line) for line in lines])
             curve["variant"] = run["variant"]
+            curve["method"] = run["method"]
             curve["run_dir"] = run["run_dir"]
             frames.append(curve)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,23 +34,50 @@ def method_color(method: str) -> tuple:
     return _OTHER_COLORS[sum(map(ord, method)) % len(_OTHER_COLORS)]
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> Path:
+def save(fig: plt.Figure, out: Path, name: str) -> Path:
+    """Write the figure as PNG and PDF; returns the PNG's path."""
     out.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=130)
-    fig.savefig(out / f"{name}.pdf")
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
     plt.close(fig)
     return png
 
 
-def _label_averaged(ax: plt.Axes, xlabel: str, title: str) -> None:
-    """Labels, grid and an outside legend for a figure whose y axis is the averaged model's accuracy."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("averaged model accuracy after BN recal. (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+AVG_BN_LABEL = "averaged model accuracy after BN recal. (%)"
+
+
+def _outside_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
+    """One legend for every axis, outside the plotting area on the right (it never hides data)."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=True)
+
+
+def dodge(x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 0.03) -> np.ndarray:
+    """x positions moved apart so that no point hides another: points within ``tol`` of each
+    other (in units of the axes' data ranges) are spread horizontally ``step`` apart, centred on
+    their common position. Returns the new x (same units as ``x``)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return x.copy()
+    span_x = float(np.ptp(x)) or 1.0
+    span_y = float(np.ptp(y)) or 1.0
+    u, v = (x - x.min()) / span_x, (y - y.min()) / span_y
+    out = x.copy()
+    unassigned = list(np.argsort(u, kind="stable"))
+    while unassigned:
+        first = unassigned.pop(0)
+        cluster = [first] + [j for j in unassigned if abs(u[j] - u[first]) < tol and abs(v[j] - v[first]) < tol]
+        unassigned = [j for j in unassigned if j not in cluster]
+        centre = float(np.mean(u[cluster]))
+        for k, j in enumerate(cluster):
+            out[j] = x.min() + (centre + (k - (len(cluster) - 1) / 2) * step) * span_x
+    return out
 
 
 def _stats(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -62,35 +91,66 @@ def _variants_in_order(df: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(((m, v) for m, v in pairs), key=lambda mv: (order.index(mv[0]), mv[1]))
 
 
+def _marker(variants: list[tuple[str, str]], method: str, variant: str) -> str:
+    return _MARKERS[[v for m, v in variants if m == method].index(variant) % len(_MARKERS)]
+
+
 def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
-    """Averaged-model accuracy (after BN recalibration) against communication per step (log x)."""
-    fig, ax = plt.subplots(figsize=(8, 4.4))
+    """Averaged-model accuracy (after BN recalibration) against communication per step (log x).
+
+    Methods that never communicate get a panel of their own on the left, one slot each, so they
+    are not drawn at an arbitrary point of the log axis; points that would overlap on the log
+    axis are spread apart (:func:`dodge`)."""
     acc = _stats(df, "metrics.avg_bn_acc")
     comm = _stats(df, "comm.elements_per_step")
     merged = acc.merge(comm, on=["method", "variant"], suffixes=("_acc", "_comm"))
-    positive = merged["mean_comm"][merged["mean_comm"] > 0]
-    floor = positive.min() / 10 if len(positive) else 1.0
     variants = _variants_in_order(df)
-    for method, variant in variants:
-        r = merged[(merged["method"] == method) & (merged["variant"] == variant)].iloc[0]
-        x = r["mean_comm"] if r["mean_comm"] > 0 else floor
-        marker = _MARKERS[[v for m, v in variants if m == method].index(variant) % len(_MARKERS)]
-        ax.errorbar(x, 100 * r["mean_acc"], yerr=100 * r["std_acc"], fmt=marker, capsize=3, color=method_color(method),
-                    label=variant, markersize=7)  # fmt: skip
-    ax.set_xscale("log")
-    if (merged["mean_comm"] == 0).any():  # methods that never communicate sit at the left edge
-        ax.axvline(floor * 2, color="grey", linestyle=":", linewidth=1)
-        ax.text(floor, ax.get_ylim()[1], " none", va="top", ha="left", fontsize=8, color="grey")
-    _label_averaged(ax, "communication per member per step (elements, log scale)", title)
+    rows = {(r.method, r.variant): r for r in merged.itertuples(index=False)}
+    silent = [mv for mv in variants if rows[mv].mean_comm == 0]
+    talking = [mv for mv in variants if rows[mv].mean_comm > 0]
+    widths = ([0.5 + 0.35 * len(silent)] if silent else []) + ([5.0] if talking else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths) + 1.5, 4.4), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    axes = list(axes[0])
+
+    def draw(ax: plt.Axes, mvs: list[tuple[str, str]], xs: np.ndarray) -> None:
+        for (method, variant), x in zip(mvs, xs):
+            r = rows[(method, variant)]
+            ax.errorbar(x, 100 * r.mean_acc, yerr=100 * r.std_acc, fmt=_marker(variants, method, variant),
+                        capsize=3, color=method_color(method), label=variant, markersize=7)  # fmt: skip
+
+    if silent:
+        ax = axes[0]
+        draw(ax, silent, np.arange(len(silent), dtype=float))
+        ax.set_xlim(-0.6, len(silent) - 0.4)
+        ax.set_xticks(range(len(silent)), [v for _, v in silent], rotation=40, ha="right", fontsize=7)
+        ax.set_xlabel("no communication")
+        ax.set_facecolor("#f4f4f4")
+        ax.set_ylabel(AVG_BN_LABEL)
+        ax.grid(axis="y", alpha=0.3)
+    if talking:
+        ax = axes[-1]
+        logx = np.log10([rows[mv].mean_comm for mv in talking])
+        ys = np.array([100 * rows[mv].mean_acc for mv in talking])
+        draw(ax, talking, 10 ** dodge(logx, ys))
+        ax.set_xscale("log")
+        ax.set_xlabel("communication per member per step (elements, log scale)")
+        if not silent:
+            ax.set_ylabel(AVG_BN_LABEL)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _outside_legend(fig, axes)
     return fig
 
 
 def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
-    """Grouped bars per method: individual mean, ensemble, averaged, averaged after BN recal."""
+    """Grouped bars per method: individual mean, ensemble, averaged, averaged after BN recal.
+    The legend sits above the axes, where it cannot cover a bar."""
     bars = [("metrics.individual_mean", "individual"), ("metrics.ensemble_acc", "ensemble"),
             ("metrics.avg_acc", "averaged"), ("metrics.avg_bn_acc", "averaged+BN")]  # fmt: skip
     variants = _variants_in_order(df)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(variants) + 2), 4.4))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(variants) + 2), 4.8))
     width = 0.8 / len(bars)
     x = np.arange(len(variants))
     hatches = ["", "//", "..", "xx"]
@@ -103,64 +163,94 @@ def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
                linewidth=0.5, capsize=2, label=label)  # fmt: skip
     ax.set_xticks(x, [v for _, v in variants], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, pad=28)
     ax.grid(axis="y", alpha=0.3)
-    legend = ax.legend(fontsize=8, loc="lower right")
+    legend = ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(bars), frameon=False)
     for patch in legend.get_patches():
         patch.set_facecolor("white")
     return fig
 
 
+EPOCH_PANELS = [("individual_mean", "individual (mean of members)"), ("ensemble_acc", "ensemble"),
+                ("avg_bn_acc", "averaged model after BN recal.")]  # fmt: skip
+
+
 def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
-    """Individual mean, ensemble and averaged accuracy against epochs (mean over seeds)."""
-    panels = [("individual_mean", "individual (mean of members)"), ("ensemble_acc", "ensemble"),
-              ("avg_acc", "averaged (buffers averaged)")]  # fmt: skip
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    """Individual mean, ensemble and averaged accuracy (after BN recalibration, the headline
+    metric) against epochs, mean over seeds."""
+    fig, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(15, 4), sharey=True)
     variants = _variants_in_order(curves)
-    for ax, (col, label) in zip(axes, panels):
-        for method, variant in variants:
+    for ax, (col, label) in zip(axes, EPOCH_PANELS):
+        drawn: list[pd.Series] = []
+        for k, (method, variant) in enumerate(variants):
             sub = curves[curves["variant"] == variant].groupby("epoch")[col].mean()
-            ax.plot(sub.index, 100 * sub.values, marker="o", markersize=3, color=method_color(method), label=variant)
+            same = sum(_same_curve(sub, other) for other in drawn)  # shift a curve that would hide under another
+            drawn.append(sub)
+            ax.plot(sub.index + 0.06 * same, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=4,
+                    color=method_color(method), label=variant, linestyle="--" if same else "-")  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title)
+    fig.tight_layout()
+    _outside_legend(fig, [axes[0]])
     return fig
 
 
+def _same_curve(a: pd.Series, b: pd.Series, tol: float = 0.005) -> bool:
+    """Two curves at the same epochs within ``tol`` (accuracy as a fraction) everywhere."""
+    return list(a.index) == list(b.index) and bool(np.all(np.abs(a.to_numpy() - b.to_numpy()) < tol))
+
+
 def disagreement_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
-    """Members' disagreement against the averaged model's accuracy (one point per run)."""
+    """Members' disagreement against the averaged model's accuracy (one point per run; points
+    that would hide each other are spread apart)."""
     fig, ax = plt.subplots(figsize=(8, 4.4))
-    for method, variant in _variants_in_order(df):
-        sub = df[df["variant"] == variant]
-        ax.scatter(100 * sub["metrics.disagreement"], 100 * sub["metrics.avg_bn_acc"], color=method_color(method),
-                   label=variant, s=30)  # fmt: skip
-    _label_averaged(ax, "members' mean pairwise disagreement (%)", title)
+    variants = _variants_in_order(df)
+    runs = df[df["variant"].isin([v for _, v in variants])]
+    x = 100 * pd.to_numeric(runs["metrics.disagreement"]).to_numpy(dtype=float)
+    y = 100 * pd.to_numeric(runs["metrics.avg_bn_acc"]).to_numpy(dtype=float)
+    xs = pd.Series(dodge(x, y, tol=0.015, step=0.015), index=runs.index)
+    for method, variant in variants:
+        idx = runs.index[runs["variant"] == variant]
+        ax.scatter(xs[idx], 100 * runs.loc[idx, "metrics.avg_bn_acc"], color=method_color(method), label=variant,
+                   marker=_marker(variants, method, variant), s=30)  # fmt: skip
+    ax.set_xlabel("members' mean pairwise disagreement (%)")
+    ax.set_ylabel(AVG_BN_LABEL)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _outside_legend(fig, [ax])
     return fig
 
 
 def sensitivity(df: pd.DataFrame, param: str, title: str) -> plt.Figure:
-    """Averaged-model accuracy against one method hyper-parameter (config.method.<param>)."""
-    col = f"config.method.{param}"
+    """Averaged-model accuracy against one method hyper-parameter (config.method.<param>): one
+    line per method and setting of everything else, so no line mixes other changes."""
+    col, key = f"config.method.{param}", f"method.{param}"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    sub = df[df[col].notna()]
+    sub = df[df[col].notna()].copy()
+    sub["_rest"] = [json.dumps({k: v for k, v in json.loads(s).items() if k != key}, sort_keys=True)
+                    for s in sub["setting"]]  # fmt: skip
+    strip = re.compile(rf"{re.escape(param)}=[^,)]*(, )?")
     for method in method_order(sub["method"].unique()):
-        m = sub[sub["method"] == method]
-        g = m.groupby(col)["metrics.avg_bn_acc"]
-        stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}).sort_index()
-        ax.errorbar(stats.index.astype(float), 100 * stats["mean"], yerr=100 * stats["std"], marker="o", capsize=3,
-                    color=method_color(method), label=method)  # fmt: skip
+        for _, line in sub[sub["method"] == method].groupby("_rest", sort=False):
+            label = strip.sub("", str(line["variant"].iloc[0])).replace(", )", ")").replace(" ()", "")
+            g = line.groupby(col)["metrics.avg_bn_acc"]
+            stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}).sort_index()
+            ax.errorbar(stats.index.astype(float), 100 * stats["mean"], yerr=100 * stats["std"], marker="o",
+                        capsize=3, color=method_color(method), label=label)  # fmt: skip
     values = pd.to_numeric(sub[col], errors="coerce").dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() >= 10:
         ax.set_xscale("log")
     ax.set_xlabel(param)
-    ax.set_ylabel("averaged model accuracy after BN recal. (%)")
+    ax.set_ylabel(AVG_BN_LABEL)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _outside_legend(fig, [ax])
     return fig
 
 

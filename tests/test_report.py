@@ -5,13 +5,17 @@ import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
 from wab.analysis import plots
-from wab.analysis.collect import collect_curves, collect_runs
+from wab.analysis.collect import collect_curves, collect_runs, label_settings
 from wab.analysis.report import write_report
 from wab.analysis.tables import summary_tables
+from wab.config import compose_config
+from wab.errors import UserError
+from wab.records import run_id
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 EXPECTED_TABLE = Path(__file__).parent / "data" / "golden_table.md"
@@ -39,7 +43,10 @@ def test_report_matches_the_golden_table_and_lists_what_it_skipped(golden, tmp_p
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert len(runs) == 7 and (runs["status"] == "done").sum() == 6
     tex = (tmp_path / "report" / "tables" / "table_digits_cnn_2.tex").read_text()
-    assert r"\pm" in tex and "wash (p=0.1)" in tex
+    assert r"\pm" in tex and r"wash (p=0.1)" in tex and r"papa\_all" in tex
+    assert "Every row: model.width=4, population.size=2, trainer.batch\\_size=256, trainer.epochs=2." in tex
+    # one seed is said once per table, never as "± 0.00 (1)" in each cell
+    assert "(1)" not in table and text.count("Rows with 1 seed show the value alone") == 1
 
 
 def test_a_table_cell_is_the_mean_and_std_over_seeds(golden):
@@ -47,15 +54,88 @@ def test_a_table_cell_is_the_mean_and_std_over_seeds(golden):
     accs = pd.Series([f["metrics"]["avg_bn_acc"] for f in finals])
     df, _ = collect_runs(golden)
     (table,) = summary_tables(df).values()
-    cell = table.set_index("method").loc["papa_all", "averaged+BN"]
-    assert cell == f"{100 * accs.mean():.2f} ± {100 * accs.std(ddof=1):.2f} (2)"
+    row = table.rows.set_index("method").loc["papa_all"]
+    assert row["averaged+BN"] == f"{100 * accs.mean():.2f} ± {100 * accs.std(ddof=1):.2f}" and row["seeds"] == 2
 
 
 def test_a_missing_metric_is_shown_as_missing(golden):
     df, _ = collect_runs(golden)
     df.loc[df["method"] == "papa_all", "metrics.ece"] = None
+    df.loc[df["run_dir"].str.contains("papa_all-565e"), "metrics.nll"] = None
     (table,) = summary_tables(df).values()
-    assert table.set_index("method").loc["papa_all", "ECE"] == "–"
+    row = table.rows.set_index("method").loc["papa_all"]
+    assert row["ECE"] == "–" and row["NLL"].endswith("(1 of 2)")
+
+
+def _copy_run(src: Path, dst_root: Path, **changes) -> Path:
+    """A copy of a run directory whose config (and record) differ by ``changes`` ({"trainer.epochs": 3}),
+    under the run id that config hashes to, with every accuracy in its final.json lowered by 0.05."""
+    final = json.loads((src / "final.json").read_text())
+    cfg = final["config"]
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = cfg
+        for k in path:
+            node = node[k]
+        node[last] = value
+    rid = run_id(cfg)
+    dst = dst_root / rid
+    shutil.copytree(src, dst)
+    final["run_id"] = rid
+    final["metrics"] = {k: v - 0.05 if k.endswith("_acc") and v is not None else v for k, v in final["metrics"].items()}
+    (dst / "final.json").write_text(json.dumps(final))
+    (dst / "config.yaml").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_runs_that_differ_only_in_epochs_are_two_rows_never_two_seeds(golden):
+    for src in golden.glob("independent-*"):
+        if (src / "done").exists():
+            _copy_run(src, golden, **{"trainer.epochs": 3})
+    df, _ = collect_runs(golden)
+    (table,) = summary_tables(df).values()
+    rows = table.rows.set_index("method")
+    assert {"independent (epochs=2)", "independent (epochs=3)"} <= set(rows.index)
+    assert rows.loc["independent (epochs=2)", "seeds"] == rows.loc["independent (epochs=3)", "seeds"] == 2
+    for epochs in (2, 3):
+        finals = [json.loads(p.read_text()) for p in golden.glob("independent-*/final.json")]
+        accs = pd.Series([f["metrics"]["ensemble_acc"] for f in finals
+                          if f["status"] == "done" and f["config"]["trainer"]["epochs"] == epochs])  # fmt: skip
+        assert len(accs) == 2
+        cell = f"{100 * accs.mean():.2f} ± {100 * accs.std(ddof=1):.2f}"
+        assert rows.loc[f"independent (epochs={epochs})", "ensemble"] == cell
+    # epochs now varies between rows: every row says its value, and it is no longer a shared setting
+    assert "wash (epochs=2, p=0.1)" not in rows.index and "wash (p=0.1, epochs=2)" in rows.index
+    assert "trainer.epochs" not in table.shared and table.runs["independent (epochs=3)"]
+
+
+def test_labels_name_what_differs_from_the_defaults_or_between_rows():
+    papa = compose_config(["method=papa", "method.alpha=0.9", "trainer.epochs=3"])
+    papa_default = compose_config(["method=papa", "trainer.epochs=3"])
+    dart = compose_config(["method=dart", "method.every_steps=50", "trainer.epochs=3"])
+    soups = compose_config(["method=soups", "trainer.epochs=3"])  # same_init=true is soups' own default
+    indep = compose_config(["method=independent", "trainer.epochs=3", "population.same_init=true"])
+    from wab.analysis.collect import _defaults_of, setting_of
+
+    cfgs = [papa, papa_default, dart, soups, indep]
+    labels, shared = label_settings([setting_of(c) for c in cfgs], [_defaults_of(c) for c in cfgs])
+    assert labels == ["papa (alpha=0.9)", "papa", "dart (every_steps=50)", "soups", "independent (same_init=true)"]
+    assert shared == {"trainer.epochs": 3}
+
+
+def test_rows_that_would_share_a_label_are_told_apart():
+    a = {"method.name": "wash", "method.p": 0.01, "trainer.amp": "auto"}
+    b = {"method.name": "wash", "method.p": 0.01}  # written before trainer.amp existed
+    defaults = {"method.name": "wash", "method.p": 0.01, "trainer.amp": "auto"}
+    labels, _ = label_settings([a, b], [defaults, defaults])
+    assert labels == ["wash (amp=auto)", "wash (amp=–)"]
+
+
+def test_a_run_copied_twice_is_counted_once(golden):
+    shutil.copytree(golden / "papa_all-565e20b9af1c", golden / "copy" / "papa_all-565e20b9af1c")
+    df, skipped = collect_runs(golden)
+    assert (df["run_dir"].str.contains("papa_all-565e")).sum() == 1
+    assert any("duplicate of" in reason for _, reason in skipped)
 
 
 def _done(golden):
@@ -63,29 +143,55 @@ def _done(golden):
     return df[df["status"] == "done"]
 
 
+def _points(fig):
+    """{label: (x, y, axis)} of every errorbar point in the figure."""
+    return {
+        c.get_label(): (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], ax, c.lines[0])
+        for ax in fig.axes
+        for c in ax.containers
+    }
+
+
 def test_accuracy_vs_communication_plots_the_means(golden):
     df = _done(golden)
     fig = plots.accuracy_vs_communication(df, "t")
-    ax = fig.axes[0]
-    points = {}
-    for container in ax.containers:
-        line = container.lines[0]
-        points[container.get_label()] = (line.get_xdata()[0], line.get_ydata()[0])
+    points = _points(fig)
+    silent_ax, log_ax = fig.axes[:2]
+    assert silent_ax.get_xlabel() == "no communication" and log_ax.get_xscale() == "log"
     for variant, sub in df.groupby("variant"):
-        x, y = points[variant]
+        x, y, ax, _ = points[variant]
         assert y == pytest.approx(100 * sub["metrics.avg_bn_acc"].mean())
         comm = sub["comm.elements_per_step"].mean()
-        if comm > 0:
-            assert x == pytest.approx(comm)
-    assert ax.get_xscale() == "log"
-    colors = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+        if comm > 0:  # on the log axis, at its communication (dodged by less than a tenth of a decade)
+            assert ax is log_ax and abs(np.log10(x / comm)) < 0.1
+        else:  # in the panel of its own, never at an arbitrary point of the log axis
+            assert ax is silent_ax
+    colors = {k: p[3].get_color() for k, p in points.items()}
     method_of = dict(zip(df["variant"], df["method"]))
     for a in colors:  # one colour per method: the same for its variants, different from the others
         for b in colors:
             assert (colors[a] == colors[b]) == (method_of[a] == method_of[b])
-    markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}
-    assert markers["wash (p=0.01)"] != markers["wash (p=0.1)"]
+    assert points["wash"][3].get_marker() != points["wash (p=0.1)"][3].get_marker()
+    legend = fig.legends[0]
+    assert {t.get_text() for t in legend.get_texts()} == set(df["variant"])
     plt.close(fig)
+
+
+def test_no_method_hides_under_another(golden):
+    df = _done(golden)
+    twin = df[df["method"] == "papa_all"].copy()  # a second method with exactly papa_all's numbers
+    twin["method"] = twin["variant"] = "papa_twin"
+    df = pd.concat([df, twin], ignore_index=True)
+    fig = plots.accuracy_vs_communication(df, "t")
+    points = _points(fig)
+    (xa, ya, *_), (xb, yb, *_) = points["papa_all"], points["papa_twin"]
+    assert ya == yb and abs(np.log10(xa / xb)) > 0.01  # spread apart on the log axis
+    plt.close(fig)
+    x = np.array([1.0, 1.0, 1.0, 5.0])
+    y = np.array([2.0, 2.0, 9.0, 2.0])
+    moved = plots.dodge(x, y)
+    assert moved[0] != moved[1] and moved[2] == x[2] and moved[3] == x[3]
+    assert moved[0] + moved[1] == pytest.approx(2.0)  # centred on their common position
 
 
 def test_ensemble_vs_average_bars_hold_the_means(golden):
@@ -100,6 +206,9 @@ def test_ensemble_vs_average_bars_hold_the_means(golden):
     ):
         expected = [100 * df[df["variant"] == v][col].mean() for v in variants]
         assert heights[j * n : (j + 1) * n] == pytest.approx(expected)
+    fig.canvas.draw()  # the legend covers no bar
+    legend_box = ax.get_legend().get_window_extent()
+    assert not any(legend_box.overlaps(p.get_window_extent()) for p in ax.patches)
     plt.close(fig)
 
 
@@ -110,6 +219,10 @@ def test_curves_and_sensitivity_plot_their_data(golden):
     line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "papa_all")
     expected = curves[curves["variant"] == "papa_all"].groupby("epoch")["individual_mean"].mean()
     assert list(line.get_xdata()) == list(expected.index)
+    assert list(line.get_ydata()) == pytest.approx(list(100 * expected.values))
+    assert fig.axes[2].get_title() == "averaged model after BN recal."  # the headline metric
+    line = next(ln for ln in fig.axes[2].lines if ln.get_label() == "papa_all")
+    expected = curves[curves["variant"] == "papa_all"].groupby("epoch")["avg_bn_acc"].mean()
     assert list(line.get_ydata()) == pytest.approx(list(100 * expected.values))
     plt.close(fig)
     assert plots.varied_hyperparameters(df) == ["p"]
@@ -128,8 +241,9 @@ def test_method_colours_are_fixed_across_figures():
     assert len(set(known)) == len(known)
 
 
-def test_report_of_an_empty_or_missing_directory(tmp_path):
-    summary = write_report(tmp_path)
-    assert "0 runs collected" in summary.read_text()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+def test_report_of_an_empty_or_missing_directory_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no runs under"):
+        write_report(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nope")
+    assert not (tmp_path / "report").exists()

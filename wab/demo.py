@@ -25,7 +25,7 @@ DEMO_OVERRIDES = (
 )
 
 COLUMNS = {
-    "method": "method",
+    "variant": "method",
     "metrics.individual_mean": "individual",
     "metrics.ensemble_acc": "ensemble",
     "metrics.avg_acc": "averaged",

@@ -32,8 +32,8 @@ NOT_HASHED = (
 STATES = ("done", "diverged", "failed", "incomplete", "not launched")
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
-    """A stable hash of a resolved config (a plain dict), ignoring the keys in NOT_HASHED."""
+def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved config (a plain dict) without the keys in NOT_HASHED: what makes a run."""
     cfg = json.loads(json.dumps(cfg, default=str))
     for path in NOT_HASHED:
         node = cfg
@@ -41,8 +41,18 @@ def config_hash(cfg: dict[str, Any]) -> str:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(path[-1], None)
-    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A stable hash of a resolved config, ignoring the keys in NOT_HASHED."""
+    blob = json.dumps(hashed_config(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def setting_id(cfg: dict[str, Any]) -> str:
+    """The hash of a config without its seed: the runs of one setting (one table row) share it."""
+    return config_hash({k: v for k, v in cfg.items() if k != "seed"})
 
 
 def run_id(cfg: dict[str, Any]) -> str:
