@@ -64,11 +64,9 @@ def greedy_ingredients(run: RunState, bn: str = "average") -> tuple[list[int], l
     return chosen, trace
 
 
-@register_finalizer("greedy_soup")
+@register_finalizer("greedy_soup", needs_heldout=True)
 def greedy_soup(run: RunState) -> dict[str, nn.Module]:
     """Members added in order of held-out accuracy while the soup strictly improves."""
-    if len(run.data.heldout) == 0:
-        raise ValueError("greedy_soup ranks members on the held-out split: set data.heldout_fraction > 0")
     _gather(run)
     chosen, _ = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")))
     return {"greedy_soup": _soup(run, chosen)}

@@ -44,3 +44,19 @@ def tiny_config(tmp_path: Path, *overrides: str) -> dict:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda *overrides: tiny_config(tmp_path, *overrides)
+
+
+@pytest.fixture
+def registered():
+    """``registered(name)``: like ``wab.method.register``, undone after the test."""
+    from wab.method import register, unregister
+
+    names = []
+
+    def reg(name):
+        names.append(name)
+        return register(name)
+
+    yield reg
+    for n in names:
+        unregister(n)

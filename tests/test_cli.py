@@ -1,7 +1,13 @@
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 WAB = [sys.executable, "-m", "wab.cli"]
 
@@ -25,9 +31,84 @@ def test_wab_train_takes_hydra_overrides(tmp_path):
 
 
 def test_wab_train_reports_a_bad_method_with_the_known_ones(tmp_path):
-    p = _run(["train", "method.name=nope", "trainer.progress=false", f"out_dir={tmp_path}"], tmp_path)
-    assert p.returncode == 1
-    assert "unknown method 'nope'; known methods:" in p.stderr and "independent" in p.stderr
+    p = _run(["train", "method.name=wahs", "trainer.progress=false", f"out_dir={tmp_path / 'runs'}"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.startswith("wab: error: unknown method 'wahs' (did you mean 'wash'?); known: ")
+    assert "independent" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["method=wash", "method.p=2"], "wab: error: wash p must be in [0, 1], got 2.0"),
+        (["trainer.epoch=3"], "wab: error: unknown key trainer.epoch (did you mean 'trainer.epochs'?)"),
+        (["+method.alpah=0.9", "method=papa"], "wab: error: unknown key method.alpah (did you mean 'method.alpha'?)"),
+        (["data=cifar10", "data.root=/nonexistent"], "wab: error: dataset 'cifar10' not found"),
+        (["method=soups", "data.heldout_fraction=0"], "wab: error: soups needs a held-out split"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_leaves_no_run_behind(tmp_path, args, message):
+    env = {**os.environ, "WAB_DATA": str(tmp_path / "no-data"), "HOME": str(tmp_path)}
+    p = subprocess.run([*WAB, "train", *args, f"out_dir={tmp_path / 'runs'}"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path, env=env)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.startswith(message), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()  # no failed run left behind
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    p = _run(["--verbose", "train", "method=wash", "method.p=2", f"out_dir={tmp_path / 'runs'}"], tmp_path)
+    assert p.returncode == 2 and "Traceback" in p.stderr and "wab: error: wash p must be in [0, 1]" in p.stderr
+
+
+def test_user_errors_of_report_and_status_are_one_line(tmp_path):
+    for args in (["report", str(tmp_path / "nope")], ["report", str(tmp_path)], ["status", str(tmp_path)],
+                 ["sweep", "nope", "--cluster", "debug"]):  # fmt: skip
+        p = _run(args, tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith("wab: error: ") and "Traceback" not in p.stderr, args
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
+SLOW = ["data=digits", "model.width=8", "population.size=2", "trainer.epochs=6", "trainer.batch_size=16",
+        "trainer.progress=false", "device=cpu"]  # fmt: skip
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_to_the_same_result(tmp_path):
+    from wab.config import compose_config
+    from wab.run import run, run_dir_for
+
+    reference = run(compose_config([*SLOW, f"out_dir={tmp_path / 'reference'}"]))
+    out = tmp_path / "runs"
+    rd = run_dir_for(compose_config([*SLOW, f"out_dir={out}"]))
+    cmd = [*WAB, "train", *SLOW, f"out_dir={out}"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not rd.read_metrics():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert re.search(rf"interrupted: stopped at step \d+ after saving a checkpoint in {rd.path}; run the same "
+                     "command again to resume", err), err  # fmt: skip
+    assert "Traceback" not in err and rd.checkpoint.exists() and not rd.final.exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in rd.log.read_text()
+    final = json.loads(rd.final.read_text())
+    assert final["metrics"] == reference["metrics"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith(f"already done: {rd.path}")
+    assert rd.log.read_text().count("starts (wab") == 2  # the third command trained nothing
+
+
+def test_status_works_on_any_results_directory(tiny, tmp_path):
+    from wab.run import run
+
+    for seed in (0, 1):
+        assert run(tiny(f"seed={seed}", "trainer.epochs=1"))["status"] == "done"
+    p = _run(["status", str(tmp_path)], tmp_path)
+    assert p.returncode == 0 and "2 done, 0 failed (2 runs)" in p.stdout
 
 
 def test_wab_demo_compares_methods(tmp_path):

@@ -4,21 +4,9 @@ import textwrap
 import pytest
 
 import wab.method as method_api
+from wab.errors import UserError
 from wab.method import HOOKS, Method, available_methods, get_method, register, unregister
 from wab.run import run
-
-
-@pytest.fixture
-def registered():
-    names = []
-
-    def reg(name):
-        names.append(name)
-        return register(name)
-
-    yield reg
-    for n in names:
-        unregister(n)
 
 
 def test_every_hook_is_reached_with_the_run_state(tiny, registered):
@@ -73,7 +61,7 @@ def test_duplicate_names_are_refused(registered):
 
 
 def test_unknown_method_lists_the_known_ones(tiny):
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; known methods: .*independent"):
+    with pytest.raises(UserError, match=r"unknown method .nope.; known methods: .*independent"):
         get_method("nope")
     rec = run(tiny("method.name=nope"))
     assert rec["status"] == "failed" and "known methods" in rec["error"]

@@ -12,10 +12,12 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from wab.run import run
-from wab.sweep import launch, load_sweep, plan, sweep_status
+from wab.status import directory_status
+from wab.sweep import launch, load_sweep, plan
 
 
 def _cluster_problem() -> str | None:
@@ -41,63 +43,91 @@ TINY = ["data=digits", "model=cnn", "model.width=4", "population.size=2", "train
 RESOURCES = {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 15, "array_parallelism": 2}
 
 
-def sweep(tmp_path, name, grid, base=TINY):
+def sweep(tmp_path, name, grid, base=TINY, **resources):
     path = tmp_path / f"{name}.yaml"
-    spec = {"name": name, "out_dir": str(tmp_path / name), "base": base, "grid": grid, "resources": RESOURCES}
+    spec = {"name": name, "out_dir": str(tmp_path / name), "base": base, "grid": grid,
+            "resources": {**RESOURCES, **resources}}  # fmt: skip
     path.write_text(yaml.safe_dump(spec))
     return load_sweep(path)
 
 
-def wait(spec, until, timeout):
+def wait(spec, until, timeout, every=1.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        rows = sweep_status(spec.out_dir)
+        rows = directory_status(spec.out_dir)
         if until(rows):
             return rows
-        time.sleep(2)
+        time.sleep(every)
     logs = "\n".join(p.read_text()[-2000:] for p in spec.out_dir.glob(".submitit/*/*_log.err"))
-    raise AssertionError(f"timed out: {[r['state'] for r in rows]}\n{logs}")
+    raise AssertionError(f"timed out: {[(r.state, r.detail) for r in rows]}\n{logs}")
 
 
 def finished(rows):
-    return all(r["state"] in ("done", "diverged", "failed") for r in rows)
+    return all(r.state in ("done", "diverged", "failed") for r in rows)
 
 
 def test_a_2x2_grid_finishes_and_a_second_launch_submits_nothing(tmp_path):
     spec = sweep(tmp_path, "grid", {"seed": [0, 1], "method": ["independent", "wash"]})
     t0 = time.time()
-    manifest = launch(spec, "slurm")
+    result = launch(spec, "slurm")
     assert time.time() - t0 < 60  # returns after submission
-    job_ids = set(manifest["launches"][-1]["jobs"].values())
+    job_ids = set(result.manifest["launches"][-1]["jobs"].values())
     assert len(job_ids) == 4 and len({j.split("_")[0] for j in job_ids}) == 1  # one job array
     wait(spec, finished, 600)
     cmd = [sys.executable, "-m", "wab.cli", "status", str(spec.out_dir)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert "4 done, 0 diverged, 0 failed, 0 incomplete, 0 not launched (4 runs)" in out
+    assert "4 done, 0 failed (4 runs)" in out
     again = launch(spec, "slurm")
-    assert again["launches"][-1]["submitted"] == 0
+    assert again.submitted == []
 
 
 def test_a_crashing_config_does_not_stop_the_others(tmp_path):
-    spec = sweep(tmp_path, "crash", {"seed": [0], "model.name": ["cnn", "nope", "mlp"]})
+    from .test_sweep import corrupt_cifar10
+
+    root = corrupt_cifar10(tmp_path / "corrupt")
+    spec = sweep(tmp_path, "crash", {"seed": [0], "data": ["digits", "cifar10"], "data.root": [str(root)]},
+                 base=[t for t in TINY if not t.startswith("data=")])  # fmt: skip
     launch(spec, "slurm")
     rows = wait(spec, finished, 600)
-    assert sorted(r["state"] for r in rows) == ["done", "done", "failed"]
-    (bad,) = [r for r in rows if r["state"] == "failed"]
-    final = json.loads((spec.out_dir / bad["run_id"] / "final.json").read_text())
-    assert "unknown model 'nope'" in final["error"] and "Traceback" in final["traceback"]
+    assert sorted(r.state for r in rows) == ["done", "failed"]
+    (bad,) = [r for r in rows if r.state == "failed"]
+    final = json.loads((spec.out_dir / bad.run_id / "final.json").read_text())
+    assert "md5" in final["error"] and "Traceback" in final["traceback"]
     again = launch(spec, "slurm")
-    assert set(again["launches"][-1]["jobs"]) == {bad["run_id"]}  # only the failed run goes again
+    assert again.submitted == [bad.run_id]  # only the failed run goes again
+
+
+def test_a_relaunch_while_a_run_trains_or_waits_submits_neither_again(tmp_path):
+    base = [*TINY[:-3], "trainer.epochs=8", "trainer.batch_size=16", "model.width=8", "device=cpu"]
+    spec = sweep(tmp_path, "relaunch", {"seed": [0, 1]}, base=base, array_parallelism=1)
+    first = launch(spec, "slurm")
+    assert len(first.submitted) == 2
+    rows = wait(spec, lambda rows: [r.state for r in rows] == ["running", "queued"], 300, every=0.2)
+    assert "pid" in rows[0].detail and "pending" in rows[1].detail  # the lease holder; the scheduler's word
+    again = launch(spec, "slurm")  # the same command again, while one run trains and one waits
+    assert again.submitted == [] and again.manifest["launches"][-1]["left_alone"] == {"running": 1, "queued": 1}
+    assert "1 running and 1 queued left alone" in again.summary()
+    rows = wait(spec, finished, 600)
+    assert [r.state for r in rows] == ["done", "done"]
+    for r in rows:  # each run trained by one process, once
+        rd = spec.out_dir / r.run_id
+        assert [json.loads(x)["epoch"] for x in (rd / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+        assert (rd / "train.log").read_text().count("starts (wab") == 1
 
 
 def test_a_preempted_job_is_requeued_and_resumes_to_the_same_result(tmp_path):
     base = [*TINY[:-3], "trainer.epochs=6", "trainer.batch_size=16", "model.width=8", "method=wash", "device=cpu"]
     spec = sweep(tmp_path, "preempt", {"seed": [0]}, base=base)
     (planned,) = plan(spec)
-    reference = run({**planned.config, "out_dir": str(tmp_path / "reference")})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(RESOURCES["cpus_per_task"])  # as the job will: the same threads, the same sums
+    try:
+        reference = run({**planned.config, "out_dir": str(tmp_path / "reference")})
+    finally:
+        torch.set_num_threads(threads)
     assert reference["status"] == "done"
-    manifest = launch(spec, "slurm")
-    (job_id,) = manifest["launches"][-1]["jobs"].values()
+    result = launch(spec, "slurm")
+    (job_id,) = result.manifest["launches"][-1]["jobs"].values()
     metrics = planned.dir.metrics
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -110,7 +140,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_result(tmp_path):
         time.sleep(0.5)
     assert "stop requested: checkpoint saved" in planned.dir.log.read_text()
     rows = wait(spec, finished, 600)  # SLURM holds a requeued job about 2 minutes
-    assert rows[0]["state"] == "done"
+    assert rows[0].state == "done"
     assert "resumed from" in planned.dir.log.read_text()
     final = json.loads(planned.dir.final.read_text())
     assert final["metrics"] == reference["metrics"] and final["steps"] == reference["steps"]

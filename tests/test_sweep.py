@@ -1,25 +1,42 @@
-"""Sweep expansion, launching and status without a scheduler (debug and local executors)."""
+"""Sweep expansion, validation, launching and status without a scheduler (debug and local executors)."""
 
+import json
+import re
+import shutil
 import time
+from datetime import datetime
 
 import pytest
 import yaml
 
 from wab.config import compose_config
+from wab.errors import UserError
 from wab.records import config_hash
-from wab.sweep import expand, format_status, launch, load_sweep, plan, sweep_status
+from wab.status import directory_status, format_status
+from wab.sweep import InvalidSweep, expand, launch, load_sweep, plan
 
-TINY = ["data=digits", "model=cnn", "model.width=4", "population.size=2", "trainer.epochs=1",
-        "trainer.batch_size=256", "device=cpu"]  # fmt: skip
+TINY = ["model=cnn", "model.width=4", "population.size=2", "trainer.epochs=1", "trainer.batch_size=256", "device=cpu"]
 
 
-def write_sweep(tmp_path, grid, variants=None, name="s", base=TINY):
-    spec = {"name": name, "out_dir": str(tmp_path / name), "base": base, "grid": grid}
+def write_sweep(tmp_path, grid, variants=None, name="s", base=("data=digits", *TINY), resources=None):
+    spec = {"name": name, "out_dir": str(tmp_path / name), "base": list(base), "grid": grid}
     if variants:
         spec["variants"] = variants
+    if resources:
+        spec["resources"] = resources
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def corrupt_cifar10(root):
+    """A data root whose CIFAR-10 files are all there but hold garbage: a run passes every check
+    before it starts (the files exist) and fails when it reads them (a crash at run time)."""
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]:
+        (d / name).write_bytes(b"\0" * 3073)
+    return root
 
 
 def test_expansion_is_deterministic_and_adding_a_value_keeps_existing_ids(tmp_path):
@@ -36,12 +53,13 @@ def test_expansion_is_deterministic_and_adding_a_value_keeps_existing_ids(tmp_pa
     )
     ids_b = [r.run_id for r in plan(b)]
     assert set(ids) < set(ids_b) and len(ids_b) == 3 + 6
-    assert expand(a)[0] == [*TINY, "seed=0", "method=independent"]
+    assert expand(a)[0] == ["data=digits", *TINY, "seed=0", "method=independent"]
 
 
 def test_run_id_ignores_settings_that_leave_results_unchanged():
     base = compose_config([*TINY, "method=independent"])
-    same = compose_config([*TINY, "method=independent", "optim.fused=false", "trainer.progress=false", "device=cuda"])
+    same = compose_config([*TINY, "method=independent", "optim.fused=false", "trainer.progress=false", "device=cuda",
+                           "trainer.save_models=false"])  # fmt: skip
     other = compose_config([*TINY, "method=independent", "optim.lr=0.1"])
     assert config_hash(base) == config_hash(same)
     assert config_hash(base) != config_hash(other)
@@ -50,58 +68,123 @@ def test_run_id_ignores_settings_that_leave_results_unchanged():
 def test_bad_sweep_configs_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngrids: {seed: [0]}\n")
-    with pytest.raises(ValueError, match=r"unknown sweep key\(s\) \['grids'\]"):
+    with pytest.raises(UserError, match=r"unknown sweep key\(s\) \['grids'\]"):
         load_sweep(bad)
-    bad.write_text("name: x\nresources: {gpus: 1}\n")
-    with pytest.raises(ValueError, match=r"unknown resource\(s\) \['gpus'\]"):
+    bad.write_text("name: x\nresources: {gpu_per_node: 1}\n")
+    with pytest.raises(UserError, match=r"unknown resource\(s\) \['gpu_per_node'\] \(did you mean 'gpus_per_node'\?\)"):
         load_sweep(bad)
-    with pytest.raises(FileNotFoundError, match="sweep config 'nope' not found"):
+    bad.write_text("name: [x\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_sweep(bad)
+    with pytest.raises(UserError, match="sweep config 'nope' not found"):
         load_sweep("nope")
-    with pytest.raises(ValueError, match="--cluster must be one of"):
+    with pytest.raises(UserError, match="--cluster must be one of"):
         launch(load_sweep(write_sweep(tmp_path, {"seed": [0]})), "auto")
 
 
+def test_a_sweep_with_bad_points_is_refused_whole_and_nothing_is_created(tmp_path):
+    spec = load_sweep(
+        write_sweep(
+            tmp_path,
+            {"seed": [0, 1]},
+            [
+                {"method": ["independent"]},
+                {"method": ["wash"], "method.p": [0.01, 2.0]},
+                {"method": ["wahs"]},
+                {"method": ["papa"], "+method.alpah": [0.9]},
+            ],
+        )  # fmt: skip
+    )
+    with pytest.raises(InvalidSweep) as e:
+        launch(spec, "debug")
+    text = str(e.value)
+    assert "6 of 10 runs are invalid; nothing was submitted" in text
+    assert text.count("wash p must be in [0, 1], got 2.0") == 2  # every bad point is listed
+    assert "unknown method 'wahs' (did you mean 'wash'?)" in text
+    assert "unknown key method.alpah (did you mean 'method.alpha'?)" in text
+    assert not spec.out_dir.exists()  # no run directory, no manifest
+
+
 def test_debug_sweep_isolates_a_crash_and_a_relaunch_submits_only_what_is_missing(tmp_path):
-    spec = load_sweep(write_sweep(tmp_path, {"seed": [0, 1], "model.name": ["cnn", "nope"]}))
-    manifest = launch(spec, "debug")
-    assert manifest["launches"][-1]["submitted"] == 4
-    rows = sweep_status(spec.out_dir)
-    states = sorted(r["state"] for r in rows)
-    assert states == ["done", "done", "failed", "failed"]
-    failed = [r for r in rows if r["state"] == "failed"]
-    assert all("unknown model 'nope'" in r["error"] for r in failed)
-    for r in failed:  # the traceback is in the run's own directory
-        assert "Traceback" in (spec.out_dir / r["run_id"] / "final.json").read_text()
+    root = corrupt_cifar10(tmp_path / "corrupt")
+    spec = load_sweep(
+        write_sweep(
+            tmp_path,
+            {"seed": [0, 1]},
+            [{"data": ["digits"]}, {"data": ["cifar10"], "data.root": [str(root)]}],
+            base=TINY,
+        )  # fmt: skip
+    )
+    result = launch(spec, "debug")
+    assert len(result.submitted) == 4
+    rows = directory_status(spec.out_dir)
+    assert sorted(r.state for r in rows) == ["done", "done", "failed", "failed"]
+    failed = [r for r in rows if r.state == "failed"]
+    for r in failed:  # the error is in the status, its traceback in the run's own directory
+        final = json.loads((spec.out_dir / r.run_id / "final.json").read_text())
+        assert r.detail.startswith("ValueError: ") and "md5" in final["error"] and "Traceback" in final["traceback"]
     again = launch(spec, "debug")
-    assert again["launches"][-1]["submitted"] == 2  # only the failed ones
-    assert set(again["launches"][-1]["jobs"]) == {r["run_id"] for r in failed}
-    text = format_status(sweep_status(spec.out_dir))
-    assert "2 done, 0 diverged, 2 failed, 0 incomplete, 0 not launched (4 runs)" in text
+    assert sorted(again.submitted) == sorted(r.run_id for r in failed)  # only the failed ones
+    assert "2 done, 2 failed (4 runs)" in format_status(directory_status(spec.out_dir))
 
 
-def test_status_reads_the_files_alone(tmp_path):
-    spec = load_sweep(write_sweep(tmp_path, {"seed": [0, 1, 2]}))
+def test_status_reads_the_files_and_the_leases(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, {"seed": [0, 1, 2, 3]}))
     runs = plan(spec)
     launch(spec, "debug")
-    (runs[1].dir.done).unlink()  # as if killed before finishing
-    (runs[1].dir.final).unlink()
-    import shutil
-
+    runs[1].dir.done.unlink()  # as if killed before finishing
+    runs[1].dir.final.unlink()
     shutil.rmtree(runs[2].dir.path)
-    assert [r["state"] for r in sweep_status(spec.out_dir)] == ["done", "incomplete", "not launched"]
+    runs[3].dir.final.write_bytes(b"\xff\xfe garbage")
+    states = [r.state for r in directory_status(spec.out_dir)]
+    # the debug launch's jobs ran in this process: a run it left unfinished is dead, one it never made too
+    assert states == ["done", "dead", "dead", "corrupt"]
+    assert "unreadable final.json (UnicodeDecodeError" in directory_status(spec.out_dir)[3].detail
+    # any results directory, not only a sweep's
+    (spec.out_dir / "manifest.json").unlink()
+    by_id = {r.run_id: r.state for r in directory_status(spec.out_dir)}
+    assert by_id == {runs[0].run_id: "done", runs[1].run_id: "incomplete", runs[3].run_id: "corrupt"}
 
 
-def test_local_executor_runs_real_subprocesses_and_returns_at_once(tmp_path):
-    spec = load_sweep(write_sweep(tmp_path, {"seed": [0, 1]}))
+def _intervals(out_dir):
+    """(start, end) of each run, from its train.log."""
+    stamp = re.compile(r"^(\S+ \S+) INFO run \S+ (starts|ended)")
+    spans = []
+    for log in out_dir.glob("*/train.log"):
+        times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                 for m in map(stamp.match, log.read_text().splitlines()) if m]  # fmt: skip
+        spans.append((times[0], times[-1]))
+    return spans
+
+
+def test_a_local_sweep_runs_at_most_array_parallelism_runs_at_once(tmp_path):
+    spec = load_sweep(
+        write_sweep(
+            tmp_path,
+            {"seed": [0, 1, 2, 3, 4]},
+            base=("data=digits", *TINY[:-3], "trainer.epochs=3", "trainer.batch_size=32", "device=cpu"),
+            resources={"array_parallelism": 2},
+        )  # fmt: skip
+    )
     t0 = time.time()
-    manifest = launch(spec, "local")
-    assert time.time() - t0 < 20 and manifest["launches"][-1]["submitted"] == 2
-    deadline = time.time() + 240
-    while time.time() < deadline and any(r["state"] != "done" for r in sweep_status(spec.out_dir)):
+    result = launch(spec, "local")
+    assert time.time() - t0 < 30 and len(result.submitted) == 5
+    assert len(result.manifest["launches"][-1]["workers"]) == 2  # a pool of array_parallelism workers
+    deadline = time.time() + 300
+    while time.time() < deadline and any(r.state != "done" for r in directory_status(spec.out_dir)):
         time.sleep(1)
-    assert [r["state"] for r in sweep_status(spec.out_dir)] == ["done", "done"]
+    assert [r.state for r in directory_status(spec.out_dir)] == ["done"] * 5
+    spans = _intervals(spec.out_dir)
+    assert len(spans) == 5
+    most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert most <= 2
+    for d in spec.out_dir.glob("*-*"):  # no run trained twice
+        epochs = [json.loads(line)["epoch"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3]
 
 
 def test_the_example_sweep_is_valid():
     spec = load_sweep("example")
     assert spec.resources["array_parallelism"] == 16 and len(expand(spec)) == 12
+    runs = plan(spec, check=True, gpus=1)
+    assert all(not r.problems or "cifar10" in r.problems[0] for r in runs)

@@ -68,7 +68,7 @@ def interrupter():
     unregister("test_interrupt_at")
 
 
-@pytest.mark.parametrize("stop_at", [7, 5], ids=["mid-epoch", "epoch-boundary"])
+@pytest.mark.parametrize("stop_at", [7, 5, 15], ids=["mid-epoch", "epoch-boundary", "last-step"])
 def test_an_interrupted_run_resumes_bit_for_bit(tiny, tmp_path, interrupter, stop_at):
     overrides = (
         "method.name=test_interrupt_at",
@@ -174,3 +174,27 @@ def test_gpu_mode_options_run_on_cpu_too(tiny):
     assert rec["status"] == "done", rec.get("traceback")
     bad = run(tiny("trainer.amp=maybe"))
     assert bad["status"] == "failed" and "trainer.amp must be auto, true or false, got 'maybe'" in bad["error"]
+
+
+def test_the_delivered_models_are_files_that_rebuild_without_the_trainer(tiny):
+    from wab.data import load_data
+    from wab.saved_models import load_model, normalize
+
+    cfg = tiny("method=soups", "trainer.epochs=2")
+    rec = run(cfg)
+    rd = run_dir_for(cfg)
+    files = sorted(p.name for p in (rd.path / "models").glob("*.pt"))
+    assert files == ["avg_bn.pt", "greedy_soup.pt", "uniform_soup.pt"]
+    for f in files:  # plain state_dicts
+        state = torch.load(rd.path / "models" / f, weights_only=True)
+        assert all(torch.is_tensor(v) for v in state.values())
+    test = load_data("digits").test
+    for name, expected in (("final", rec["metrics"]["final_acc"]), ("avg_bn", rec["metrics"]["avg_bn_acc"]),
+                           ("uniform_soup", rec["metrics"]["final"]["uniform_soup"]["acc"])):  # fmt: skip
+        model = load_model(rd.path, name)
+        with torch.no_grad():
+            acc = (model(normalize(rd.path, test.x)).argmax(1) == test.y).double().mean().item()
+        assert abs(acc - expected) <= 1 / len(test.y), name  # the same model, as evaluated in the run
+    off = tiny("trainer.epochs=1", "trainer.save_models=false")
+    run(off)
+    assert not (run_dir_for(off).path / "models").exists()

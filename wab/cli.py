@@ -1,67 +1,190 @@
-"""The ``wab`` command: ``wab demo``, ``wab train [hydra overrides]``."""
+"""The ``wab`` command: ``demo``, ``train``, ``sweep``, ``status``, ``report``.
+
+Every user error (a bad value, missing data, an empty results directory, no cluster) is one
+line on stderr and exit status 2, without a traceback (``--verbose`` shows it). ``wab train``
+checks its config before it creates anything; Ctrl-C stops it at the next step boundary with a
+checkpoint, and rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
 import sys
+import traceback
+from collections.abc import Iterator
 
-import hydra
-from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
-from wab import CONFIG_DIR
+from wab.errors import UserError
 
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
 _last_status: list[str] = []
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def _train_app(cfg: DictConfig) -> None:
+class _TqdmHandler(logging.StreamHandler):
+    """Console log lines that do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def _console_logging() -> None:
+    log = logging.getLogger("wab")
+    if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _ctrl_c_checkpoints() -> Iterator[None]:
+    """A first Ctrl-C during training asks for a checkpoint at the next step boundary; a second
+    one, or one outside the step loop (loading data, evaluating), stops at once."""
+    from wab.trainer import in_step_loop, request_stop, stop_requested
+
+    def handler(signum, frame):
+        if in_step_loop() and not stop_requested():
+            request_stop()
+            print("\nstopping at the next step boundary to save a checkpoint (Ctrl-C again to stop now)",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _summary(record: dict) -> str:
+    m = record.get("metrics") or {}
+    if m.get("individual_mean") is None:
+        return ""
+    return (
+        f"individual {m['individual_mean']:.4f}  ensemble {m['ensemble_acc']:.4f}  avg {m['avg_acc']:.4f}  "
+        f"avg_bn {m['avg_bn_acc']:.4f}  final ({m['final_model']}) {m['final_acc']:.4f}"
+    )
+
+
+def train_one(overrides: list[str]) -> int:
+    """``wab train`` without -m: check the config, then train (or resume) its run."""
     from wab.run import run, run_dir_for
+    from wab.trainer import Interrupted
+    from wab.validate import compose_checked, validate
 
-    record = run(cfg)
-    _last_status.append(record["status"])
-    m = record.get("metrics", {})
-    print(f"{record['status']}: {run_dir_for(cfg).path}")
-    if record["status"] == "failed":
-        print(record.get("error"), file=sys.stderr)
-    elif m.get("individual_mean") is not None:
-        print(
-            f"individual {m['individual_mean']:.4f}  ensemble {m['ensemble_acc']:.4f}  "
-            f"avg {m['avg_acc']:.4f}  avg_bn {m['avg_bn_acc']:.4f}  final ({m['final_model']}) {m['final_acc']:.4f}"
-        )
+    cfg = compose_checked(overrides)
+    validate(cfg)
+    rd = run_dir_for(cfg)
+    state = rd.state()
+    if state in ("done", "diverged"):
+        print(f"already {state}: {rd.path} (nothing to do; delete the directory to train it again)")
+        if line := _summary(rd.read_final() or {}):
+            print(line)
+        return 0
+    _console_logging()
+    try:
+        with _ctrl_c_checkpoints():
+            record = run(cfg)
+    except Interrupted as e:
+        print(f"interrupted: {e} in {rd.path}; run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        where = f"the last checkpoint is {rd.checkpoint}" if rd.checkpoint.exists() else "no checkpoint was saved yet"
+        print(f"\ninterrupted: {where}; run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED
+    print(f"{record['status']}: {rd.path}")
+    if record["status"] in ("failed", "lost"):
+        print(f"{record.get('error')} (traceback in {rd.final})", file=sys.stderr)
+        return 1
+    if line := _summary(record):
+        print(line)
+    return 0
 
 
-def train_main(overrides: list[str]) -> int:
-    """Run the hydra app with the given overrides (single run or -m multirun)."""
+def train_multirun(overrides: list[str]) -> int:
+    """``wab train -m``: hydra's multirun (and its launchers); each job checks its config."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from wab import CONFIG_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from wab.run import plain_config, run, run_dir_for
+        from wab.validate import check_config
+
+        cfg = plain_config(cfg)
+        cfg.pop("hydra", None)
+        problems = check_config(cfg)
+        if problems:
+            _last_status.append("invalid")
+            print("invalid config: " + "; ".join(problems), file=sys.stderr)
+            return
+        record = run(cfg)
+        _last_status.append(record["status"])
+        print(f"{record['status']}: {run_dir_for(cfg).path}")
+        if record["status"] == "failed":
+            print(record.get("error"), file=sys.stderr)
+
+    _last_status.clear()
     argv = sys.argv
     sys.argv = ["wab train", *overrides]
     try:
-        _train_app()
+        app()
     finally:
         sys.argv = argv
-    return 1 if "failed" in _last_status else 0
+    return 1 if {"failed", "invalid"} & set(_last_status) else 0
 
 
 def sweep_main(config: str, cluster: str, dry_run: bool) -> int:
+    from wab.status import directory_status
     from wab.sweep import launch, load_sweep, plan
 
     spec = load_sweep(config)
     if dry_run:
-        for r in plan(spec):
-            print(f"{r.run_id}  {r.dir.state():<12}  {' '.join(r.overrides)}")
-        return 0
-    manifest = launch(spec, cluster)
-    last = manifest["launches"][-1]
-    total = len(manifest["runs"])
-    done = total - last["submitted"]
-    print(f"sweep {spec.name}: {total} runs, {done} already finished, {last['submitted']} submitted")
+        runs = plan(spec, check=True, gpus=int(spec.resources["gpus_per_node"]) if cluster == "slurm" else None)
+        states = {s.run_id: s.state for s in directory_status(spec.out_dir)} if spec.out_dir.exists() else {}
+        for r in runs:
+            state = "INVALID" if r.problems else states.get(r.run_id) or r.dir.state()
+            print(f"{r.run_id:<28}  {state:<12}  {' '.join(r.overrides)}")
+            for p in r.problems:
+                print(f"{'':<28}    - {p}")
+        bad = sum(bool(r.problems) for r in runs)
+        print(f"\n{len(runs)} runs, {bad} invalid" + ("; a launch would submit nothing" if bad else ""))
+        return 2 if bad else 0
+    result = launch(spec, cluster)
+    print(f"sweep {spec.name}: {result.summary()}")
+    last = result.manifest["launches"][-1]
     if last["jobs"]:
         print(f"job array: {sorted(set(j.split('_')[0] for j in last['jobs'].values()))}")
+    if last.get("workers"):
+        print(f"local workers (pids): {last['workers']}")
     print(f"follow it with: wab status {spec.out_dir}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def status_main(directory: str) -> int:
+    from pathlib import Path
+
+    from wab.status import directory_status, format_status
+
+    if not Path(directory).is_dir():
+        raise UserError(f"{directory} is not a directory")
+    rows = directory_status(directory)
+    if not rows:
+        raise UserError(f"no runs under {directory} (neither a sweep's manifest.json nor run directories)")
+    print(format_status(rows))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wab", description="wab, the weight-averaging benchmark")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small population on digits for every method and compare")
     demo.add_argument("--out", default="results/demo", help="where the runs go (default: results/demo)")
@@ -75,34 +198,57 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sub.add_parser("sweep", help="launch a grid of runs as one job array (returns after submission)")
     sweep.add_argument("config", help="a sweep YAML file, or the name of one in configs/sweep/")
     sweep.add_argument("--cluster", required=True, choices=["slurm", "local", "debug"], help="where the jobs run")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their states; submit nothing")
-    status = sub.add_parser("status", help="each run's state in a sweep directory, from the files alone")
-    status.add_argument("sweep_dir")
+    sweep.add_argument("--dry-run", action="store_true", help="check every run and list their states; submit nothing")
+    status = sub.add_parser("status", help="each run's state under a directory (a sweep's, or any results directory)")
+    status.add_argument("directory")
     report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
     report.add_argument("results", help="a results directory (searched recursively for runs)")
     report.add_argument("--out", default=None, help="where the report goes (default: <results>/report)")
+    return parser
+
+
+def _dispatch(argv: list[str]) -> int:
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
-        return train_main(rest)
+        multirun = any(a in ("-m", "--multirun") for a in rest)
+        return train_multirun(rest) if multirun else train_one(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "sweep":
         return sweep_main(args.config, args.cluster, args.dry_run)
     if args.command == "status":
-        from wab.sweep import format_status, sweep_status
-
-        print(format_status(sweep_status(args.sweep_dir)))
-        return 0
+        return status_main(args.directory)
     if args.command == "report":
         from wab.analysis.report import write_report
 
         print(f"report written: {write_report(args.results, args.out)}")
         return 0
-    if args.command == "demo":
-        from wab.demo import demo as run_demo
+    from wab.demo import demo as run_demo
 
-        return run_demo(args.out, epochs=args.epochs, methods=args.methods)
-    return 2
+    return run_demo(args.out, epochs=args.epochs, methods=args.methods)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    try:
+        return _dispatch(argv)
+    except UserError as e:
+        if verbose:
+            traceback.print_exc()
+        lines = str(e).splitlines() or [type(e).__name__]
+        problems = getattr(e, "problems", None)
+        if problems and len(problems) > 1:
+            lines = ["invalid config:", *(f"  - {p}" for p in problems)]
+        print(f"wab: error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(line, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nwab: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,15 +9,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from wab import CONFIG_DIR
 
 
 def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The resolved run config (a plain dict) for hydra-style overrides, e.g. ``["method=wash"]``."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    """The resolved run config (a plain dict) for hydra-style overrides, e.g. ``["method=wash"]``.
+    Inside a running hydra app (``wab train -m``), hydra is already set up on the same tree."""
+    if GlobalHydra.instance().is_initialized():
         cfg = compose(config_name="config", overrides=list(overrides))
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
     cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg.pop("hydra", None)
     return cfg

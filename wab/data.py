@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
+
+from wab.errors import UserError, did_you_mean
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -35,7 +38,7 @@ CIFAR10_BIN_MD5 = {
 }
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset's files are in none of the data roots."""
 
 
@@ -109,20 +112,100 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _load_mnist_like(folder: str, roots: list[Path]) -> tuple[np.ndarray, ...] | None:
-    for root in roots:
-        raw = root / folder / "raw"
-        stems = [
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        ]
-        files = [_find(raw, s) for s in stems]
-        if all(files):
-            xtr, ytr, xte, yte = (read_idx(f) for f in files)
-            return xtr[:, None], ytr, xte[:, None], yte
-    return None
+MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR10_PY = ([f"data_batch_{i}" for i in range(1, 6)], "test_batch")
+CIFAR100_PY = (["train"], "test")
+_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a dataset is made of, known without reading it: images [C, H, W], classes, sizes."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    train: int  # training images before the held-out slice
+    test: int
+
+
+SHAPES = {
+    "digits": DatasetShape(1, 8, 10, 1437, 360),
+    "mnist": DatasetShape(1, 28, 10, 60_000, 10_000),
+    "fashion_mnist": DatasetShape(1, 28, 10, 60_000, 10_000),
+    "cifar10": DatasetShape(3, 32, 10, 50_000, 10_000),
+    "cifar100": DatasetShape(3, 32, 100, 50_000, 10_000),
+}
+
+
+def _mnist_files(name: str, root: Path) -> list[Path] | None:
+    files = [_find(root / _FOLDERS[name] / "raw", s) for s in MNIST_STEMS]
+    return files if all(files) else None  # type: ignore[return-value]
+
+
+def _imagefolder_dirs(root: Path) -> tuple[Path, Path] | None:
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    return (root / "train", test_dir) if (root / "train").is_dir() and test_dir is not None else None
+
+
+def _present(name: str, root: Path) -> bool:
+    """Whether ``root`` holds the dataset's files (nothing is read)."""
+    if name in _FOLDERS:
+        return _mnist_files(name, root) is not None
+    if name == "cifar10":
+        return all(_find(root / "cifar-10-batches-bin", f) for f in CIFAR10_BIN_MD5) or all(
+            (root / "cifar-10-batches-py" / f).exists() for f in [*CIFAR10_PY[0], CIFAR10_PY[1]]
+        )
+    if name == "cifar100":
+        return all((root / "cifar-100-python" / f).exists() for f in [*CIFAR100_PY[0], CIFAR100_PY[1]])
+    return _imagefolder_dirs(root) is not None
+
+
+def find_dataset(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The first data root that holds the dataset's files (``digits`` needs none: None)."""
+    if name == "digits":
+        return None
+    return next((r for r in data_roots(root) if _present(name, r)), None)
+
+
+def _not_found(name: str, root: str | os.PathLike | None) -> DatasetNotFound:
+    looked = ", ".join(str(r) for r in data_roots(root))
+    return DatasetNotFound(
+        f"dataset {name!r} not found: looked for {_HOW_TO_GET[name]} under {looked}. "
+        f"Set data.root=<dir> or WAB_DATA=<dir> to a folder holding those files "
+        f"(e.g. WAB_DATA=../shared/data), or pass data.download=true to let torchvision fetch it."
+    )
+
+
+def dataset_shape(name: str, root: str | None = None, download: bool = False, image_size: int = 32) -> DatasetShape:
+    """The dataset's shape without decoding it; raises :class:`DatasetNotFound` when its files are
+    missing (unless ``download``, which fetches them at run time)."""
+    if name not in DATASETS:
+        raise UserError(
+            f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; known datasets: {', '.join(DATASETS)}"
+        )
+    found = find_dataset(name, root)
+    if name != "digits" and found is None and not (download and name != "imagefolder"):
+        raise _not_found(name, root)
+    if name != "imagefolder":
+        return SHAPES[name]
+    train_dir, test_dir = _imagefolder_dirs(found)  # type: ignore[arg-type, misc]
+    classes = [d for d in sorted(train_dir.iterdir()) if d.is_dir()]
+
+    def count(d: Path) -> int:
+        return sum(1 for c in d.iterdir() if c.is_dir() for f in c.iterdir() if f.is_file())
+
+    return DatasetShape(3, image_size, len(classes), count(train_dir), count(test_dir))
+
+
+def _progress(items, desc: str):
+    """A progress bar over the files being decoded, shown on a terminal only."""
+    return tqdm(items, desc=desc, leave=False, disable=None)
+
+
+def _load_mnist_like(name: str, root: Path) -> tuple[np.ndarray, ...]:
+    xtr, ytr, xte, yte = (read_idx(f) for f in _progress(_mnist_files(name, root), f"decoding {name}"))
+    return xtr[:, None], ytr, xte[:, None], yte
 
 
 def _read_cifar10_bin(directory: Path) -> tuple[np.ndarray, ...] | None:
@@ -136,7 +219,7 @@ def _read_cifar10_bin(directory: Path) -> tuple[np.ndarray, ...] | None:
             if str(z["stamp"]) == stamp:
                 return z["xtr"], z["ytr"], z["xte"], z["yte"]
     parts = {}
-    for name, path in files.items():
+    for name, path in _progress(list(files.items()), "decoding cifar10"):
         raw = _open_maybe_compressed(path)
         digest = hashlib.md5(raw).hexdigest()
         if digest != CIFAR10_BIN_MD5[name]:
@@ -153,13 +236,10 @@ def _read_cifar10_bin(directory: Path) -> tuple[np.ndarray, ...] | None:
     return xtr, ytr, xte, yte
 
 
-def _read_cifar_pickles(directory: Path, train: list[str], test: str, key: str) -> tuple[np.ndarray, ...] | None:
-    if not all((directory / f).exists() for f in [*train, test]):
-        return None
-
+def _read_cifar_pickles(directory: Path, train: list[str], test: str, key: str) -> tuple[np.ndarray, ...]:
     def load(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
-        for name in names:
+        for name in _progress(names, f"decoding {directory.name}"):
             with open(directory / name, "rb") as fh:
                 d = pickle.load(fh, encoding="latin1")
             xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -169,17 +249,11 @@ def _read_cifar_pickles(directory: Path, train: list[str], test: str, key: str) 
     return (*load(train), *load([test]))
 
 
-def _load_cifar(name: str, roots: list[Path]) -> tuple[np.ndarray, ...] | None:
-    for root in roots:
-        if name == "cifar10":
-            found = _read_cifar10_bin(root / "cifar-10-batches-bin") or _read_cifar_pickles(
-                root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"
-            )
-        else:
-            found = _read_cifar_pickles(root / "cifar-100-python", ["train"], "test", "fine_labels")
-        if found is not None:
-            return found
-    return None
+def _load_cifar(name: str, root: Path) -> tuple[np.ndarray, ...]:
+    if name == "cifar10":
+        found = _read_cifar10_bin(root / "cifar-10-batches-bin")
+        return found if found is not None else _read_cifar_pickles(root / "cifar-10-batches-py", *CIFAR10_PY, "labels")
+    return _read_cifar_pickles(root / "cifar-100-python", *CIFAR100_PY, "fine_labels")
 
 
 def _load_digits() -> tuple[np.ndarray, ...]:
@@ -193,22 +267,19 @@ def _load_digits() -> tuple[np.ndarray, ...]:
     return x[train], y[train], x[test], y[test]
 
 
-def _load_imagefolder(roots: list[Path], image_size: int) -> tuple[np.ndarray, ...] | None:
+def _load_imagefolder(root: Path, image_size: int) -> tuple[np.ndarray, ...]:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    for root in roots:
-        test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-        if (root / "train").is_dir() and test_dir is not None:
-            tf = transforms.Compose(
-                [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor()]
-            )
-            out = []
-            for d in (root / "train", test_dir):
-                ds = ImageFolder(str(d), transform=tf)
-                out += [np.stack([np.asarray(img) for img, _ in ds]), np.asarray(ds.targets, dtype=np.int64)]
-            return tuple(out)
-    return None
+    tf = transforms.Compose(
+        [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor()]
+    )
+    out = []
+    for d in _imagefolder_dirs(root):  # type: ignore[union-attr]
+        ds = ImageFolder(str(d), transform=tf)
+        images = [np.asarray(img) for img, _ in _progress(ds, f"decoding {d.name}/")]
+        out += [np.stack(images), np.asarray(ds.targets, dtype=np.int64)]
+    return tuple(out)
 
 
 def _download(name: str, root: Path) -> None:
@@ -232,27 +303,17 @@ _HOW_TO_GET = {
 def _load_arrays(name: str, root: str | None, download: bool, image_size: int) -> tuple[np.ndarray, ...]:
     if name == "digits":
         return _load_digits()
-    roots = data_roots(root)
-
-    def find() -> tuple[np.ndarray, ...] | None:
-        if name in ("mnist", "fashion_mnist"):
-            return _load_mnist_like("MNIST" if name == "mnist" else "FashionMNIST", roots)
-        if name in ("cifar10", "cifar100"):
-            return _load_cifar(name, roots)
-        return _load_imagefolder(roots, image_size)
-
-    found = find()
+    found = find_dataset(name, root)
     if found is None and download and name != "imagefolder":
-        _download(name, roots[0])
-        found = find()
+        _download(name, data_roots(root)[0])
+        found = find_dataset(name, root)
     if found is None:
-        looked = ", ".join(str(r) for r in roots)
-        raise DatasetNotFound(
-            f"dataset {name!r} not found: looked for {_HOW_TO_GET[name]} under {looked}. "
-            f"Set data.root=<dir> or WAB_DATA=<dir> to a folder holding those files "
-            f"(e.g. WAB_DATA=../shared/data), or pass data.download=true to let torchvision fetch it."
-        )
-    return found
+        raise _not_found(name, root)
+    if name in _FOLDERS:
+        return _load_mnist_like(name, found)
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, found)
+    return _load_imagefolder(found, image_size)
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -280,17 +341,12 @@ def load_data(
     train_subset: int | None = None,
 ) -> DataSplits:
     """Load a dataset and carve a fixed-seed held-out slice out of its training set."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    _check_dataset_args(name, heldout_fraction)
     xtr, ytr, xte, yte = _load_arrays(name, root, download, image_size)
     x, y = torch.from_numpy(np.array(xtr)), torch.from_numpy(np.array(ytr))
     order = torch.from_numpy(np.random.default_rng(heldout_seed).permutation(len(y)))
-    n_held = int(round(heldout_fraction * len(y)))
-    held, train = order[:n_held], order[n_held:]
-    if train_subset:
-        train = train[:train_subset]
+    n_held, n_train = split_sizes(len(y), heldout_fraction, train_subset)
+    held, train = order[:n_held], order[n_held:][:n_train]
     mean, std = channel_stats(x[train])
     test = ImageSet(torch.from_numpy(np.array(xte)), torch.from_numpy(np.array(yte)))
     return DataSplits(
@@ -302,3 +358,45 @@ def load_data(
         mean=mean,
         std=std,
     )
+
+
+def _check_dataset_args(name: str, heldout_fraction: float) -> None:
+    if name not in DATASETS:
+        raise UserError(
+            f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; known datasets: {', '.join(DATASETS)}"
+        )
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise UserError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
+
+
+def split_sizes(n: int, heldout_fraction: float, train_subset: int | None) -> tuple[int, int]:
+    """(held-out, train) sizes of a training set of n images."""
+    n_held = int(round(heldout_fraction * n))
+    n_train = n - n_held
+    if train_subset is not None:
+        if train_subset < 1:
+            raise UserError(f"data.train_subset must be null or >= 1, got {train_subset}")
+        n_train = min(n_train, train_subset)
+    return n_held, n_train
+
+
+def describe_data(
+    name: str,
+    root: str | None = None,
+    heldout_fraction: float = 0.02,
+    download: bool = False,
+    image_size: int = 32,
+    train_subset: int | None = None,
+) -> DataSplits:
+    """The splits with the right shapes on the meta device, reading no image: what a config is
+    checked against before anything runs. Raises :class:`DatasetNotFound` when the files are missing."""
+    _check_dataset_args(name, heldout_fraction)
+    shape = dataset_shape(name, root, download, image_size)
+    n_held, n_train = split_sizes(shape.train, heldout_fraction, train_subset)
+
+    def images(n: int) -> ImageSet:
+        x = torch.empty(n, shape.channels, shape.image_size, shape.image_size, dtype=torch.uint8, device="meta")
+        return ImageSet(x, torch.empty(n, dtype=torch.long, device="meta"))
+
+    ones = (1.0,) * shape.channels
+    return DataSplits(name, images(n_train), images(n_held), images(shape.test), shape.num_classes, ones, ones)

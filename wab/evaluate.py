@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
 
 from wab.augment import Normalizer
 from wab.data import DataSplits, ImageSet
@@ -102,29 +103,56 @@ class Evaluator:
         return model.eval()
 
     def evaluate(
-        self, population: Population, finals: dict[str, nn.Module] | None = None, recalibrate_finals: bool = True
+        self,
+        population: Population,
+        finals: dict[str, nn.Module] | None = None,
+        recalibrate_finals: bool = True,
+        progress: bool = False,
+        keep: dict[str, dict[str, Tensor]] | None = None,
     ) -> dict:
-        """Every metric of one evaluation on the test split (see README, final.json)."""
-        y = self.data.test.y
-        logits = torch.stack([self.logits(m) for m in population.members])  # [N, M, C], computed once
-        probs = logits.softmax(2)
-        members = [prob_metrics(p, y) for p in probs]
-        accs = [m["acc"] for m in members]
-        ens_logit = logit_metrics(logits.mean(0), y)
-        ens_prob = prob_metrics(probs.mean(0), y)
-        preds = logits.argmax(2)
-        pairs = list(itertools.combinations(range(len(preds)), 2))
-        disagreement = (
-            sum((preds[i] != preds[j]).double().mean().item() for i, j in pairs) / len(pairs) if pairs else 0.0
+        """Every metric of one evaluation on the test split (see README, final.json). With ``keep``,
+        the state_dicts of the delivered models (``avg_bn`` and each final model, as evaluated)
+        are stored in it."""
+        finals = finals or {}
+        bar = tqdm(
+            total=population.size + 2 + len(finals), desc="evaluating", leave=False, disable=None if progress else True
         )
-        avg_model = population.average_model()
-        avg = self.metrics(avg_model)
-        avg_bn = self.metrics(self.recalibrate_bn(avg_model)) if has_batchnorm(avg_model) else avg  # in place
-        final = {}
-        for name, model in (finals or {}).items():
-            if recalibrate_finals:
-                self.recalibrate_bn(model)
-            final[name] = self.metrics(model)
+        with bar:
+            y = self.data.test.y
+            logits = []  # [N, M, C], computed once for every member and ensemble metric
+            for i, m in enumerate(population.members):
+                bar.set_description(f"evaluating member {i}")
+                logits.append(self.logits(m))
+                bar.update()
+            logits = torch.stack(logits)
+            probs = logits.softmax(2)
+            members = [prob_metrics(p, y) for p in probs]
+            accs = [m["acc"] for m in members]
+            ens_logit = logit_metrics(logits.mean(0), y)
+            ens_prob = prob_metrics(probs.mean(0), y)
+            preds = logits.argmax(2)
+            pairs = list(itertools.combinations(range(len(preds)), 2))
+            disagreement = (
+                sum((preds[i] != preds[j]).double().mean().item() for i, j in pairs) / len(pairs) if pairs else 0.0
+            )
+            bar.set_description("evaluating the average")
+            avg_model = population.average_model()
+            avg = self.metrics(avg_model)
+            bar.update()
+            bar.set_description("recalibrating BN of the average")
+            avg_bn = self.metrics(self.recalibrate_bn(avg_model)) if has_batchnorm(avg_model) else avg  # in place
+            bar.update()
+            if keep is not None:
+                keep["avg_bn"] = avg_model.state_dict()
+            final = {}
+            for name, model in finals.items():
+                bar.set_description(f"evaluating {name}")
+                if recalibrate_finals:
+                    self.recalibrate_bn(model)
+                final[name] = self.metrics(model)
+                if keep is not None:
+                    keep[name] = model.state_dict()
+                bar.update()
         final_name = next(iter(final), "avg_bn")
         primary = final.get(final_name, avg_bn)
         out = {

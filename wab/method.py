@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from wab.data import DataSplits
+from wab.errors import UserError, did_you_mean
 from wab.evaluate import Evaluator
 from wab.ledger import CommLedger
 from wab.population import Population
@@ -48,6 +50,7 @@ class RunState:
     epochs: int
     steps_per_epoch: int
     lr0: float
+    progress: bool = False  # show progress bars (trainer.progress)
     lr: float = 0.0
     step: int = 0
     epoch_step: int = 0
@@ -56,6 +59,10 @@ class RunState:
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def bar(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
+        """``iterable`` with a progress bar when the run shows progress (a long ``finalize``)."""
+        return tqdm(iterable, desc=desc, total=total, leave=False, disable=None if self.progress else True)
 
 
 class Method:
@@ -70,6 +77,9 @@ class Method:
     needs_heldout: ClassVar[bool] = False
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
+    # A method without configs/method/<name>.yaml (a plugin of another package) lists its
+    # hyper-parameters and defaults here, so that validation knows its keys (+method.<k>=v).
+    hyperparameters: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = dict(cfg)
@@ -148,13 +158,16 @@ def _load_all() -> None:
 _FINALIZERS: dict[str, Callable[[RunState], dict[str, nn.Module]]] = {}
 
 
-def register_finalizer(name: str):
+def register_finalizer(name: str, needs_heldout: bool = False):
     """Decorator adding a function ``run -> {name: model}`` that any method can end with, through
-    ``population.finalizers`` (e.g. the soups); a duplicate name is an error."""
+    ``population.finalizers`` (e.g. the soups); a duplicate name is an error. ``needs_heldout``:
+    the finalizer selects on the held-out split (checked before the run starts)."""
 
     def deco(fn):
         if name in _FINALIZERS and _FINALIZERS[name] is not fn:
             raise ValueError(f"finalizer name {name!r} is already registered")
+        fn.name = name
+        fn.needs_heldout = needs_heldout
         _FINALIZERS[name] = fn
         return fn
 
@@ -164,7 +177,8 @@ def register_finalizer(name: str):
 def get_finalizer(name: str) -> Callable[[RunState], dict[str, nn.Module]]:
     _load_all()
     if name not in _FINALIZERS:
-        raise ValueError(f"unknown finalizer {name!r}; known finalizers: {', '.join(sorted(_FINALIZERS))}")
+        known = ", ".join(sorted(_FINALIZERS))
+        raise UserError(f"unknown finalizer {name!r}{did_you_mean(name, _FINALIZERS)}; known finalizers: {known}")
     return _FINALIZERS[name]
 
 
@@ -176,5 +190,7 @@ def available_methods() -> list[str]:
 def get_method(name: str) -> type[Method]:
     _load_all()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+        raise UserError(
+            f"unknown method {name!r}{did_you_mean(name, _REGISTRY)}; known methods: {', '.join(sorted(_REGISTRY))}"
+        )
     return _REGISTRY[name]

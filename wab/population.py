@@ -11,6 +11,7 @@ over ``torch.distributed`` ranks can implement the same calls and methods never 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -103,9 +104,11 @@ class Population:
         self.device = torch.device(device)
         self.ledger = ledger if ledger is not None else CommLedger()
         self.members: list[nn.Module] = []
+        meta = self.device.type == "meta"  # a dry build (validation): no initialisation, no memory
         for seed in seeds:
             torch.manual_seed(seed)
-            self.members.append(build_member().to(self.device))
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                self.members.append(build_member().to(self.device))
         n = len(self.members)
 
         first = self.members[0]

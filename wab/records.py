@@ -23,13 +23,12 @@ NOT_HASHED = (
     ("data", "root"),
     ("data", "download"),
     ("trainer", "progress"),
+    ("trainer", "save_models"),
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
     ("trainer", "compile"),
     ("optim", "fused"),
 )
-
-STATES = ("done", "diverged", "failed", "incomplete", "not launched")
 
 
 def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -100,15 +99,29 @@ class RunDir:
     done = property(lambda self: self.path / "done")
 
     def read_final(self) -> dict | None:
+        """The run's record, or None when there is none or it cannot be read (:meth:`final_problem`)."""
+        return None if self.final_problem() else json.loads(self.final.read_text())
+
+    def final_problem(self) -> str | None:
+        """Why final.json cannot be read as a record (missing, not UTF-8, not JSON, not an object), or None."""
         try:
-            return json.loads(self.final.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+            record = json.loads(self.final.read_text())
+        except FileNotFoundError:
+            return "no final.json"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"unreadable final.json ({type(e).__name__}: {str(e)[:80]})"
+        if not isinstance(record, dict) or "status" not in record:
+            return f"final.json is a {type(record).__name__} without a status, not a run record"
+        return None
 
     def state(self) -> str:
-        """done | diverged | failed | incomplete | not launched, from the files alone."""
+        """done | diverged | failed | corrupt | incomplete | not launched, from the files alone
+        (a live lease or a queued job are :mod:`wab.status`'s to add)."""
         if not self.path.exists():
             return "not launched"
+        problem = self.final_problem()
+        if problem and problem != "no final.json":
+            return "corrupt"
         final = self.read_final()
         if self.done.exists():
             return "diverged" if final and final.get("status") == "diverged" else "done"
@@ -133,7 +146,8 @@ class RunDir:
                 continue
         return out
 
-    def truncate_metrics_after(self, step: int) -> None:
-        """Drop evaluation lines written after the checkpoint a resumed run restarts from."""
-        kept = [r for r in self.read_metrics() if r["step"] <= step]
+    def truncate_metrics_after(self, epochs_done: int) -> None:
+        """Drop evaluation lines written after the checkpoint a resumed run restarts from: keep
+        those of the ``epochs_done`` epochs whose evaluation came before it."""
+        kept = [r for r in self.read_metrics() if r["epoch"] <= epochs_done]
         atomic_write_text(self.metrics, "".join(json.dumps(r, default=str) + "\n" for r in kept))

@@ -1,17 +1,21 @@
-"""Run one config end to end: its directory, its records, and its status.
+"""Run one config end to end: its directory, its lease, its records, and its status.
 
 ``run`` never raises for a failing config: the error and traceback go to the run's own
 ``final.json`` with status ``failed`` (no ``done`` marker, so a relaunch retries it), and a
-diverged run is recorded with status ``diverged`` (terminal, ``done`` written). Only a
-preemption (``Interrupted``) propagates, after its checkpoint is saved.
+diverged run is recorded with status ``diverged`` (terminal, ``done`` written). It raises
+:class:`~wab.lease.RunLeased` when another live process trains the run (nothing is written),
+and lets a stop (``Interrupted``, after its checkpoint) or a ``KeyboardInterrupt`` through.
+Check a config with :func:`wab.validate.validate` first: a bad value then leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import wab
+from wab.lease import Lease, LeaseLost
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
 
@@ -50,12 +55,33 @@ def run(cfg: dict | DictConfig) -> dict:
     if rd.done.exists():
         return rd.read_final() or {"status": "done"}
     rd.path.mkdir(parents=True, exist_ok=True)
-    if not rd.config.exists():
-        atomic_write_text(rd.config, yaml.safe_dump(cfg, sort_keys=False))
+    lease = Lease(rd.path).acquire()
+    try:
+        if rd.done.exists():  # finished by the process whose lease we just followed
+            return rd.read_final() or {"status": "done"}
+        if not rd.config.exists():
+            atomic_write_text(rd.config, yaml.safe_dump(cfg, sort_keys=False))
+        with _run_log(rd):
+            return _train(cfg, rd, lease)
+    finally:
+        lease.release()
+
+
+@contextlib.contextmanager
+def _run_log(rd: RunDir) -> Iterator[None]:
+    """The ``wab`` logger also writes to the run's train.log while it trains."""
     handler = logging.FileHandler(rd.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease) -> dict:
     t0 = time.perf_counter()
     trainer: Trainer | None = None
     record: dict[str, Any] = {"status": "done"}
@@ -64,9 +90,13 @@ def run(cfg: dict | DictConfig) -> dict:
             "run %s starts (wab %s, torch %s, %s)", rd.path.name, wab.__version__, torch.__version__, platform.node()
         )
         trainer = Trainer(cfg, rd)
-        metrics = trainer.fit()
-    except Interrupted:
+        metrics = trainer.fit(lease)
+    except (Interrupted, KeyboardInterrupt) as e:
+        log.info("run %s interrupted (%s); rerun the same command to resume", rd.path.name, type(e).__name__)
         raise
+    except LeaseLost as e:
+        log.error("%s", e)
+        return {"status": "lost", "error": str(e)}
     except Diverged as e:
         log.warning("diverged: %s", e)
         record = {"status": "diverged", "error": str(e)}
@@ -75,9 +105,6 @@ def run(cfg: dict | DictConfig) -> dict:
         log.exception("run failed")
         record = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         metrics = {}
-    finally:
-        log.removeHandler(handler)
-        handler.close()
     base = (
         trainer.record_base()
         if trainer
@@ -99,4 +126,10 @@ def run(cfg: dict | DictConfig) -> dict:
     atomic_write_json(rd.final, record)
     if record["status"] in ("done", "diverged"):
         atomic_write_text(rd.done, "")
+    m = record["metrics"]
+    result = f"final model {m['final_model']} {m['final_acc']:.4f}" if m.get("final_acc") is not None else ""
+    log.info(
+        "run %s ended: %s after %d steps, %.1f s; %s",
+        rd.path.name, record["status"], record["steps"], record["wall_time_s"], result or record.get("error", ""),
+    )  # fmt: skip
     return record

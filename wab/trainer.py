@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -18,21 +19,25 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wab.augment import Augment, Augmenter, Batch, Normalizer
-from wab.data import DataSplits, load_data
+from wab.data import DataSplits, describe_data, load_data
 from wab.device import resolve_device, to_device
 from wab.evaluate import Evaluator
+from wab.lease import Lease, LeaseLost
 from wab.ledger import CommLedger
 from wab.method import Method, RunState, get_finalizer, get_method
 from wab.models import model_factory
 from wab.optim import build_optimizer, lr_at
 from wab.population import Population
 from wab.records import RunDir, atomic_torch_save
+from wab.saved_models import save_models
 
 log = logging.getLogger("wab")
 
 _STOP = threading.Event()
+_IN_STEPS = threading.Event()
 
 
 class Interrupted(Exception):
@@ -48,6 +53,17 @@ def request_stop() -> None:
     _STOP.set()
 
 
+def stop_requested() -> bool:
+    """Whether a stop was asked for and not yet honoured."""
+    return _STOP.is_set()
+
+
+def in_step_loop() -> bool:
+    """Whether a trainer is taking optimizer steps now (a stop request is honoured at the next
+    step boundary); outside the loop (loading data, evaluating) a stop must interrupt at once."""
+    return _IN_STEPS.is_set()
+
+
 def clear_stop() -> None:
     """Forget a stop request that arrived after the last step (e.g. during the final evaluation)."""
     _STOP.clear()
@@ -60,6 +76,15 @@ def _auto(value: Any, default: bool, name: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError(f"{name} must be auto, true or false, got {value!r}")
+
+
+def _console_loggers() -> list[logging.Logger]:
+    """The loggers that print to the terminal: their lines go through tqdm so that they do not
+    break a progress bar."""
+    return [
+        lg for lg in (logging.root, log)
+        if any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in lg.handlers)
+    ]  # fmt: skip
 
 
 def member_seed(seed: int, i: int) -> int:
@@ -105,10 +130,13 @@ def population_step(
 class Trainer:
     """Trains one population run described by a resolved config (a plain dict)."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: RunDir) -> None:
+    def __init__(self, cfg: dict[str, Any], run_dir: RunDir | None = None, dry: bool = False) -> None:
+        """``dry`` builds everything on the meta device from the dataset's shape alone (no image is
+        read, no memory allocated): :meth:`check` then runs every check a real start would."""
         self.cfg = cfg
         self.dir = run_dir
-        self.device = resolve_device(cfg.get("device", "auto"))
+        self.dry = dry
+        self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         tcfg, pcfg, dcfg = cfg["trainer"], cfg["population"], cfg["data"]
         method_cls = get_method(cfg["method"]["name"])
         self.method: Method = method_cls(cfg["method"])
@@ -118,18 +146,24 @@ class Trainer:
         if size < 1:
             raise ValueError(f"population.size must be >= 1, got {size}")
 
-        self.data: DataSplits = load_data(
-            dcfg["name"],
-            root=dcfg.get("root"),
-            heldout_fraction=dcfg.get("heldout_fraction", 0.02),
-            heldout_seed=dcfg.get("heldout_seed", 0),
-            device=self.device,
-            download=dcfg.get("download", False),
-            image_size=dcfg.get("image_size", 32),
-            train_subset=dcfg.get("train_subset"),
+        data_args = {
+            "root": dcfg.get("root"),
+            "heldout_fraction": dcfg.get("heldout_fraction", 0.02),
+            "download": dcfg.get("download", False),
+            "image_size": dcfg.get("image_size", 32),
+            "train_subset": dcfg.get("train_subset"),
+        }
+        self.data: DataSplits = (
+            describe_data(dcfg["name"], **data_args)
+            if dry
+            else load_data(dcfg["name"], heldout_seed=dcfg.get("heldout_seed", 0), device=self.device, **data_args)
         )
-        if method_cls.needs_heldout and len(self.data.heldout) == 0:
-            raise ValueError(f"method {method_cls.name!r} needs a held-out split: set data.heldout_fraction > 0")
+        needs = [method_cls.name] if method_cls.needs_heldout else []
+        needs += [f.name for f in self.finalizers if f.needs_heldout]
+        if needs and len(self.data.heldout) == 0:
+            verb = "needs" if len(needs) == 1 else "need"
+            raise ValueError(f"{' and '.join(needs)} {verb} a held-out split: set data.heldout_fraction > 0")
+        self.progress = bool(tcfg.get("progress", True)) and not dry
         self.batch_size = int(tcfg["batch_size"])
         self.steps_per_epoch = len(self.data.train) // self.batch_size
         if self.steps_per_epoch < 1:
@@ -152,7 +186,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if amp else None
         self.ledger = CommLedger()
         self.population = Population(build, seeds, self.device, self.ledger, channels_last=channels_last)
-        if tcfg.get("compile", False):
+        if tcfg.get("compile", False) and not dry:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * size)
             for member in self.population.members:
                 member.compile()
@@ -178,9 +212,18 @@ class Trainer:
             epochs=self.epochs,
             steps_per_epoch=self.steps_per_epoch,
             lr0=float(cfg["optim"]["lr"]),
+            progress=self.progress,
         )
         self.wall_before = 0.0
         self.epoch_losses: list[float] = []
+        self.lease: Lease | None = None
+
+    def check(self) -> None:
+        """What a first step would check beyond the constructor: the lr schedule and the method's
+        own ``setup`` (on a dry trainer, on meta tensors)."""
+        lr_at(0, self.state.total_steps, self.steps_per_epoch, self.cfg["optim"])
+        if "setup" in self.hooks:
+            self.method.setup(self.state)
 
     # ------------------------------------------------------------------------------ records
     def record_base(self) -> dict:
@@ -206,6 +249,7 @@ class Trainer:
 
     # --------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> None:
+        self._check_lease()
         s = self.state
         ckpt = {
             "step": s.step,
@@ -243,7 +287,7 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt["cuda_rng"]:
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
-        self.dir.truncate_metrics_after(s.step)
+        self.dir.truncate_metrics_after(s.epoch)
         log.info("resumed from %s at step %d (epoch %d)", self.dir.checkpoint, s.step, s.epoch)
 
     # ------------------------------------------------------------------------------ training
@@ -267,56 +311,91 @@ class Trainer:
         return loss
 
     def evaluate(self, final: bool) -> dict:
+        """One evaluation (:class:`Evaluator`); the final one also runs the method's ``finalize``
+        and the finalizers, and saves the delivered models (``trainer.save_models``)."""
         finals = {}
         if final:
             if "finalize" in self.hooks:
+                log.info("finalizing: %s", self.method.name)
                 finals.update(self.method.finalize(self.state))
             for fn in self.finalizers:
                 finals.update(fn(self.state))
-        metrics = self.evaluator.evaluate(self.population, finals, self.method.recalibrate_outputs)
+        states: dict[str, dict] | None = {} if final and self.cfg["trainer"].get("save_models", True) else None
+        metrics = self.evaluator.evaluate(
+            self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states
+        )
+        if states is not None:
+            save_models(self.dir, states, self.model_meta(metrics["final_model"]))
         self.population.train()
         return metrics
 
-    def fit(self) -> dict:
-        """Train to the end (resuming from a checkpoint if there is one); returns final metrics."""
+    def model_meta(self, final_model: str) -> dict:
+        """What :func:`wab.saved_models.load_model` needs to rebuild a delivered model."""
+        d = self.data
+        return {"final_model": final_model, "model": self.cfg["model"], "in_channels": d.in_channels,
+                "image_size": d.image_size, "num_classes": d.num_classes, "mean": d.mean, "std": d.std}  # fmt: skip
+
+    def _log_start(self) -> None:
+        s, pop = self.state, self.population
+        layout = ", ".join(
+            [f"channels_last={self.population.channels_last}", f"bf16 autocast={self.autocast_dtype is not None}"]
+        )
+        log.info(
+            "device %s (%s); %d members x %s parameters (+%s buffer elements); %d steps per epoch x %d epochs, "
+            "batch %d; starting at step %d of %d",
+            self.device, layout, pop.size, f"{pop.num_params:,}", f"{pop.num_buffers:,}", self.steps_per_epoch,
+            self.epochs, self.batch_size, s.step, s.total_steps,
+        )  # fmt: skip
+
+    def _check_lease(self) -> None:
+        if self.lease is not None and (self.lease.lost or not self.lease.held()):
+            raise LeaseLost(f"run {self.dir.path.name} was taken over by another process; stopping without writing")
+
+    def fit(self, lease: Lease | None = None) -> dict:
+        """Train to the end (resuming from a checkpoint if there is one); returns final metrics.
+        With ``lease``, training stops (:class:`LeaseLost`) as soon as another process takes the run."""
         self.t0 = time.perf_counter()
+        self.lease = lease
         self.dir.path.mkdir(parents=True, exist_ok=True)
         s, tcfg = self.state, self.cfg["trainer"]
         if "setup" in self.hooks:
             self.method.setup(s)
         if self.dir.checkpoint.exists():
             self.load_checkpoint()
+        self._log_start()
         self.population.train()
         eval_every = int(tcfg.get("eval_every", 1))
         ckpt_every = max(int(tcfg.get("checkpoint_every", 1)), 1)
         metrics: dict = {}
-        bar = tqdm(
-            total=s.total_steps,
-            initial=s.step,
-            desc=self.dir.path.name,
-            disable=not tcfg.get("progress", True),
-            dynamic_ncols=True,
-            leave=False,
-        )
-        with bar:
+        bar = tqdm(total=s.total_steps, initial=s.step, desc=self.dir.path.name, dynamic_ncols=True, leave=False,
+                   disable=None if self.progress else True)  # fmt: skip
+        with bar, logging_redirect_tqdm(loggers=_console_loggers()):
             while s.epoch < self.epochs:
                 if s.epoch_step == 0:
                     n = len(self.data.train)
                     self.perms = [to_device(r.permutation(n), self.device) for r in self.rngs]
                     self.epoch_losses = []
-                for k in range(s.epoch_step, self.steps_per_epoch):
-                    self.epoch_losses.append(self.train_step(k))
-                    bar.update(1)
-                    if s.step % 10 == 0:
-                        bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
-                    if _STOP.is_set():
-                        _STOP.clear()
-                        self.save_checkpoint()
-                        log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
-                        raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
+                _IN_STEPS.set()
+                try:
+                    for k in range(s.epoch_step, self.steps_per_epoch):
+                        self.epoch_losses.append(self.train_step(k))
+                        bar.update(1)
+                        if s.step % 10 == 0:
+                            bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
+                        if self.lease is not None and self.lease.lost:
+                            self._check_lease()
+                        if _STOP.is_set():
+                            _STOP.clear()
+                            self.save_checkpoint()
+                            log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
+                            raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
+                finally:
+                    _IN_STEPS.clear()
+                last = s.epoch == self.epochs - 1
+                if last:  # the final evaluation can be long: an interruption resumes right here
+                    self.save_checkpoint()
                 if "after_epoch" in self.hooks:
                     self.method.after_epoch(s)
-                last = s.epoch == self.epochs - 1
                 if last or (eval_every and (s.epoch + 1) % eval_every == 0):
                     metrics = self.evaluate(final=last)
                     self.dir.append_metrics(

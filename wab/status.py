@@ -1,0 +1,171 @@
+"""The state of every run under a directory: from its files, its lease, and (for a sweep) the
+jobs its manifest names, asked of the scheduler when one answers.
+
+States: ``done``, ``diverged``, ``failed`` (recorded in final.json), ``corrupt`` (final.json
+unreadable), ``running`` (a live lease: a process trains it now), ``queued`` (its job waits in the
+scheduler, or was submitted and no process has started it yet), ``dead`` (its job left the
+scheduler, or its local process is gone, and the run is unfinished), ``incomplete`` (started,
+not running, no job waiting: a checkpoint to resume from), ``not launched``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wab.lease import read_lease
+from wab.records import RunDir
+
+STATES = ("done", "diverged", "failed", "corrupt", "running", "queued", "dead", "incomplete", "not launched")
+FINISHED = ("done", "diverged")
+BUSY = ("running", "queued")  # a relaunch leaves these alone
+MANIFEST = "manifest.json"
+# SLURM states of a job that will still run (or runs); any other (or none: it left squeue) is over
+_ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+          "SUSPENDED", "STAGE_OUT", "SIGNALING"}  # fmt: skip
+
+
+@dataclass
+class RunStatus:
+    """One run's state and what explains it."""
+
+    run_id: str
+    path: Path
+    state: str
+    overrides: str = ""
+    job: str | None = None
+    detail: str = ""  # the error, the lease holder, the scheduler's state
+
+
+def slurm_jobs() -> dict[str, str] | None:
+    """{job id: state} of this user's SLURM jobs (array tasks as ``<array>_<task>``), or None when
+    no scheduler answers."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if out.returncode != 0:
+        return None
+    return dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def launch_job_states(launch: dict, slurm: dict[str, str] | None) -> dict[str, str | None]:
+    """{job id: scheduler state, "GONE" once it left the queue, or None when it cannot be asked
+    from here} for one launch's jobs (SLURM array tasks, or local workers' pids)."""
+    cluster = launch.get("cluster")
+    ids = [*launch.get("jobs", {}).values(), *launch.get("workers", [])]
+    if cluster == "slurm":
+        return {j: None if slurm is None else slurm.get(j, "GONE") for j in ids}
+    if cluster == "local" and launch.get("host") == socket.gethostname():
+        return {j: "RUNNING" if _pid_alive(int(j)) else "GONE" for j in ids}
+    return dict.fromkeys(ids)
+
+
+def run_status(
+    rd: RunDir, job: str | None = None, job_state: str | None = None, submitted_at: float | None = None
+) -> RunStatus:
+    """The state of one run directory. ``job`` is the latest job a launch sent it to (at
+    ``submitted_at``, epoch seconds), ``job_state`` what the scheduler says of that job (None:
+    unknown, "GONE": it left the queue)."""
+    state = rd.state()
+    holder = read_lease(rd.path) if rd.path.exists() else None
+    recorded_after = submitted_at is not None and rd.final.exists() and rd.final.stat().st_mtime > submitted_at
+    detail = ""
+    if holder is not None and holder.is_live() and state not in FINISHED:
+        state, detail = "running", holder.describe()
+    elif state in FINISHED:
+        pass
+    elif submitted_at is not None and job_state in _ALIVE and not (state in ("failed", "corrupt") and recorded_after):
+        state, detail = "queued", f"job {job} {job_state.lower()}"
+    elif state == "corrupt":
+        detail = rd.final_problem() or ""
+    elif state == "failed":
+        error = ((rd.read_final() or {}).get("error") or "").strip().splitlines()
+        detail = error[0][:100] if error else ""
+    elif submitted_at is not None and job_state is None and state == "not launched":
+        state, detail = "queued", "submitted; no process has started it yet"
+    elif submitted_at is not None and job_state is not None:
+        gone = "ended" if job == "debug" else "left the queue" if job_state == "GONE" else job_state.lower()
+        state, detail = "dead", f"job {job} {gone}"
+    if state in ("incomplete", "dead") and rd.metrics.exists():
+        detail += f"{'; ' if detail else ''}last progress {_ago(rd.metrics.stat().st_mtime)} ago"
+    return RunStatus(rd.path.name, rd.path, state, job=job, detail=detail)
+
+
+def _ago(t: float) -> str:
+    s = max(0, int(time.time() - t))
+    return f"{s} s" if s < 120 else f"{s // 60} min" if s < 7200 else f"{s // 3600} h"
+
+
+def read_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
+    """Every run of a sweep (its manifest's runs, in grid order) or, for any other directory,
+    every run directory below it."""
+    from wab.analysis.collect import find_runs
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return [run_status(RunDir(p)) for p in find_runs(directory)]
+    launches = manifest.get("launches", [])
+    slurm = slurm_jobs() if any(la.get("cluster") == "slurm" for la in launches) else None
+    job_states = [launch_job_states(la, slurm) for la in launches]
+    rows = []
+    for r in manifest["runs"]:
+        job, job_state, at = r.get("job_id"), None, r.get("submitted_at")
+        i = r.get("launch")
+        if i is not None and at is not None and 0 <= i < len(launches):
+            la, states = launches[i], job_states[i]
+            if la.get("cluster") == "debug":  # it ran in the launching process, which has returned
+                job, job_state = "debug", "GONE"
+            elif la.get("workers"):  # a local pool: alive while any of its workers is
+                alive = [states[w] for w in la["workers"]]
+                job = ",".join(la["workers"])
+                job_state = "RUNNING" if "RUNNING" in alive else None if None in alive else "GONE"
+            elif job:
+                job_state = states.get(job)
+        status = run_status(RunDir(directory / r["run_id"]), job, job_state, at)
+        status.overrides = " ".join(r["overrides"])
+        rows.append(status)
+    return rows
+
+
+def format_status(rows: list[RunStatus]) -> str:
+    width = max((len(r.run_id) for r in rows), default=6)
+    lines = [f"{'run':<{width}}  {'state':<12}  {'job':<10}  overrides"]
+    for r in rows:
+        extra = f"  ({r.detail})" if r.detail else ""
+        lines.append(f"{r.run_id:<{width}}  {r.state:<12}  {r.job or '-':<10}  {r.overrides}{extra}")
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    lines.append("")
+    lines.append(
+        ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("done", "failed")) + f" ({len(rows)} runs)"
+    )
+    return "\n".join(lines)
