@@ -154,3 +154,15 @@ def test_the_hydra_launcher_path_gives_the_same_run_directories(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     spec = sweep(tmp_path, "same", {"method": ["wash", "independent"], "seed": [1, 0]})  # another order
     assert {d.name for d in out.iterdir() if (d / "done").exists()} == {r.run_id for r in plan(spec)}
+
+
+def test_no_reachable_controller_is_one_line_and_nothing_is_submitted(tmp_path):
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(
+        yaml.safe_dump({"name": "s", "out_dir": str(tmp_path / "s"), "base": TINY, "grid": {"seed": [0]}})
+    )
+    env = {**os.environ, "SLURM_CONF": str(tmp_path / "no-such-slurm.conf")}
+    p = subprocess.run([sys.executable, "-m", "wab.cli", "sweep", str(spec_path), "--cluster", "slurm"],
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.startswith("wab: error: no SLURM controller")
+    assert "Traceback" not in p.stderr and not (tmp_path / "s").exists()

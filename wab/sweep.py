@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -271,6 +273,20 @@ def _gpus_here() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_slurm(timeout: float = 15.0) -> None:
+    """Raise a :class:`UserError` unless a SLURM controller answers ``sinfo`` within ``timeout`` s."""
+    if not shutil.which("sbatch"):
+        raise UserError("--cluster slurm but sbatch is not on PATH: run wab sweep where SLURM's commands are")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        said = (e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or "").strip().splitlines()
+        raise UserError(f"no SLURM controller answered in {timeout:.0f} s{': ' + said[0] if said else ''}") from None
+    if out.returncode != 0:
+        said = out.stderr.strip().splitlines()
+        raise UserError(f"no SLURM controller reachable: {said[-1] if said else 'sinfo failed'}")
+
+
 def launch(spec: SweepSpec, cluster: str) -> Launch:
     """Check every run, then submit every run that is neither finished nor running nor queued,
     as one job array (SLURM) or a pool of ``array_parallelism`` workers (local), write the
@@ -279,6 +295,8 @@ def launch(spec: SweepSpec, cluster: str) -> Launch:
     if cluster not in CLUSTERS:
         raise UserError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
     r = spec.resources
+    if cluster == "slurm":
+        check_slurm()
     gpus = int(r["gpus_per_node"]) if cluster == "slurm" else None
     if cluster == "local" and int(r["gpus_per_node"]) > _gpus_here():
         raise UserError(f"resources.gpus_per_node={r['gpus_per_node']} but this machine has {_gpus_here()} GPU(s)")
