@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster on this machine, for tests and for trying the cluster path.
 #
-#   scripts/slurm_cluster.sh install   # apt-get install slurmctld slurmd slurm-client munge (root)
+# Run it as root (prefix each command with sudo when you are not):
+#   scripts/slurm_cluster.sh install   # apt-get install slurmctld slurmd slurm-client munge
 #   scripts/slurm_cluster.sh start     # idempotent; prints the line to export SLURM_CONF
 #   scripts/slurm_cluster.sh status
-#   scripts/slurm_cluster.sh stop
+#   scripts/slurm_cluster.sh stop      # cancels every job, stops the daemons (munged too, if started
+#                                      # here); keeps the logs in $WAB_SLURM_DIR/log
 #
 # Config, state and logs live in $WAB_SLURM_DIR (default /tmp/wab-slurm): SlurmUser=root,
 # proctrack/pgid, task/none, no accounting (so sacct is unavailable, as on many clusters).
-# Clients (sbatch, squeue, scontrol and submitit) need SLURM_CONF=$WAB_SLURM_DIR/slurm.conf.
+# MaxArraySize is $WAB_SLURM_MAX_ARRAY_SIZE (default 1001; CI sets a small one so that sweeps are
+# split into several arrays). Clients (sbatch, squeue, scontrol and submitit) need
+# SLURM_CONF=$WAB_SLURM_DIR/slurm.conf.
 set -euo pipefail
 dir="${WAB_SLURM_DIR:-/tmp/wab-slurm}"
 conf="$dir/slurm.conf"
@@ -36,6 +40,7 @@ start_munge() {
   chmod 0400 /etc/munge/munge.key
   chmod 0755 /run/munge
   runuser -u munge -- /usr/sbin/munged
+  mkdir -p "$dir/run" && touch "$dir/run/munged.ours"
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "munged did not start" >&2; return 1
 }
@@ -66,6 +71,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobRequeue=1
+MaxArraySize=${WAB_SLURM_MAX_ARRAY_SIZE:-1001}
 MpiDefault=none
 MinJobAge=60
 KillWait=5
@@ -77,7 +83,7 @@ CONF
 start() {
   install
   start_munge
-  [ -f "$conf" ] || write_conf
+  running slurmctld || write_conf
   running slurmctld || slurmctld -f "$conf"
   running slurmd || slurmd -f "$conf"
   for _ in $(seq 100); do
@@ -93,6 +99,10 @@ start() {
 }
 
 stop() {
+  if running slurmctld; then
+    squeue -h -o %i | xargs -r scancel >/dev/null 2>&1 || true
+    for _ in $(seq 100); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.1; done
+  fi
   for d in slurmd slurmctld; do
     if running "$d"; then
       pid="$(cat "$dir/run/$d.pid")"
@@ -100,7 +110,10 @@ stop() {
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
   done
-  rm -rf "$dir"
+  if [ -f "$dir/run/munged.ours" ] && [ -f /run/munge/munged.pid ]; then
+    kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+  fi
+  rm -rf "$dir"/{state,spool,run}   # the logs stay in $dir/log
 }
 
 status() { sinfo -N -l; squeue; }

@@ -127,3 +127,15 @@ def test_wab_train_multirun_with_the_basic_launcher(tmp_path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert len(list(out.glob("independent-*/done"))) == 2
+
+
+def test_a_multirun_with_a_failing_run_exits_non_zero(tmp_path):
+    from .test_sweep import corrupt_cifar10
+
+    root = corrupt_cifar10(tmp_path / "corrupt")
+    out = tmp_path / "multi"
+    p = _run(["train", "-m", "data=digits,cifar10", f"data.root={root}", "population.size=2", "model.width=4",
+              "trainer.epochs=1", "trainer.batch_size=256", "trainer.progress=false", "device=cpu",
+              f"out_dir={out}"], tmp_path)  # fmt: skip
+    assert p.returncode == 1 and "1 run(s) failed: independent-" in p.stderr
+    assert len(list(out.glob("independent-*/done"))) == 1

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from wab.records import RunDir
 from wab.run import run
 from wab.status import directory_status
 from wab.sweep import launch, load_sweep, plan
@@ -166,3 +167,113 @@ def test_no_reachable_controller_is_one_line_and_nothing_is_submitted(tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert p.returncode == 2 and p.stderr.startswith("wab: error: no SLURM controller")
     assert "Traceback" not in p.stderr and not (tmp_path / "s").exists()
+
+
+# ----------------------------------------------------------------------- a real shared cluster
+SLOW = [*TINY[:-3], "trainer.epochs=6", "trainer.batch_size=16", "model.width=8", "device=cpu"]
+
+
+def reference_run(tmp_path, planned):
+    """The uninterrupted run, with the threads the jobs use (the same threads, the same sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(RESOURCES["cpus_per_task"])
+    try:
+        return run({**planned.config, "out_dir": str(tmp_path / "reference" / planned.run_id)})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def job_of(spec, run_id):
+    return json.loads((spec.out_dir / "manifest.json").read_text())["launches"][-1]["jobs"][run_id]
+
+
+def wait_for_lines(rd, n, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(rd.read_metrics()) < n:
+        time.sleep(0.1)
+    assert len(rd.read_metrics()) >= n, "the job never reached its evaluations"
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_a_damaged_sweep_still_finishes_identically(tmp_path):
+    """scancel's TERM stops a run with a checkpoint; then a corrupt final.json (another run) and a
+    truncated checkpoint (this run) neither block status, report nor relaunch, and both runs end
+    as an untouched run does."""
+    base = [o for o in SLOW if not o.startswith("trainer.epochs")]
+    spec = sweep(tmp_path, "term", {"trainer.epochs": [1, 8]}, base=base)
+    short, long = plan(spec)
+    references = {p.run_id: reference_run(tmp_path, p) for p in (short, long)}
+    launch(spec, "slurm")
+    rd = long.dir
+    wait_for_lines(rd, 2)
+    wait(spec, lambda rows: rows[0].state == "done", 300, every=0.2)
+    subprocess.run(["scancel", "--signal=TERM", job_of(spec, long.run_id)], check=True)
+    rows = wait(spec, lambda rows: [r.state for r in rows] == ["done", "dead"], 300, every=0.5)
+    log = rd.log.read_text()
+    assert "stop requested: checkpoint saved at step" in log and "TERM received: checkpoint saved" in log
+    assert (rd.path / "job.err").is_symlink() and "log " in rows[1].detail
+    # damage: random bytes for the finished run's record, half of the stopped run's latest checkpoint
+    short.dir.final.write_bytes(os.urandom(64))
+    rd.checkpoint.write_bytes(rd.checkpoint.read_bytes()[: rd.checkpoint.stat().st_size // 2])
+    states = {r.run_id: r.state for r in directory_status(spec.out_dir)}
+    assert states == {short.run_id: "corrupt", long.run_id: "dead"}
+    status = subprocess.run([sys.executable, "-m", "wab.cli", "status", str(spec.out_dir)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert status.returncode == 0 and "1 corrupt" in status.stdout and "1 dead" in status.stdout
+    report = subprocess.run([sys.executable, "-m", "wab.cli", "report", str(spec.out_dir)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "skipped: unreadable final.json" in (spec.out_dir / "report" / "summary.md").read_text()
+    again = launch(spec, "slurm")
+    assert sorted(again.submitted) == sorted([short.run_id, long.run_id])
+    wait(spec, finished, 600)
+    for run_id in (short.run_id, long.run_id):
+        final = json.loads((spec.out_dir / run_id / "final.json").read_text())
+        assert final["metrics"] == references[run_id]["metrics"], run_id
+        lines = RunDir(spec.out_dir / run_id).read_metrics()
+        assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1)) and len(lines) in (1, 8)
+    assert "is unreadable" in rd.log.read_text()  # it fell back to the previous checkpoint
+
+
+def test_a_killed_job_shows_as_dead_and_a_relaunch_finishes_it(tmp_path):
+    spec = sweep(tmp_path, "killed", {"seed": [0]}, base=SLOW)
+    (planned,) = plan(spec)
+    reference = reference_run(tmp_path, planned)
+    launch(spec, "slurm")
+    wait_for_lines(planned.dir, 2)
+    subprocess.run(["scancel", "--signal=KILL", job_of(spec, planned.run_id)], check=True)
+    (row,) = wait(spec, lambda rows: rows[0].state == "dead", 300, every=0.5)
+    assert "last progress" in row.detail and row.job == job_of(spec, planned.run_id)
+    again = launch(spec, "slurm")
+    assert again.submitted == [planned.run_id]
+    wait(spec, finished, 600)
+    assert json.loads(planned.dir.final.read_text())["metrics"] == reference["metrics"]
+
+
+def test_a_sweep_larger_than_max_array_size_goes_out_in_chained_arrays(tmp_path):
+    from wab.sweep import max_array_size
+
+    limit = max_array_size()
+    if not limit or limit > 8:
+        pytest.skip(f"MaxArraySize={limit}: start the cluster with WAB_SLURM_MAX_ARRAY_SIZE=4 (as CI does)")
+    spec = load_sweep("local_cluster")  # the README's example, as printed, into a temporary directory
+    spec.out_dir = tmp_path / "local_cluster"
+    spec.base = [*spec.base, "trainer.epochs=1", "population.size=2"]
+    result = launch(spec, "slurm")
+    arrays = result.manifest["launches"][-1]["arrays"]
+    assert len(result.submitted) == 6 and len(arrays) == -(-6 // limit)
+    deps = subprocess.run(["scontrol", "show", "job", arrays[1]], capture_output=True, text=True).stdout
+    assert f"afterany:{arrays[0]}" in deps  # the next array waits: array_parallelism holds across arrays
+    rows = wait(spec, finished, 600)
+    assert [r.state for r in rows] == ["done"] * 6
+    cmd = [sys.executable, "-m", "wab.cli", "status", str(spec.out_dir)]
+    assert "6 done, 0 failed (6 runs)" in subprocess.run(cmd, capture_output=True, text=True).stdout
+
+
+def test_wab_cancel_stops_a_sweep(tmp_path):
+    spec = sweep(tmp_path, "cancel", {"seed": [0, 1]}, base=SLOW, array_parallelism=1)
+    launch(spec, "slurm")
+    wait(spec, lambda rows: rows[0].state == "running", 300, every=0.2)
+    p = subprocess.run([sys.executable, "-m", "wab.cli", "cancel", str(spec.out_dir)], capture_output=True, text=True)
+    assert p.returncode == 0 and "cancelled: job array" in p.stdout
+    rows = wait(spec, lambda rows: all(r.state == "dead" for r in rows), 300, every=0.5)
+    assert [r.state for r in rows] == ["dead", "dead"]

@@ -188,3 +188,9 @@ def test_the_example_sweep_is_valid():
     assert spec.resources["array_parallelism"] == 16 and len(expand(spec)) == 12
     runs = plan(spec, check=True, gpus=1)
     assert all(not r.problems or "cifar10" in r.problems[0] for r in runs)
+
+
+def test_the_local_cluster_example_runs_on_a_cpu_cluster():
+    spec = load_sweep("local_cluster")
+    runs = plan(spec, check=True, gpus=int(spec.resources["gpus_per_node"]))
+    assert len(runs) == 6 and all(r.problems == [] for r in runs)

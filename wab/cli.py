@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -107,7 +108,12 @@ def train_one(overrides: list[str]) -> int:
 
 
 def train_multirun(overrides: list[str]) -> int:
-    """``wab train -m``: hydra's multirun (and its launchers); each job checks its config."""
+    """``wab train -m``: hydra's multirun and its launchers. Each job checks its config, honours
+    USR2 and TERM as a sweep's jobs do, and uses ``cpus_per_task`` threads; the command exits
+    non-zero when a run of it failed or was invalid. ``wab sweep`` is the supported path to a
+    cluster (manifest, validation of every point before submission, relaunch, cancel)."""
+    import time
+
     import hydra
     from omegaconf import DictConfig
 
@@ -115,7 +121,9 @@ def train_multirun(overrides: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def app(cfg: DictConfig) -> None:
+        from wab.lease import RunLeased
         from wab.run import plain_config, run, run_dir_for
+        from wab.sweep import job_signals, set_threads
         from wab.validate import check_config
 
         cfg = plain_config(cfg)
@@ -125,23 +133,54 @@ def train_multirun(overrides: list[str]) -> int:
             _last_status.append("invalid")
             print("invalid config: " + "; ".join(problems), file=sys.stderr)
             return
-        record = run(cfg)
+        set_threads(0)
+        try:
+            with job_signals(lambda: cfg):
+                record = run(cfg)
+        except RunLeased as e:
+            print(e, file=sys.stderr)
+            return
         _last_status.append(record["status"])
         print(f"{record['status']}: {run_dir_for(cfg).path}")
         if record["status"] == "failed":
             print(record.get("error"), file=sys.stderr)
 
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its polling warns when sacct is missing
     _last_status.clear()
+    t0 = time.time()
     argv = sys.argv
     sys.argv = ["wab train", *overrides]
     try:
         app()
     finally:
         sys.argv = argv
-    return 1 if {"failed", "invalid"} & set(_last_status) else 0
+    failed = _failed_since(overrides, t0)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or {"failed", "invalid"} & set(_last_status) else 0
 
 
-def sweep_main(config: str, cluster: str, dry_run: bool) -> int:
+def _failed_since(overrides: list[str], t0: float) -> list[str]:
+    """Runs under the multirun's out_dir that recorded a failure since ``t0`` (jobs of a remote
+    launcher report nothing back to this process)."""
+    from wab.analysis.collect import find_runs
+    from wab.records import RunDir
+    from wab.validate import compose_checked
+
+    fixed = [o for o in overrides if not o.startswith("-") and "," not in o.split("=", 1)[-1]]
+    try:
+        out_dir = compose_checked(fixed)["out_dir"]
+    except UserError:
+        return []
+    failed = []
+    for path in find_runs(out_dir) if os.path.isdir(out_dir) else []:
+        rd = RunDir(path)
+        if rd.final.exists() and rd.final.stat().st_mtime >= t0 and rd.state() in ("failed", "corrupt"):
+            failed.append(path.name)
+    return failed
+
+
+def sweep_main(config: str, cluster: str, dry_run: bool, select: str = "all") -> int:
     from wab.status import directory_status
     from wab.sweep import launch, load_sweep, plan
 
@@ -157,11 +196,12 @@ def sweep_main(config: str, cluster: str, dry_run: bool) -> int:
         bad = sum(bool(r.problems) for r in runs)
         print(f"\n{len(runs)} runs, {bad} invalid" + ("; a launch would submit nothing" if bad else ""))
         return 2 if bad else 0
-    result = launch(spec, cluster)
+    result = launch(spec, cluster, select)
     print(f"sweep {spec.name}: {result.summary()}")
     last = result.manifest["launches"][-1]
-    if last["jobs"]:
-        print(f"job array: {sorted(set(j.split('_')[0] for j in last['jobs'].values()))}")
+    if last.get("arrays"):
+        print(f"job arrays: {', '.join(last['arrays'])}" + (f" (after {', '.join(last['waited_for'])})"
+                                                           if last.get("waited_for") else ""))  # fmt: skip
     if last.get("workers"):
         print(f"local workers (pids): {last['workers']}")
     print(f"follow it with: wab status {spec.out_dir}")
@@ -199,6 +239,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="a sweep YAML file, or the name of one in configs/sweep/")
     sweep.add_argument("--cluster", required=True, choices=["slurm", "local", "debug"], help="where the jobs run")
     sweep.add_argument("--dry-run", action="store_true", help="check every run and list their states; submit nothing")
+    only = sweep.add_mutually_exclusive_group()
+    only.add_argument("--only-failed", action="store_true", help="resubmit the failed runs and nothing else")
+    only.add_argument("--skip-failed", action="store_true", help="submit every unfinished run but the failed ones")
+    cancel = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs (running runs checkpoint first)")
+    cancel.add_argument("directory", help="the sweep's out_dir")
     status = sub.add_parser("status", help="each run's state under a directory (a sweep's, or any results directory)")
     status.add_argument("directory")
     report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
@@ -216,7 +261,14 @@ def _dispatch(argv: list[str]) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "sweep":
-        return sweep_main(args.config, args.cluster, args.dry_run)
+        select = "failed" if args.only_failed else "not-failed" if args.skip_failed else "all"
+        return sweep_main(args.config, args.cluster, args.dry_run, select)
+    if args.command == "cancel":
+        from wab.sweep import cancel
+
+        cancelled = cancel(args.directory)
+        print("cancelled: " + ", ".join(cancelled) if cancelled else "nothing to cancel: no job is queued or running")
+        return 0
     if args.command == "status":
         return status_main(args.directory)
     if args.command == "report":

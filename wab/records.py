@@ -58,7 +58,7 @@ def run_id(cfg: dict[str, Any]) -> str:
     return f"{cfg['method']['name']}-{config_hash(cfg)}"
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, before_replace=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -67,6 +67,8 @@ def _atomic(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,8 +83,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    _atomic(path, lambda fh: torch.save(obj, fh))
+def atomic_torch_save(path: Path, obj: Any, keep: Path | None = None) -> None:
+    """Save ``obj`` to ``path`` atomically; with ``keep``, the file it replaces is kept there
+    (renamed only once the new one is complete), to fall back to if the new one is ever damaged."""
+    if keep is None:
+        _atomic(path, lambda fh: torch.save(obj, fh))
+        return
+    _atomic(path, lambda fh: torch.save(obj, fh), before_replace=lambda: path.exists() and os.replace(path, keep))
 
 
 class RunDir:
@@ -95,6 +102,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     final = property(lambda self: self.path / "final.json")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    previous_checkpoint = property(lambda self: self.path / "checkpoint.prev.pt")
     log = property(lambda self: self.path / "train.log")
     done = property(lambda self: self.path / "done")
 
@@ -136,14 +144,19 @@ class RunDir:
             os.fsync(fh.fileno())
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics.exists():
+        """The evaluation lines; a line cut short by a crash, or unreadable, is skipped."""
+        try:
+            text = self.metrics.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
             return []
         out = []
-        for line in self.metrics.read_text().splitlines():
+        for line in text.splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash mid-write
+                record = json.loads(line)
+            except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and "step" in record:
+                out.append(record)
         return out
 
     def truncate_metrics_after(self, epochs_done: int) -> None:

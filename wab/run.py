@@ -52,19 +52,26 @@ def run(cfg: dict | DictConfig) -> dict:
     final record; a run already done is returned as it is."""
     cfg = plain_config(cfg)
     rd = run_dir_for(cfg)
-    if rd.done.exists():
+    if _finished(rd):
         return rd.read_final() or {"status": "done"}
     rd.path.mkdir(parents=True, exist_ok=True)
     lease = Lease(rd.path).acquire()
     try:
-        if rd.done.exists():  # finished by the process whose lease we just followed
+        if _finished(rd):  # finished by the process whose lease we just followed
             return rd.read_final() or {"status": "done"}
         if not rd.config.exists():
             atomic_write_text(rd.config, yaml.safe_dump(cfg, sort_keys=False))
         with _run_log(rd):
+            if rd.done.exists():  # finished, but its record is unreadable: write it again
+                log.warning("%s: %s; writing it again from the run's last checkpoint", rd.path.name, rd.final_problem())
+                rd.done.unlink()
             return _train(cfg, rd, lease)
     finally:
         lease.release()
+
+
+def _finished(rd: RunDir) -> bool:
+    return rd.done.exists() and rd.final_problem() in (None, "no final.json")
 
 
 @contextlib.contextmanager

@@ -107,8 +107,10 @@ def run_status(
     elif submitted_at is not None and job_state is not None:
         gone = "ended" if job == "debug" else "left the queue" if job_state == "GONE" else job_state.lower()
         state, detail = "dead", f"job {job} {gone}"
-    if state in ("incomplete", "dead") and rd.metrics.exists():
+    if state in ("running", "incomplete", "dead") and rd.metrics.exists():
         detail += f"{'; ' if detail else ''}last progress {_ago(rd.metrics.stat().st_mtime)} ago"
+    if state not in FINISHED and (rd.path / "job.err").is_symlink():
+        detail += f"{'; ' if detail else ''}log {rd.path / 'job.err'}"
     return RunStatus(rd.path.name, rd.path, state, job=job, detail=detail)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from wab.errors import UserError, did_you_mean
 from wab.lease import RunLeased
 from wab.records import RunDir, atomic_write_json, run_id
 from wab.run import run, run_dir_for
-from wab.status import BUSY, FINISHED, MANIFEST, directory_status, read_manifest
+from wab.status import BUSY, FINISHED, MANIFEST, directory_status, read_manifest, slurm_jobs
 from wab.status import STATES as STATUS_STATES
 from wab.trainer import Interrupted, clear_stop, request_stop
 from wab.validate import InvalidConfig, check_config, compose_checked
@@ -50,6 +52,8 @@ RESOURCE_DEFAULTS: dict[str, Any] = {
     "mem_gb": 4,
     "timeout_min": 60,
     "array_parallelism": 64,
+    "max_requeues": 3,  # requeues after a time limit (preemptions are not counted)
+    "signal_delay_s": 90,  # USR2 this long before the time limit: the run checkpoints and requeues
     "additional_parameters": {},
     "setup": [],
 }
@@ -163,24 +167,37 @@ class InvalidSweep(UserError):
         super().__init__("\n".join(lines))
 
 
-def _set_threads(threads: int) -> None:
-    """Use the CPUs the job asked for, not every core of the node."""
+def set_threads(threads: int) -> None:
+    """Use the CPUs the job asked for (``cpus_per_task``), not every core of the node."""
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
     if threads > 0:
         torch.set_num_threads(threads)
 
 
-class RunJob(submitit.helpers.Checkpointable):
-    """The callable each array task runs: one run, resumed from its checkpoint if it has one.
+def _link_job_logs(cfg: dict[str, Any]) -> None:
+    """``job.out`` and ``job.err`` in the run directory point at this job's submitit logs."""
+    try:
+        paths = submitit.JobEnvironment().paths
+    except RuntimeError:  # not inside a submitit job (the debug cluster)
+        return
+    rd = run_dir_for(cfg)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    for name, target in (("job.out", paths.stdout), ("job.err", paths.stderr)):
+        tmp = rd.path / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.abspath(target), tmp)
+        os.replace(tmp, rd.path / name)
 
-    On submitit's signal (USR2: preemption or time limit) it asks the trainer to stop at the next
-    step boundary, where the trainer saves a checkpoint; then submitit's own handler requeues the
-    job (``checkpoint`` resubmits this callable with the same config, which resumes the run).
-    A run another live process holds (a relaunch raced a running job) is left to it.
-    """
+
+class RunJob(submitit.helpers.Checkpointable):
+    """The callable each array task runs: one run, resumed from its checkpoint if it has one
+    (see :func:`job_signals` for what a signal does). A run another live process holds (a
+    relaunch raced a running job) is left to it."""
 
     def __call__(self, cfg: dict[str, Any], threads: int = 0) -> str:
-        _set_threads(threads)
-        with _stop_on_signal():
+        set_threads(threads)
+        _link_job_logs(cfg)
+        with job_signals(lambda: cfg):
             return _run_unless_leased(cfg)
 
 
@@ -190,9 +207,15 @@ class PoolWorker(submitit.helpers.Checkpointable):
     decides), so at most that many runs train at once and none twice."""
 
     def __call__(self, cfgs: list[dict[str, Any]], threads: int = 0) -> list[str]:
-        _set_threads(threads)
-        with _stop_on_signal():
-            return [_run_unless_leased(cfg) for cfg in cfgs]
+        set_threads(threads)
+        current: list[dict[str, Any]] = [{}]
+        out = []
+        with job_signals(lambda: current[0]):
+            for cfg in cfgs:
+                current[0] = cfg
+                _link_job_logs(cfg)
+                out.append(_run_unless_leased(cfg))
+        return out
 
 
 def _run_unless_leased(cfg: dict[str, Any]) -> str:
@@ -206,47 +229,51 @@ def _run_unless_leased(cfg: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signal() -> Iterator[None]:
-    """While a job runs: submitit's USR2 makes the trainer checkpoint at the next step boundary
-    and raise Interrupted; then submitit's handler checkpoints the callable and requeues the job."""
-    submitit_handler = signal.getsignal(signal.SIGUSR2)
+def job_signals(current_cfg: Callable[[], dict[str, Any]]) -> Iterator[None]:
+    """What a job does on a signal, while it runs a run (``current_cfg()``):
+
+    - USR2 (submitit asks SLURM for it ``signal_delay_s`` before the time limit; sites that set
+      ``send_user_signal`` send it on preemption): the trainer saves a checkpoint at the next step
+      boundary, then submitit requeues the job, at most ``max_requeues`` times after time limits
+      (a run that gives up says so in its train.log);
+    - TERM (``scancel``, ``scontrol requeue``, preemption on most sites): the trainer saves a
+      checkpoint at the next step boundary and the job exits; SLURM itself requeues a job it
+      requeued or preempted, and a cancelled run resumes when the sweep is launched again.
+    """
+    submitit_usr2 = signal.getsignal(signal.SIGUSR2)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        request_stop()
+
     clear_stop()
-    signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
+    signal.signal(signal.SIGUSR2, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         yield
     except Interrupted:
-        if callable(submitit_handler):
-            submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
+        if received and received[-1] == signal.SIGUSR2 and callable(submitit_usr2):
+            try:
+                submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
+            except submitit.core.utils.UncompletedJobError as e:
+                _note(current_cfg(), f"the job gives up: {e} Launch the sweep again to continue from the checkpoint.")
+                raise
+        elif received:
+            _note(current_cfg(), f"{signal.Signals(received[-1]).name} received: checkpoint saved; the job exits")
         raise
     finally:
         clear_stop()
-        signal.signal(signal.SIGUSR2, submitit_handler)
+        signal.signal(signal.SIGUSR2, submitit_usr2)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
-def make_executor(spec: SweepSpec, cluster: str, timeout_min: float | None = None) -> submitit.AutoExecutor:
-    if cluster not in CLUSTERS:
-        raise UserError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
-    r = spec.resources
-    executor = submitit.AutoExecutor(folder=spec.out_dir / ".submitit" / "%j", cluster=cluster)
-    params: dict[str, Any] = {
-        "name": f"wab-{spec.name}",
-        "timeout_min": int(timeout_min or r["timeout_min"]),
-        "cpus_per_task": int(r["cpus_per_task"]),
-        "mem_gb": float(r["mem_gb"]),
-    }
-    if r["gpus_per_node"]:
-        params["gpus_per_node"] = int(r["gpus_per_node"])
-    if cluster == "slurm":
-        params["slurm_array_parallelism"] = int(r["array_parallelism"])
-        for key in ("partition", "account", "qos"):
-            if r[key]:
-                params[f"slurm_{key}"] = r[key]
-        if r["additional_parameters"]:
-            params["slurm_additional_parameters"] = dict(r["additional_parameters"])
-        if r["setup"]:
-            params["slurm_setup"] = list(r["setup"])
-    executor.update_parameters(**params)
-    return executor
+def _note(cfg: dict[str, Any], message: str) -> None:
+    """A line in the run's train.log, after its own logging ended."""
+    if cfg:
+        with open(run_dir_for(cfg).log, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {message}\n")
 
 
 @dataclass
@@ -273,6 +300,93 @@ def _gpus_here() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def make_executor(
+    spec: SweepSpec, cluster: str, timeout_min: float | None = None, dependency: list[str] | None = None
+) -> submitit.AutoExecutor:
+    """The submitit executor of the sweep's ``resources`` (``dependency``: SLURM jobs to wait for)."""
+    if cluster not in CLUSTERS:
+        raise UserError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
+    r = spec.resources
+    requeues = {f"{cluster}_max_num_timeout": int(r["max_requeues"])} if cluster != "debug" else {}
+    executor = submitit.AutoExecutor(folder=spec.out_dir / ".submitit" / "%j", cluster=cluster, **requeues)
+    params: dict[str, Any] = {
+        "name": f"wab-{spec.name}",
+        "timeout_min": int(timeout_min or r["timeout_min"]),
+        "cpus_per_task": int(r["cpus_per_task"]),
+        "mem_gb": float(r["mem_gb"]),
+    }
+    if r["gpus_per_node"]:
+        params["gpus_per_node"] = int(r["gpus_per_node"])
+    if cluster == "slurm":
+        params["slurm_signal_delay_s"] = int(r["signal_delay_s"])
+        params["slurm_array_parallelism"] = int(r["array_parallelism"])
+        for key in ("partition", "account", "qos"):
+            if r[key]:
+                params[f"slurm_{key}"] = r[key]
+        extra = dict(r["additional_parameters"])
+        if dependency:
+            after = "afterany:" + ":".join(dependency)
+            extra["dependency"] = f"{extra['dependency']},{after}" if extra.get("dependency") else after
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        if r["setup"]:
+            params["slurm_setup"] = list(r["setup"])
+    executor.update_parameters(**params)
+    return executor
+
+
+def max_array_size() -> int | None:
+    """The most tasks one job array may have on this cluster (``MaxArraySize``), None if unknown."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def _alive_arrays(manifest: dict) -> list[str]:
+    """The sweep's job arrays (of earlier launches) that still have a task queued or running."""
+    arrays = {j.split("_")[0] for la in manifest.get("launches", []) if la.get("cluster") == "slurm"
+              for j in la.get("jobs", {}).values()}  # fmt: skip
+    alive = slurm_jobs() or {}
+    return sorted(a for a in arrays if any(j.split("_")[0] == a for j in alive))
+
+
+def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threads: int) -> dict[str, Any]:
+    """One job array per ``MaxArraySize`` runs; each array waits for the one before it (and for
+    the sweep's arrays still alive from earlier launches), so ``array_parallelism`` caps the
+    runs at once across chunks and relaunches."""
+    size = max_array_size() or len(todo)
+    wait_for = _alive_arrays(previous)
+    jobs: dict[str, str] = {}
+    arrays = []
+    for a in range(0, len(todo), size):
+        part = todo[a : a + size]
+        executor = make_executor(spec, "slurm", dependency=wait_for)
+        with executor.batch():
+            submitted = [executor.submit(RunJob(), p.config, threads) for p in part]
+        jobs.update({p.run_id: j.job_id for p, j in zip(part, submitted)})
+        arrays.append(submitted[0].job_id.split("_")[0])
+        wait_for = [arrays[-1]]
+    return {"jobs": jobs, "arrays": arrays, "waited_for": _alive_arrays(previous)}
+
+
+def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict[str, Any]:
+    """A pool of at most ``array_parallelism`` workers (one per ``gpus_per_node`` GPUs)."""
+    r = spec.resources
+    per_gpu = int(r["gpus_per_node"])
+    workers = min(int(r["array_parallelism"]), len(todo), _gpus_here() // per_gpu if per_gpu else len(todo))
+    per_worker = math.ceil(len(todo) / workers)
+    jobs = []
+    for w in range(workers):
+        executor = make_executor(spec, "local", timeout_min=float(r["timeout_min"]) * per_worker)
+        if per_gpu:
+            executor.update_parameters(visible_gpus=list(range(w * per_gpu, (w + 1) * per_gpu)))
+        jobs.append(executor.submit(PoolWorker(), [p.config for p in todo], threads))
+    return {"jobs": {}, "workers": [j.job_id for j in jobs]}
+
+
 def check_slurm(timeout: float = 15.0) -> None:
     """Raise a :class:`UserError` unless a SLURM controller answers ``sinfo`` within ``timeout`` s."""
     if not shutil.which("sbatch"):
@@ -287,13 +401,19 @@ def check_slurm(timeout: float = 15.0) -> None:
         raise UserError(f"no SLURM controller reachable: {said[-1] if said else 'sinfo failed'}")
 
 
-def launch(spec: SweepSpec, cluster: str) -> Launch:
-    """Check every run, then submit every run that is neither finished nor running nor queued,
-    as one job array (SLURM) or a pool of ``array_parallelism`` workers (local), write the
-    manifest and return without waiting (the ``debug`` cluster runs the jobs here, one at a
-    time). Raises :class:`InvalidSweep`, submitting nothing, when any point is invalid."""
+SELECT = ("all", "failed", "not-failed")
+
+
+def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
+    """Check every run, then submit every run that is neither finished nor running nor queued
+    (``select``: ``failed`` only the failed ones, ``not-failed`` all but them), as job arrays
+    (SLURM) or a pool of ``array_parallelism`` workers (local), write the manifest and return
+    without waiting (the ``debug`` cluster runs the jobs here, one at a time). Raises
+    :class:`InvalidSweep`, submitting nothing, when any point is invalid."""
     if cluster not in CLUSTERS:
         raise UserError(f"--cluster must be one of {CLUSTERS}, got {cluster!r}")
+    if select not in SELECT:
+        raise UserError(f"select must be one of {SELECT}, got {select!r}")
     r = spec.resources
     if cluster == "slurm":
         check_slurm()
@@ -309,56 +429,66 @@ def launch(spec: SweepSpec, cluster: str) -> Launch:
     before = {s.run_id: s for s in directory_status(spec.out_dir)} if previous else {}
     states = {p.run_id: (before[p.run_id].state if p.run_id in before else p.dir.state()) for p in runs}
     todo = [p for p in runs if states[p.run_id] not in FINISHED + BUSY]
+    if select != "all":
+        todo = [p for p in todo if (states[p.run_id] == "failed") == (select == "failed")]
     threads = int(r["cpus_per_task"])
     now = time.time()
-    launch_record: dict[str, Any] = {
+    record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "t": now, "cluster": cluster, "host": socket.gethostname(),
-        "submitted": len(todo), "left_alone": {s: sum(v == s for v in states.values()) for s in BUSY},
-        "jobs": {},
+        "submitted": len(todo), "left_alone": {s: sum(v == s for v in states.values()) for s in BUSY}, "jobs": {},
     }  # fmt: skip
-    jobs = []
     if todo and cluster == "local":
-        per_gpu = int(r["gpus_per_node"])
-        workers = min(int(r["array_parallelism"]), len(todo), _gpus_here() // per_gpu if per_gpu else len(todo))
-        per_worker = math.ceil(len(todo) / workers)
-        for w in range(workers):
-            executor = make_executor(spec, cluster, timeout_min=float(r["timeout_min"]) * per_worker)
-            if per_gpu:
-                executor.update_parameters(visible_gpus=list(range(w * per_gpu, (w + 1) * per_gpu)))
-            jobs.append(executor.submit(PoolWorker(), [p.config for p in todo], threads))
-        launch_record["workers"] = [j.job_id for j in jobs]
+        record.update(_submit_local(spec, todo, threads))
     elif todo and cluster == "slurm":
-        executor = make_executor(spec, cluster)
-        with executor.batch():
-            for p in todo:
-                jobs.append(executor.submit(RunJob(), p.config, threads))
-        launch_record["jobs"] = {p.run_id: j.job_id for p, j in zip(todo, jobs)}
-    old_runs = {e["run_id"]: e for e in previous.get("runs", [])}
-    submitted = {p.run_id for p in todo}
-    manifest = {
-        "name": spec.name,
-        "source": spec.source,
-        "out_dir": str(spec.out_dir),
-        "resources": spec.resources,
-        "runs": [
-            {
-                "run_id": p.run_id,
-                "overrides": p.overrides,
-                "state_at_launch": states[p.run_id],
-                "job_id": launch_record["jobs"].get(p.run_id)
-                if p.run_id in submitted
-                else old_runs.get(p.run_id, {}).get("job_id"),
-                "submitted_at": now if p.run_id in submitted else old_runs.get(p.run_id, {}).get("submitted_at"),
-                "launch": len(previous.get("launches", []))
-                if p.run_id in submitted
-                else old_runs.get(p.run_id, {}).get("launch"),
-            }
-            for p in runs
-        ],  # fmt: skip
-        "launches": [*previous.get("launches", []), launch_record],
-    }
+        record.update(_submit_slurm(spec, todo, previous, threads))
+    manifest = _manifest(spec, runs, states, {p.run_id for p in todo}, previous, record)
     atomic_write_json(spec.out_dir / MANIFEST, manifest)
     if cluster == "debug":
         for p in todo:
             _run_unless_leased(p.config)
-    return Launch(manifest, runs, states, sorted(submitted))
+    return Launch(manifest, runs, states, sorted(p.run_id for p in todo))
+
+
+def _manifest(
+    spec: SweepSpec, runs: list[PlannedRun], states: dict[str, str], submitted: set[str], previous: dict, record: dict
+) -> dict[str, Any]:
+    """Every run of the sweep with its latest job, and every launch so far."""
+    old = {e["run_id"]: e for e in previous.get("runs", [])}
+    index = len(previous.get("launches", []))
+
+    def entry(p: PlannedRun) -> dict[str, Any]:
+        latest = (
+            {"job_id": record["jobs"].get(p.run_id), "submitted_at": record["t"], "launch": index}
+            if p.run_id in submitted
+            else {k: old.get(p.run_id, {}).get(k) for k in ("job_id", "submitted_at", "launch")}
+        )
+        return {"run_id": p.run_id, "overrides": p.overrides, "state_at_launch": states[p.run_id], **latest}
+
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "out_dir": str(spec.out_dir),
+        "resources": spec.resources,
+        "runs": [entry(p) for p in runs],
+        "launches": [*previous.get("launches", []), record],
+    }
+
+
+def cancel(out_dir: str | Path) -> list[str]:
+    """Cancel every job of a sweep that is still queued or running (SLURM arrays, local workers);
+    a run that trains saves a checkpoint first (TERM). Returns what was cancelled."""
+    manifest = read_manifest(Path(out_dir))
+    if manifest is None:
+        raise UserError(f"{out_dir} has no readable {MANIFEST}: is it a sweep directory (made by wab sweep)?")
+    cancelled = []
+    arrays = _alive_arrays(manifest)
+    if arrays:
+        subprocess.run(["scancel", *arrays], check=True, timeout=60)
+        cancelled += [f"job array {a}" for a in arrays]
+    for la in manifest.get("launches", []):
+        if la.get("cluster") == "local" and la.get("host") == socket.gethostname():
+            for pid in la.get("workers", []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGTERM)
+                    cancelled.append(f"local worker {pid}")
+    return cancelled

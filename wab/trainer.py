@@ -268,10 +268,24 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        atomic_torch_save(self.dir.checkpoint, ckpt)
+        atomic_torch_save(self.dir.checkpoint, ckpt, keep=self.dir.previous_checkpoint)
 
-    def load_checkpoint(self) -> None:
-        ckpt = torch.load(self.dir.checkpoint, map_location=self.device, weights_only=True)
+    def _read_checkpoint(self) -> dict | None:
+        """The newest readable checkpoint (the previous one when the latest is damaged), or None."""
+        for path in (self.dir.checkpoint, self.dir.previous_checkpoint):
+            if not path.exists():
+                continue
+            try:
+                ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            except Exception as e:  # truncated, or not a checkpoint at all
+                log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__,
+                            str(e)[:120])  # fmt: skip
+                continue
+            self.checkpoint_path = path
+            return ckpt
+        return None
+
+    def load_checkpoint(self, ckpt: dict) -> None:
         s = self.state
         s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
@@ -288,7 +302,7 @@ class Trainer:
         if ckpt["cuda_rng"]:
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
         self.dir.truncate_metrics_after(s.epoch)
-        log.info("resumed from %s at step %d (epoch %d)", self.dir.checkpoint, s.step, s.epoch)
+        log.info("resumed from %s at step %d (epoch %d)", self.checkpoint_path, s.step, s.epoch)
 
     # ------------------------------------------------------------------------------ training
     def train_step(self, k: int) -> float:
@@ -360,8 +374,13 @@ class Trainer:
         s, tcfg = self.state, self.cfg["trainer"]
         if "setup" in self.hooks:
             self.method.setup(s)
-        if self.dir.checkpoint.exists():
-            self.load_checkpoint()
+        ckpt = self._read_checkpoint()
+        if ckpt is not None:
+            self.load_checkpoint(ckpt)
+        else:  # a fresh start: no evaluation line of an earlier attempt may stay
+            if self.dir.metrics.exists():
+                log.warning("no readable checkpoint: starting over and clearing %s", self.dir.metrics)
+            self.dir.truncate_metrics_after(0)
         self._log_start()
         self.population.train()
         eval_every = int(tcfg.get("eval_every", 1))
