@@ -277,3 +277,15 @@ def test_wab_cancel_stops_a_sweep(tmp_path):
     assert p.returncode == 0 and "cancelled: job array" in p.stdout
     rows = wait(spec, lambda rows: all(r.state == "dead" for r in rows), 300, every=0.5)
     assert [r.state for r in rows] == ["dead", "dead"]
+
+
+def test_a_run_out_of_requeues_says_so_in_its_log(tmp_path):
+    base = [*SLOW[:-1], "trainer.epochs=40", "device=cpu"]
+    spec = sweep(tmp_path, "budget", {"seed": [0]}, base=base, timeout_min=1, signal_delay_s=45, max_requeues=0)
+    (planned,) = plan(spec)
+    launch(spec, "slurm")
+    (row,) = wait(spec, lambda rows: rows[0].state == "dead", 300, every=1.0)
+    log = planned.dir.log.read_text()
+    assert "stop requested: checkpoint saved at step" in log
+    assert "the job gives up: Job not requeued because: timed-out too many times" in log
+    assert "Launch the sweep again to continue" in log
