@@ -14,12 +14,14 @@ from wab.analysis.plots import method_order
 # (column in the runs DataFrame, header, kind): "acc" shown in %, "num" as is, "sci" in scientific notation
 COLUMNS = [
     ("metrics.individual_mean", "individual", "acc"),
+    ("metrics.members_recal_mean", "individual+BN", "acc"),
     ("metrics.ensemble_acc", "ensemble", "acc"),
     ("metrics.avg_acc", "averaged", "acc"),
     ("metrics.avg_bn_acc", "averaged+BN", "acc"),
     ("metrics.final_acc", "final acc", "acc"),
     ("metrics.nll", "NLL", "num"),
     ("metrics.ece", "ECE", "num"),
+    ("metrics.lmc.pair.acc_barrier", "LMC barrier", "acc"),
     ("comm.elements_per_step", "comm/step", "sci"),
     ("comm_fraction", "comm/step / D", "sci"),
     ("wall_time_s", "time (s)", "int"),

@@ -6,10 +6,18 @@ average of n snapshots and v_A the accuracy of theta_A:
 
 1. first epoch: theta_A <- theta, n <- 1;
 2. theta_prov = (n theta_A + theta) / (n + 1), v_prov its held-out accuracy;
-3. hard update if v_run > v_prov and v_run > v_A: theta_A <- theta, n <- 1 (the authors' KG code
-   resets n to 0, which looks like an off-by-one; 1 is used here);
+3. hard update if v_run > v_prov and v_run > v_A: theta_A <- theta, n <- 1;
 4. else soft update if v_prov > v_A: theta_A <- theta_prov, n <- n + 1;
 5. else reject.
+
+This is the authors' CIFAR script (its ``ASWA`` class): a hard update stores the running model
+with ``sample_counter = 1``, a soft update increments it, a rejection leaves the stored average
+and counter as they were (its look-ahead updates the in-memory average in place before the test;
+the saved state, which the next epoch starts from, is unchanged on a rejection). The authors'
+knowledge-graph callback (dice-embeddings' ``ASWA``) keeps a list of weights instead: the first
+epoch and each soft update append 1, a rejection appends 0, and a hard update empties the list,
+so the next look-ahead averages the stored model with weight sum(list) = 0, i.e. replaces it by
+the new running model. wab follows the CIFAR script (n = 1 after a hard update).
 
 Buffers are averaged like the weights so that theta_prov can be evaluated as it stands (no
 recalibration inside the loop: two extra held-out passes per member per epoch); the final models

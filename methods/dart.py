@@ -1,12 +1,19 @@
 """DART: Diversify-Aggregate-Repeat Training (Jain et al., CVPR 2023).
 
-(1) An optional shared ERM warm-up of ``warmup_epochs``: member 0 (with the first augmentation,
-plain crop+flip) trains alone in effect, and after each of its steps every other member is set to
-a copy of it, optimizer state included. (2) Each member then trains with its own augmentation
-(``augmentations`` are assigned to members in order, cycling). (3) Every ``every_steps`` steps
-every member is replaced by the uniform average, weights and buffers, each member keeping its
-optimizer state. (4) Repeat. The final model is the average (after BatchNorm recalibration).
-Communication (D + B) / T per member per step.
+(1) The members start from one shared initialisation (``population.same_init: true``, as the
+paper diversifies copies of one network), with an optional shared ERM warm-up of
+``warmup_epochs``: member 0 (with the first augmentation, plain crop+flip) trains alone in effect,
+and after each of its steps every other member is set to a copy of it, optimizer state included.
+(2) Each member then trains with its own augmentation (``augmentations`` are assigned to members
+in order, cycling). (3) Every ``every_steps`` steps every member is replaced by the uniform
+average, weights and buffers, each member keeping its optimizer state: as in the authors' code,
+after the 0-based step s with s % T == 0 and s != 0 (counted from the end of the warm-up), i.e.
+after steps T+1, 2T+1, ... (4) Repeat. Communication (D + B) / T per member per step.
+
+The final model (``final``): ``heldout`` (the authors' code) is the aggregated model, evaluated
+right after each aggregation, with the best held-out accuracy (the earliest of ties), as it was
+(its buffers averaged, no recalibration); ``average`` is the uniform average at the end, after
+BN recalibration (``avg_bn``).
 
 Unverified (config options): T, N and the architecture for CIFAR (DomainBed's code uses
 T = 600-1000 steps and N = 4).
@@ -23,6 +30,7 @@ RECIPES = {
     "trivialaugment": {"policy": "trivialaugment"},
     "autoaugment": {"policy": "autoaugment"},
 }
+FINALS = ("heldout", "average")
 
 
 @register("dart")
@@ -30,9 +38,10 @@ class Dart(Method):
     """DART: per-member augmentations, averaged into every member every T steps."""
 
     demo_overrides = ("method.every_steps=20",)
+    recalibrate_outputs = False  # the held-out choice is delivered as it was evaluated
 
     def member_augment(self, size: int, image_size: int) -> list[dict]:
-        names = list(self.cfg.get("augmentations", ["crop_flip", "cutout", "cutmix", "mixup", "trivialaugment"]))
+        names = list(self.cfg["augmentations"])
         unknown = [n for n in names if n not in RECIPES]
         if unknown or not names:
             raise ValueError(f"dart augmentations {unknown or names} unknown; choose from {sorted(RECIPES)}")
@@ -42,10 +51,17 @@ class Dart(Method):
         return [recipes[i % len(recipes)] for i in range(size)]
 
     def setup(self, run: RunState) -> None:
-        self.every = int(self.cfg.get("every_steps", 600))
+        self.every = int(self.cfg["every_steps"])
         if self.every < 1:
             raise ValueError(f"dart every_steps must be >= 1, got {self.every}")
-        self.warmup_steps = int(self.cfg.get("warmup_epochs", 0)) * run.steps_per_epoch
+        self.final = str(self.cfg["final"])
+        if self.final not in FINALS:
+            raise ValueError(f"dart final must be one of {FINALS}, got {self.final!r}")
+        if self.final == "heldout" and len(run.data.heldout) == 0:
+            raise ValueError("dart final=heldout chooses on the held-out split: set data.heldout_fraction > 0")
+        self.warmup_steps = int(self.cfg["warmup_epochs"]) * run.steps_per_epoch
+        self.aggregations: list[dict] = []  # step and held-out accuracy of each aggregation
+        self.best = None  # (params, buffers) of the best aggregated model on held-out data
 
     def after_step(self, run: RunState) -> None:
         pop = run.population
@@ -57,5 +73,34 @@ class Dart(Method):
                 for state in pop.optimizer_state_rows(run.optimizer, g):
                     state[1:] = state[0]
             return
-        if (run.step - self.warmup_steps) % self.every == 0:
+        s = run.step - self.warmup_steps - 1  # the authors' 0-based step
+        if s > 0 and s % self.every == 0:
             pop.average_into_members(include_buffers=True)
+            entry: dict = {"step": run.step}
+            if self.final == "heldout":
+                entry["heldout_acc"] = run.evaluator.accuracy(pop.members[0], "heldout")
+                if self.best is None or entry["heldout_acc"] > self.aggregations[self.best_index]["heldout_acc"]:
+                    self.best = pop.member_state(0)
+                    self.best_index = len(self.aggregations)
+            self.aggregations.append(entry)
+
+    def finalize(self, run: RunState) -> dict:
+        if self.final != "heldout" or self.best is None:  # no aggregation yet: the average stands
+            return {}
+        return {"dart_heldout": run.population.model_from(*self.best)}
+
+    def report(self) -> dict:
+        best = self.aggregations[self.best_index] if self.best is not None else None
+        return {"aggregations": self.aggregations, "final": self.final, "chosen": best}
+
+    def state_dict(self) -> dict:
+        state: dict = {"aggregations": self.aggregations}
+        if self.best is not None:
+            state.update(best_params=self.best[0], best_buffers=self.best[1], best_index=self.best_index)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aggregations = [dict(a) for a in state["aggregations"]]
+        if "best_params" in state:
+            self.best = (list(state["best_params"]), list(state["best_buffers"]))
+            self.best_index = int(state["best_index"])

@@ -1,13 +1,20 @@
 """PAPA: Population Parameter Averaging (Jolicoeur-Martineau et al., TMLR 2024), EMA variant.
 
-Every ``every`` steps (counted within the epoch, as in the authors' code) each member is pulled
-toward the population mean, buffers included:
-theta_i <- alpha_t * theta_i + (1 - alpha_t) * mean, with 1 - alpha_t = (lr_t / lr_0) * (1 - alpha).
-alpha = 0.99 from scratch (0.9995 when fine-tuning). Communication ~ (D + B) / every per member
-per step. The final model is the uniform average (after BatchNorm recalibration).
+Every ``every`` steps (counted within the epoch) each member is pulled toward the population
+mean, buffers included: theta_i <- alpha_t * theta_i + (1 - alpha_t) * mean, with
+1 - alpha_t = (lr / lr_0) * (1 - alpha). alpha = 0.99 from scratch (0.9995 when fine-tuning).
+
+``counter: authors`` (the default) is the authors' loop: the pull follows the optimizer step of
+the 0-based batch i of the epoch with i % k == 0, so after steps 1, k+1, 2k+1, ... of every epoch
+(ceil(S / k) pulls per epoch), with the lr read after the scheduler has stepped, that is, the lr
+of the next step. ``counter: end`` pulls after steps k, 2k, ... (floor(S / k) per epoch) with the
+lr of the step just taken. Communication ~ (D + B) / every per member per step. The final model
+is the uniform average (after BatchNorm recalibration).
 """
 
 from wab.method import Method, RunState, register
+
+COUNTERS = ("authors", "end")
 
 
 @register("papa")
@@ -18,18 +25,28 @@ class Papa(Method):
     demo_overrides = ("method.alpha=0.9",)
 
     def setup(self, run: RunState) -> None:
-        self.alpha = float(self.cfg.get("alpha", 0.99))
-        self.every = int(self.cfg.get("every", 10))
-        self.include_buffers = bool(self.cfg.get("include_buffers", True))
+        self.alpha = float(self.cfg["alpha"])
+        self.every = int(self.cfg["every"])
+        self.include_buffers = bool(self.cfg["include_buffers"])
+        self.counter = str(self.cfg["counter"])
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"papa alpha must be in [0, 1], got {self.alpha}")
         if self.every < 1:
             raise ValueError(f"papa every must be >= 1 step, got {self.every}")
+        if self.counter not in COUNTERS:
+            raise ValueError(f"papa counter must be one of {COUNTERS}, got {self.counter!r}")
+
+    def pulls_now(self, run: RunState) -> bool:
+        """Whether a pull follows the step just taken (``run.epoch_step`` is 1-based)."""
+        if self.counter == "authors":
+            return (run.epoch_step - 1) % self.every == 0
+        return run.epoch_step % self.every == 0
 
     def pull_weight(self, run: RunState) -> float:
-        """1 - alpha_t = (lr_t / lr_0) * (1 - alpha)."""
-        return (run.lr / run.lr0) * (1.0 - self.alpha)
+        """1 - alpha_t = (lr / lr_0) * (1 - alpha), lr as ``counter`` reads it."""
+        lr = run.lr_of(run.step) if self.counter == "authors" else run.lr
+        return (lr / run.lr0) * (1.0 - self.alpha)
 
     def after_step(self, run: RunState) -> None:
-        if run.epoch_step % self.every == 0:
+        if self.pulls_now(run):
             run.population.lerp_toward_mean(self.pull_weight(run), self.include_buffers)

@@ -2,11 +2,17 @@
 the population mean (weights and buffers; each member keeps its optimizer state).
 
 Merges happen at the end of epochs 0, K, 2K, ... (the first epoch included), never after the
-last epoch, so the members still differ when evaluated. Communication (D + B) / (K S) per member
-per step.
+last epoch, so the members still differ when evaluated. With ``repair`` (on by default, as in the
+authors' CIFAR runs) REPAIR (:mod:`wab.repair`) rescales the merged model's convolutions to the
+parents' mixed channel statistics, measured on ``repair_batches`` batches of
+``repair_batch_size`` training images (the authors' ``n_iter=5``, batch 500). Communication
+(D + B) / (K S) per member per step, plus the channel statistics when repairing.
 """
 
+import torch
+
 from wab.method import Method, RunState, register
+from wab.repair import conv_statistics, mixed_goals, repair
 
 
 def merge_epochs(epochs: int, every: int, include_first: bool = True) -> list[int]:
@@ -21,14 +27,63 @@ def merge_epochs(epochs: int, every: int, include_first: bool = True) -> list[in
 class PapaAll(Method):
     """PAPA-all: average all members into the mean every K epochs."""
 
+    op = "average_into_members"
+
     def setup(self, run: RunState) -> None:
-        self.merges = set(
-            merge_epochs(run.epochs, int(self.cfg.get("every_epochs", 5)), self.cfg.get("include_first", True))
-        )
+        self.merges = set(merge_epochs(run.epochs, int(self.cfg["every_epochs"]), bool(self.cfg["include_first"])))
+        self.repair = bool(self.cfg["repair"])
+        self.done: list[dict] = []
 
     def after_epoch(self, run: RunState) -> None:
         if run.epoch in self.merges:
             self.merge(run)
 
+    def mixing(self, run: RunState) -> torch.Tensor:
+        """W [N, N]: member i becomes sum_j W[i, j] theta_j."""
+        n = run.population.size
+        return torch.full((n, n), 1.0 / n, dtype=torch.float64)
+
     def merge(self, run: RunState) -> None:
-        run.population.average_into_members(include_buffers=bool(self.cfg.get("include_buffers", True)))
+        pop = run.population
+        weights = self.mixing(run)
+        parents = [pop.model_from(*pop.member_state(j)) for j in range(pop.size)] if self.repair else []
+        if self.op == "average_into_members":
+            pop.average_into_members(include_buffers=bool(self.cfg["include_buffers"]))
+        else:
+            pop.mix(weights, include_buffers=bool(self.cfg["include_buffers"]), op=self.op)
+        repaired = self.repair_children(run, weights, parents) if self.repair else 0
+        self.done.append({"epoch": run.epoch + 1, "repaired_convs": repaired})
+
+    def repair_children(self, run: RunState, weights: torch.Tensor, parents: list) -> int:
+        pop = run.population
+        batches = self.repair_batches(run)
+        stats = [conv_statistics(p, batches) for p in parents]
+        channels = sum(int(m.numel()) * 2 for m, _ in stats[0]) if stats and stats[0] else 0
+        if channels:
+            run.ledger.record("repair_stats", channels, 4)
+        repaired: dict[tuple, tuple] = {}  # identical children (PAPA-all) are repaired once
+        count = 0
+        for i in range(pop.size):
+            key = tuple(weights[i].tolist())
+            if key not in repaired:
+                child = pop.model_from(*pop.member_state(i))
+                count = repair(child, mixed_goals(stats, weights[i].tolist()), batches)
+                repaired[key] = pop.state_of(child)
+            pop.load_member(i, *repaired[key])
+        return count
+
+    def repair_batches(self, run: RunState) -> list[torch.Tensor]:
+        """``repair_batches`` batches of plain training images, drawn from the method's stream."""
+        train, size = run.data.train, int(self.cfg["repair_batch_size"])
+        order = torch.randperm(len(train), generator=run.rng)[: int(self.cfg["repair_batches"]) * size]
+        order = order.to(train.x.device)
+        return [run.evaluator.normalize(train.x[idx]) for idx in order.split(size)]
+
+    def report(self) -> dict:
+        return {"merges": self.done, "repair": self.repair}
+
+    def state_dict(self) -> dict:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done = [dict(d) for d in state["done"]]

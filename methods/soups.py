@@ -2,7 +2,9 @@
 
 Uniform soup: the mean of all members. Greedy soup: sort the members by held-out accuracy, start
 from the best, and add the next one only if the held-out accuracy of (n soup + new) / (n + 1)
-strictly improves; so it is never worse than the best member on the held-out split. Buffers are
+strictly improves; so it is never worse than the best member on the held-out split. Members of
+equal held-out accuracy are tried in model-soups' order (its ascending sort, reversed: the later
+member first). Buffers are
 averaged over the same ingredients (``bn: average``, cheap) or recalibrated for every candidate
 (``bn: recalibrate``); the returned soups are recalibrated before the test evaluation.
 
@@ -52,7 +54,8 @@ def greedy_ingredients(run: RunState, bn: str = "average") -> tuple[list[int], l
     """The members greedy soup keeps, and the held-out accuracy of the soup after each candidate."""
     pop = run.population
     accs = [_heldout_accuracy(run, _soup(run, [i]), bn) for i in range(pop.size)]
-    order = sorted(range(pop.size), key=lambda i: -accs[i])
+    # as model-soups: an ascending (stable) sort, reversed, so ties go to the later member first
+    order = sorted(range(pop.size), key=lambda i: accs[i])[::-1]
     chosen, best = [order[0]], accs[order[0]]
     trace = [best]
     for i in order[1:]:

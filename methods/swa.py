@@ -25,8 +25,8 @@ class Swa(Method):
     """SWA: a running average of each member's weights from swa_start, every c epochs."""
 
     def setup(self, run: RunState) -> None:
-        start = float(self.cfg.get("start", 0.55))
-        self.cycle = int(self.cfg.get("cycle", 1))
+        start = float(self.cfg["start"])
+        self.cycle = int(self.cfg["cycle"])
         if not 0.0 <= start <= 1.0 or self.cycle < 1:
             raise ValueError(f"swa start must be a fraction in [0, 1] and cycle >= 1, got {start}, {self.cycle}")
         self.start_epoch = max(1, math.ceil(start * run.epochs))  # 1-based, as swa_start in the authors' code

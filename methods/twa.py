@@ -7,7 +7,8 @@ member from ``snapshot_start`` on (``snapshots``), or both.
 - ``variant: t`` (ICLR, TWA-t): Gram-Schmidt the K flattened candidates into an orthonormal basis
   P (K x D, by a reduced QR); start from the uniform mean; train on the training split with
   projected SGD, the gradient g replaced by P^T (P g), momentum 0.9, weight decay 1e-5, lr 2
-  (a projected step) times 0.1 at 50% and 75% of the steps.
+  (a projected step) times 0.1 at the authors' epochs [int(0.5 E), int(0.75 E + 0.9)] (5 and 8
+  of 10).
 - ``variant: v`` (journal, TWA-v): centre the candidates on their mean, split them into blocks
   (one per parameter tensor) and L2-normalise each block; coefficients X (K x blocks) start at 0,
   which is exactly the uniform average; train X on the held-out split with AdamW lr 1e-3,
@@ -68,6 +69,16 @@ def block_basis(candidates: Tensor, mean: Tensor, block_of: Tensor, num_blocks: 
     return centred / norms.sqrt().clamp_min(1e-12).to(centred.dtype)[:, block_of]
 
 
+def twa_t_milestones(epochs: int) -> list[int]:
+    """The epochs at which TWA-t's lr drops x0.1, as in the authors' code: [int(0.5 E), int(0.75 E + 0.9)]."""
+    return [int(0.5 * epochs), int(0.75 * epochs + 0.9)]
+
+
+def twa_t_lr(lr0: float, epoch: int, epochs: int) -> float:
+    """The lr of 0-based TWA-t epoch ``epoch`` (a MultiStepLR stepped per epoch, gamma 0.1)."""
+    return lr0 * 0.1 ** sum(epoch >= m for m in twa_t_milestones(epochs))
+
+
 def twa_v_weights(mean: Tensor, basis: Tensor, coeffs: Tensor, block_of: Tensor) -> Tensor:
     """theta = mean + sum_k X[k, block(j)] * basis[k, j]."""
     return mean + (coeffs[:, block_of] * basis).sum(0)
@@ -78,15 +89,15 @@ class Twa(Method):
     """TWA: learn the coefficients that average the candidates."""
 
     def setup(self, run: RunState) -> None:
-        self.variant = str(self.cfg.get("variant", "v"))
-        self.source = str(self.cfg.get("candidates", "members"))
+        self.variant = str(self.cfg["variant"])
+        self.source = str(self.cfg["candidates"])
         if self.variant not in VARIANTS:
             raise ValueError(f"twa variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.source not in CANDIDATES:
             raise ValueError(f"twa candidates must be one of {CANDIDATES}, got {self.source!r}")
         if self.variant == "v" and len(run.data.heldout) == 0:
             raise ValueError("twa variant v trains on the held-out split: set data.heldout_fraction > 0")
-        self.snapshot_start = math.ceil(float(self.cfg.get("snapshot_start", 0.5)) * run.epochs)
+        self.snapshot_start = math.ceil(float(self.cfg["snapshot_start"]) * run.epochs)
         self.snapshots: list[Tensor] = []
 
     def after_epoch(self, run: RunState) -> None:
@@ -122,11 +133,10 @@ class Twa(Method):
         basis = orthonormal_basis(cands)
         theta = cands.mean(0).clone()
         buf = torch.zeros_like(theta)
-        epochs, bs = int(c.get("epochs", 10)), int(c.get("batch_size", 128))
-        lr0, wd, mom = float(c.get("lr", 2.0)), float(c.get("weight_decay", 1e-5)), float(c.get("momentum", 0.9))
-        total = epochs * max(1, len(run.data.train) // bs)
-        step = 0
-        for _ in range(epochs):
+        epochs, bs = int(c["epochs"]), int(c["batch_size"])
+        lr0, wd, mom = float(c["lr"]), float(c["weight_decay"]), float(c["momentum"])
+        for epoch in run.bar(range(epochs), "TWA-t epochs"):
+            lr = twa_t_lr(lr0, epoch, epochs)
             for x, y in self._batches(run, "train", bs):
                 theta.requires_grad_(True)
                 (g,) = torch.autograd.grad(F.cross_entropy(fm(theta, x), y), theta)
@@ -134,9 +144,7 @@ class Twa(Method):
                 g = g + wd * theta
                 g = basis.t() @ (basis @ g)
                 buf.mul_(mom).add_(g)
-                lr = lr0 * (0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total)))
                 theta.sub_(buf, alpha=lr)
-                step += 1
         return theta.detach()
 
     def train_v(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
@@ -148,17 +156,15 @@ class Twa(Method):
         ).to(mean.device)
         basis = block_basis(cands, mean, block_of, len(pop.param_segments))
         coeffs = torch.zeros(len(cands), len(pop.param_segments), device=mean.device, requires_grad=True)
-        opt = torch.optim.AdamW(
-            [coeffs], lr=float(c.get("lr_v", 1e-3)), weight_decay=float(c.get("weight_decay_v", 0.0))
-        )
-        epochs, bs = int(c.get("epochs", 10)), min(int(c.get("batch_size", 128)), len(run.data.heldout))
+        opt = torch.optim.AdamW([coeffs], lr=float(c["lr_v"]), weight_decay=float(c["weight_decay_v"]))
+        epochs, bs = int(c["epochs"]), min(int(c["batch_size"]), len(run.data.heldout))
         total = epochs * max(1, len(run.data.heldout) // bs)
         warm = max(1, int(0.2 * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
             lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))),
         )
-        for _ in range(epochs):
+        for _ in run.bar(range(epochs), "TWA-v epochs"):
             for x, y in self._batches(run, "heldout", bs):
                 opt.zero_grad()
                 F.cross_entropy(fm(twa_v_weights(mean, basis, coeffs, block_of), x), y).backward()

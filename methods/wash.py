@@ -13,9 +13,15 @@ that many distinct positions, so the cost grows with the number of shuffled elem
 the model size. The random stream is the run's method RNG (shared by all workers in a
 distributed setting, so no indices need to travel).
 
-Choices the paper leaves open (unverified; config options, recorded in every run's config):
-the base p (default 0.01), and whether BatchNorm buffers are shuffled (``shuffle_buffers``,
-default off as in known implementations).
+Choices the paper leaves open (unverified; config options, recorded in every run's config): the
+base p (default 0.01); what p means (``convention``): ``selected`` (default) makes p_l the
+probability that a position is selected, so (N - 1) / N of a selected position's values change
+owner, while ``changed`` makes p_l the fraction of values that change owner (selection
+probability p_l / (1 - 1/N), as a known re-implementation reads the paper); whether p follows the
+learning rate (``lr_scaled``: p_l * lr_t / lr_0 after the step taken with lr_t; off by default,
+it removes the collapse of the members near the end of a schedule that a measured run showed);
+and whether BatchNorm buffers are shuffled (``shuffle_buffers``, default off as in known
+implementations).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from wab.method import Method, RunState, register
 from wab.population import Population, Segment
 
 SCHEDULES = ("linear", "constant")
+CONVENTIONS = ("selected", "changed")
 
 
 def layer_probabilities(p: float, num_layers: int, schedule: str) -> torch.Tensor:
@@ -38,6 +45,17 @@ def layer_probabilities(p: float, num_layers: int, schedule: str) -> torch.Tenso
     if schedule == "constant" or num_layers == 1:
         return torch.full((num_layers,), float(p), dtype=torch.float64)
     return p * (1.0 - torch.arange(num_layers, dtype=torch.float64) / (num_layers - 1))
+
+
+def selection_probabilities(p: float, num_layers: int, schedule: str, convention: str, n: int) -> torch.Tensor:
+    """The probability that each layer's positions are selected for a shuffle. ``selected``: p_l
+    itself (a selected position's N values are permuted uniformly, so (N - 1) / N of them change
+    owner on average); ``changed``: p_l is the fraction of values that change owner, so a
+    position is selected with p_l / (1 - 1/N) (capped at 1), as a known re-implementation does."""
+    probs = layer_probabilities(p, num_layers, schedule)
+    if convention == "changed" and n > 1:
+        probs = (probs / (1.0 - 1.0 / n)).clamp(max=1.0)
+    return probs
 
 
 def sample_positions(segments: list[Segment], probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -74,23 +92,32 @@ class Wash(Method):
     move_optimizer_state = False
 
     def setup(self, run: RunState) -> None:
-        self.p = float(self.cfg.get("p", 0.01))
-        schedule = self.cfg.get("schedule", "linear")
+        self.p = float(self.cfg["p"])
+        schedule = str(self.cfg["schedule"])
+        self.convention = str(self.cfg["convention"])
+        self.lr_scaled = bool(self.cfg["lr_scaled"])
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"wash convention must be one of {CONVENTIONS}, got {self.convention!r}")
         pop = run.population
-        self.param_probs = layer_probabilities(self.p, len(pop.param_segments), schedule)
-        self.shuffle_buffers = bool(self.cfg.get("shuffle_buffers", False))
+        self.param_probs = selection_probabilities(self.p, len(pop.param_segments), schedule, self.convention, pop.size)
+        self.shuffle_buffers = bool(self.cfg["shuffle_buffers"])
         if self.shuffle_buffers and pop.buffer_segments:
-            self.buffer_probs = layer_probabilities(self.p, len(pop.buffer_segments), schedule)
+            self.buffer_probs = selection_probabilities(
+                self.p, len(pop.buffer_segments), schedule, self.convention, pop.size
+            )
 
     def after_step(self, run: RunState) -> None:
         opt = run.optimizer if self.move_optimizer_state else None
-        self.shuffle(run.population, run.rng, opt)
+        scale = run.lr / run.lr0 if self.lr_scaled else 1.0
+        self.shuffle(run.population, run.rng, opt, scale)
 
-    def shuffle(self, pop: Population, gen: torch.Generator, optimizer=None) -> None:
+    def shuffle(self, pop: Population, gen: torch.Generator, optimizer=None, scale: float = 1.0) -> None:
+        """One shuffle, each selection probability multiplied by ``scale`` (``lr_scaled``)."""
         kinds = [(pop.param_segments, self.param_probs, False)]
         if self.shuffle_buffers and pop.buffer_segments:
             kinds.append((pop.buffer_segments, self.buffer_probs, True))
         for segments, probs, buffers in kinds:
+            probs = probs * scale if scale != 1.0 else probs
             groups = sorted({s.group for s in segments})
             for g in groups:
                 idx = [i for i, s in enumerate(segments) if s.group == g]

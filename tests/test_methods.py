@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+from wab.config import compose_config
 from wab.methods.aswa import Aswa, aswa_decision
 from wab.methods.dart import Dart
 from wab.methods.papa import Papa
@@ -19,6 +20,11 @@ from wab.methods.wash import Wash, layer_probabilities, random_permutations, sam
 from wab.methods.wash_opt import WashOpt
 from wab.run import run, run_dir_for
 from wab.trainer import Interrupted, Trainer, request_stop
+
+
+def method_cfg(name, overrides):
+    """The method's config at its defaults (configs/method/<name>.yaml), with ``overrides``."""
+    return {**compose_config([f"method={name}"])["method"], **overrides}
 
 
 def make_run(tiny, *overrides):
@@ -38,7 +44,7 @@ def test_wash_shuffle_keeps_the_mean_bit_identical_and_each_multiset(tiny):
     _, state = make_run(tiny, "population.size=5", "model.width=8")
     pop = state.population
     perturb(pop, torch.Generator().manual_seed(0))
-    wash = Wash({"p": 0.2, "schedule": "constant"})
+    wash = Wash(method_cfg("wash", {"p": 0.2, "schedule": "constant"}))
     wash.setup(state)
     mean_before = pop.mean(record=False)
     before = pop.params[0].clone()
@@ -83,7 +89,7 @@ def test_wash_opt_moves_each_weight_with_its_momentum(tiny):
     pop, opt = state.population, state.optimizer
     (mom,) = pop.optimizer_state_rows(opt, 0)
     pairs_before = torch.stack([pop.params[0], mom], -1).clone()  # [N, P, 2]
-    wash = WashOpt({"p": 0.3, "schedule": "constant"})
+    wash = WashOpt(method_cfg("wash_opt", {"p": 0.3, "schedule": "constant"}))
     wash.setup(state)
     wash.after_step(state)
     pairs_after = torch.stack([pop.params[0], mom], -1)
@@ -99,7 +105,7 @@ def test_wash_opt_moves_each_weight_with_its_momentum(tiny):
 def test_wash_ledger_matches_the_expected_count(tiny):
     _, state = make_run(tiny, "population.size=4", "model=mlp", "model.width=128")
     pop = state.population
-    wash = Wash({"p": 0.05, "schedule": "linear"})
+    wash = Wash(method_cfg("wash", {"p": 0.05, "schedule": "linear"}))
     wash.setup(state)
     reps = 100
     for _ in range(reps):
@@ -122,7 +128,7 @@ def test_papa_pull_matches_the_formula(tiny):
     _, state = make_run(tiny, "population.size=3")
     pop = state.population
     perturb(pop, torch.Generator().manual_seed(1))
-    papa = Papa({"alpha": 0.99, "every": 10})
+    papa = Papa(method_cfg("papa", {"alpha": 0.99, "every": 10, "counter": "end"}))
     papa.setup(state)
     state.lr, state.lr0, state.epoch_step = 0.025, 0.05, 10
     before, buffers = pop.params[0].clone(), pop.buffers[0].clone()
@@ -137,13 +143,43 @@ def test_papa_pull_matches_the_formula(tiny):
     assert pop.ledger.ops["lerp_toward_mean"].elements == pop.num_params + pop.num_buffers
 
 
+def test_papa_pulls_as_the_authors_loop_does(tiny):
+    """The authors' loop: after the optimizer step of 0-based batch i with i % k == 0 (steps 1,
+    k+1, 2k+1 of each epoch, ceil(S / k) pulls per epoch), with the lr the scheduler reports after
+    its step, the next step's lr."""
+    trainer, state = make_run(tiny, "method=papa", "method.every=4", "trainer.epochs=2", "trainer.batch_size=128")
+    pulls = []
+    original = Papa.pull_weight
+
+    def recording(self, run):
+        w = original(self, run)
+        pulls.append((run.epoch, run.epoch_step, run.step, w))
+        return w
+
+    Papa.pull_weight = recording
+    try:
+        trainer.fit()
+    finally:
+        Papa.pull_weight = original
+    s = trainer.steps_per_epoch  # 11 on digits with batch 128
+    assert s == 11
+    assert [(e, k) for e, k, _, _ in pulls] == [(e, k) for e in (0, 1) for k in (1, 5, 9)]  # ceil(11 / 4) = 3
+    optim = state.cfg["optim"]
+    for _, _, step, w in pulls:  # step = steps done; the lr read is that of 0-based step `step`, the next
+        from wab.optim import lr_at
+
+        expected = lr_at(step, state.total_steps, s, optim) / optim["lr"] * (1 - 0.99)
+        assert w == pytest.approx(expected, rel=1e-12)
+    assert trainer.ledger.ops["lerp_toward_mean"].calls == 6
+
+
 def test_papa_all_merges_every_k_epochs_from_the_first_never_the_last(tiny):
     assert merge_epochs(12, 5) == [0, 5, 10]
     assert merge_epochs(11, 5) == [0, 5]
     assert merge_epochs(11, 5, include_first=False) == [5]
     _, state = make_run(tiny, "population.size=3", "trainer.epochs=6")
     pop = state.population
-    m = PapaAll({"every_epochs": 5})
+    m = PapaAll(method_cfg("papa_all", {"every_epochs": 5, "repair": False}))
     m.setup(state)
     mean = pop.params[0].mean(0)
     state.epoch = 1
@@ -159,12 +195,12 @@ def test_papa_2_replaces_each_member_by_the_midpoint_of_a_random_pair(tiny):
     rows = [tuple(r.nonzero().flatten().tolist()) for r in w]
     assert all(len(r) == 2 for r in rows) and len(set(rows)) == 5
     assert torch.all(w.sum(1) == 1) and set(w.unique().tolist()) == {0.0, 0.5}
-    with pytest.raises(ValueError, match="at least 3 members"):
-        pair_mixing_matrix(2, torch.Generator())
+    # N = 2: one pair, both members become its midpoint (the authors' code)
+    assert torch.equal(pair_mixing_matrix(2, torch.Generator()), torch.full((2, 2), 0.5, dtype=torch.float64))
     _, state = make_run(tiny, "population.size=4")
     pop = state.population
     before = pop.params[0].clone()
-    m = Papa2({"every_epochs": 1})
+    m = Papa2(method_cfg("papa_2", {"every_epochs": 1, "repair": False}))
     m.setup(state)
     gen_state = state.rng.get_state()
     m.after_epoch(state)
@@ -176,21 +212,43 @@ def test_papa_2_replaces_each_member_by_the_midpoint_of_a_random_pair(tiny):
 
 
 # ----------------------------------------------------------------------------------------- DART
-def test_dart_gives_members_their_own_augmentation_and_averages_every_t_steps(tiny):
+def test_dart_gives_members_their_own_augmentation_and_averages_as_the_authors_count(tiny):
+    """Copies of one network (shared init), each with its own augmentation, averaged after the
+    0-based step s with s % T == 0 and s != 0: after steps T+1, 2T+1, ..."""
     trainer, state = make_run(tiny, "method=dart", "population.size=5", "method.every_steps=3")
     assert [a.cutout for a in trainer.augment] == [0, 4, 0, 0, 0]
     assert trainer.augment[2].cutmix_alpha == 1.0 and trainer.augment[3].mixup_alpha == 1.0
     assert trainer.augment[4].policy == "trivialaugment"
-    trainer.perms = [torch.randperm(len(trainer.data.train)) for _ in range(5)]
     pop = state.population
+    assert all(torch.equal(pop.params[0][0], pop.params[0][i]) for i in range(5))  # one initialisation
+    trainer.perms = [torch.randperm(len(trainer.data.train)) for _ in range(5)]
     trainer.method.setup(state)
-    for k in range(3):
+    for k in range(8):
         trainer.train_step(k)
         equal = all(torch.equal(pop.params[0][0], pop.params[0][i]) for i in range(5))
-        assert equal == (k == 2)
-    assert pop.ledger.ops["average_into_members"].calls == 1
+        assert equal == (k in (3, 6)), k  # 1-based steps 4 and 7
+    assert pop.ledger.ops["average_into_members"].calls == 2
     (mom,) = pop.optimizer_state_rows(state.optimizer, 0)
     assert not torch.equal(mom[0], mom[1])  # optimizer states are kept, not averaged
+
+
+def test_dart_delivers_the_aggregated_model_best_on_heldout_data(tiny):
+    from wab.data import load_data
+    from wab.saved_models import load_model, normalize
+
+    cfg = tiny("method=dart", "method.every_steps=4", "trainer.epochs=3", "trainer.batch_size=64")
+    rec = run(cfg)
+    report = rec["method_report"]
+    accs = [a["heldout_acc"] for a in report["aggregations"]]
+    assert rec["steps"] == 66 and len(accs) == (66 - 1) // 4  # after 0-based steps 4, 8, ..., 64
+    first_best = accs.index(max(accs))
+    assert report["chosen"] == report["aggregations"][first_best]
+    assert rec["metrics"]["final_model"] == "dart_heldout"
+    held = load_data("digits").heldout
+    rd = run_dir_for(cfg).path
+    with torch.no_grad():
+        acc = (load_model(rd, "final")(normalize(rd, held.x)).argmax(1) == held.y).double().mean().item()
+    assert acc == pytest.approx(max(accs), abs=1 / len(held.y))  # delivered as it was chosen
 
 
 def test_dart_warmup_makes_every_member_a_copy_of_member_0(tiny):
@@ -200,14 +258,14 @@ def test_dart_warmup_makes_every_member_a_copy_of_member_0(tiny):
     trainer.train_step(0)
     assert all(torch.equal(state.population.params[0][0], state.population.params[0][i]) for i in (1, 2))
     with pytest.raises(ValueError, match="unknown"):
-        Dart({"augmentations": ["blur"]}).member_augment(3, 8)
+        Dart(method_cfg("dart", {"augmentations": ["blur"]})).member_augment(3, 8)
 
 
 # ----------------------------------------------------------------------------------------- SWA
 def test_swa_equals_torch_swa_utils_on_the_same_checkpoints_and_batches(tiny):
     _, state = make_run(tiny, "method=swa", "population.size=2", "trainer.epochs=4")
     pop, ev = state.population, state.evaluator
-    swa = Swa({"start": 0.5, "cycle": 1})
+    swa = Swa(method_cfg("swa", {"start": 0.5, "cycle": 1}))
     swa.setup(state)
     refs = [AveragedModel(copy.deepcopy(m)) for m in pop.members]
     gen = torch.Generator().manual_seed(0)
@@ -248,7 +306,7 @@ def test_aswa_decision_rule():
 def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
     _, state = make_run(tiny, "method=aswa", "population.size=1")
     pop = state.population
-    m = Aswa({})
+    m = Aswa(method_cfg("aswa", {}))
     m.setup(state)
     # per epoch: first -> [v_theta]; later -> [v_run, v_prov]
     script = iter([0.50, 0.60, 0.55, 0.52, 0.58, 0.40, 0.45, 0.70, 0.65])
@@ -363,3 +421,119 @@ def test_every_method_resumes_bit_for_bit(tiny, tmp_path, monkeypatch, name):
     monkeypatch.setattr(Trainer, "train_step", original)
     resumed = run(cfg)
     assert resumed["metrics"] == ref["metrics"] and resumed["comm"] == ref["comm"]
+
+
+# --------------------------------------------------------------------------------------- REPAIR
+def _repair_setup(tiny, *overrides):
+    trainer, state = make_run(tiny, "population.size=3", "model.width=8", *overrides)
+    trainer.fit()  # members that learned something, in different basins
+    pop = state.population
+    batches = PapaAll(method_cfg("papa_all", {})).repair_batches(state)
+    return pop, batches
+
+
+def test_repair_brings_every_conv_channel_to_the_mixed_statistics_of_the_parents(tiny):
+    from wab.repair import conv_statistics, mixed_goals, repair
+
+    pop, batches = _repair_setup(tiny)
+    parents = [pop.model_from(*pop.member_state(j)) for j in range(pop.size)]
+    stats = [conv_statistics(p, batches) for p in parents]
+    weights = [1 / 3, 1 / 3, 1 / 3]
+    child = pop.model_from(*pop.mean(record=False))
+    before = conv_statistics(child, batches)
+    goals = mixed_goals(stats, weights)
+    assert repair(child, goals, batches) == 3  # the tiny CNN's three convs
+    after = conv_statistics(child, batches)
+    for (_, std), (_, goal_std), (_, std_before) in zip(after, goals, before):
+        torch.testing.assert_close(std, goal_std, rtol=1e-3, atol=1e-6)
+        assert (std_before < goal_std).float().mean() > 0.5  # the average had lost variance
+    # a child that is one of its parents is left (nearly) as it was
+    parent = pop.model_from(*pop.member_state(1))
+    w0 = [p.clone() for p in parent.parameters()]
+    repair(parent, mixed_goals(stats, [0, 1, 0]), batches)
+    for a, b in zip(w0, parent.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_papa_all_repairs_after_merging_and_says_so(tiny):
+    rec = run(tiny("method=papa_all", "method.every_epochs=1", "trainer.epochs=3"))
+    assert rec["method_report"] == {"merges": [{"epoch": 1, "repaired_convs": 3}, {"epoch": 2, "repaired_convs": 3}],
+                                    "repair": True}  # fmt: skip
+    assert rec["comm"]["ops"]["repair_stats"]["calls"] == 2
+    mlp = run(tiny("method=papa_all", "method.every_epochs=1", "trainer.epochs=2", "model=mlp"))
+    assert mlp["method_report"]["merges"] == [{"epoch": 1, "repaired_convs": 0}]  # no conv: left as merged
+
+
+# ------------------------------------------------------------------------------- authors' details
+def test_twa_t_drops_its_lr_at_the_authors_epochs():
+    from wab.methods.twa import twa_t_lr, twa_t_milestones
+
+    assert twa_t_milestones(10) == [5, 8]  # [int(0.5 E), int(0.75 E + 0.9)]
+    assert [twa_t_lr(2.0, e, 10) for e in range(10)] == pytest.approx([2.0] * 5 + [0.2] * 3 + [0.02] * 2)
+    assert twa_t_milestones(3) == [1, 3]
+
+
+def test_greedy_soup_breaks_ties_as_model_soups_does(tiny, monkeypatch):
+    import wab.methods.soups as soups
+
+    _, state = make_run(tiny, "population.size=4")
+    tried = []
+
+    def equal_accuracy(run, model, bn):
+        tried.append(model)
+        return 0.5
+
+    monkeypatch.setattr(soups, "_heldout_accuracy", equal_accuracy)
+    chosen, _ = greedy_ingredients(state, "average")
+    assert chosen == [3]  # sorted ascending, then reversed: the last of equals comes first
+
+
+def test_wash_conventions_and_lr_scaling(tiny, monkeypatch):
+    import wab.methods.wash as wash_module
+    from wab.methods.wash import selection_probabilities
+
+    sel = selection_probabilities(0.1, 3, "constant", "selected", 4)
+    changed = selection_probabilities(0.1, 3, "constant", "changed", 4)
+    torch.testing.assert_close(changed, sel / (1 - 1 / 4))  # (N-1)/N of selected values change owner
+    assert selection_probabilities(0.9, 1, "constant", "changed", 2).item() == 1.0  # capped
+    _, state = make_run(tiny, "population.size=4")
+    wash = Wash(method_cfg("wash", {"p": 0.2, "schedule": "constant", "lr_scaled": True}))
+    wash.setup(state)
+    seen = []
+    original = wash_module.sample_positions
+    monkeypatch.setattr(wash_module, "sample_positions", lambda segs, probs, gen: seen.append(probs) or original(
+        segs, probs, gen))  # fmt: skip
+    state.lr, state.lr0 = 0.01, 0.04
+    wash.after_step(state)
+    torch.testing.assert_close(seen[0], torch.full_like(seen[0], 0.2 * 0.25))
+
+
+# ------------------------------------------------------------------------------- diagnostics
+def test_members_recal_is_each_member_after_its_own_bn_recalibration(tiny):
+    trainer, state = make_run(tiny, "population.size=3", "trainer.epochs=1")
+    metrics = trainer.fit()
+    pop, ev = state.population, state.evaluator
+    for i, acc in enumerate(metrics["members_recal"]):
+        model = ev.recalibrate_bn(pop.model_from(*pop.member_state(i)))
+        assert acc == ev.metrics(model)["acc"]
+    assert metrics["members_recal_mean"] == pytest.approx(sum(metrics["members_recal"]) / 3)
+
+
+def test_lmc_barrier_is_zero_for_identical_members_and_positive_for_independent_ones(tiny):
+    from wab.lmc import connectivity
+
+    _, state = make_run(tiny, "population.size=3", "population.same_init=true")
+    pop, ev = state.population, state.evaluator
+
+    def evaluate(st):
+        return ev.metrics(ev.recalibrate_bn(pop.model_from(*st)))
+
+    members = [evaluate(pop.member_state(i)) for i in range(3)]
+    out = connectivity(pop, evaluate, 5, members, evaluate(pop.mean(record=False)))
+    assert out["pair"]["loss_barrier"] == pytest.approx(0.0, abs=1e-6)
+    assert out["pair"]["acc_barrier"] == pytest.approx(0.0, abs=1e-9)
+    assert out["to_mean"]["loss_barrier"] == pytest.approx(0.0, abs=1e-6)
+    rec = run(tiny("population.size=2", "trainer.epochs=4", "trainer.batch_size=32"))  # independent inits
+    lmc = rec["metrics"]["lmc"]
+    assert lmc["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert lmc["pair"]["loss_barrier"] > 0.1 and lmc["pair"]["acc_barrier"] > 0.05

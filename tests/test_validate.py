@@ -26,7 +26,7 @@ def test_the_defaults_and_every_method_at_its_defaults_are_valid():
         (["+model.depth=3"], "unknown key model.depth (did you mean 'model.width'?)"),
         (["method=wash", "method.p=abc"], "method.p=abc must be a number (default 0.01)"),
         (["trainer.epochs=2.5"], "trainer.epochs=2.5 must be an integer (default 10)"),
-        (["method.name=wash"], "method 'wash' lacks its settings p, schedule, shuffle_buffers"),
+        (["method.name=wash"], "method 'wash' lacks its settings p, schedule, convention, lr_scaled, shuffle_buffers"),
         (["method=wash", "method.p=2"], "wash p must be in [0, 1], got 2.0"),
         (["method=twa", "data.heldout_fraction=0"], "twa variant v trains on the held-out split"),
         (["method=soups", "data.heldout_fraction=0"], "soups needs a held-out split"),

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from wab.augment import Normalizer
 from wab.data import DataSplits, ImageSet
+from wab.lmc import connectivity
 from wab.population import Population
 
 ECE_BINS = 15
@@ -109,14 +110,19 @@ class Evaluator:
         recalibrate_finals: bool = True,
         progress: bool = False,
         keep: dict[str, dict[str, Tensor]] | None = None,
+        diagnose: bool = False,
+        lmc_points: int = 0,
     ) -> dict:
         """Every metric of one evaluation on the test split (see README, final.json). With ``keep``,
         the state_dicts of the delivered models (``avg_bn`` and each final model, as evaluated)
-        are stored in it."""
+        are stored in it. ``diagnose`` (the final evaluation) also measures each member after
+        recalibrating its own BatchNorm statistics (``members_recal``) and, with ``lmc_points``
+        >= 2, the members' linear mode connectivity (:mod:`wab.lmc`)."""
         finals = finals or {}
-        bar = tqdm(
-            total=population.size + 2 + len(finals), desc="evaluating", leave=False, disable=None if progress else True
-        )
+        n = population.size
+        extra = n + (1 + n) * max(lmc_points - 2, 0) if diagnose else 0
+        bar = tqdm(total=n + 2 + len(finals) + extra, desc="evaluating", leave=False,
+                   disable=None if progress else True)  # fmt: skip
         with bar:
             y = self.data.test.y
             logits = []  # [N, M, C], computed once for every member and ensemble metric
@@ -153,6 +159,7 @@ class Evaluator:
                 if keep is not None:
                     keep[name] = model.state_dict()
                 bar.update()
+            diagnostics = self._diagnostics(population, avg_bn, lmc_points, bar) if diagnose else {}
         final_name = next(iter(final), "avg_bn")
         primary = final.get(final_name, avg_bn)
         out = {
@@ -181,5 +188,22 @@ class Evaluator:
             "disagreement": disagreement,
             "distance_to_mean": population.distance_to_mean(),
             "final": final,
+            **diagnostics,
         }
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+    def _diagnostics(self, population: Population, avg_bn: dict, lmc_points: int, bar: tqdm) -> dict:
+        """Each member after recalibrating its own BN statistics, and the LMC diagnostics."""
+
+        def evaluate(state) -> dict:
+            bar.update()
+            return self.metrics(self.recalibrate_bn(population.model_from(*state)))
+
+        bar.set_description("recalibrating BN of each member")
+        members = [evaluate(population.member_state(i)) for i in range(population.size)]
+        accs = [m["acc"] for m in members]
+        out: dict = {"members_recal": accs, "members_recal_mean": sum(accs) / len(accs)}
+        if lmc_points >= 2:
+            bar.set_description("linear mode connectivity")
+            out["lmc"] = connectivity(population, evaluate, lmc_points, members, avg_bn)
+        return out

@@ -60,6 +60,14 @@ class RunState:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def lr_of(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): ``lr_of(run.step)`` in
+        ``after_step`` is the lr of the next step, the value a scheduler stepped after the
+        optimizer reports (PAPA's code reads it there)."""
+        from wab.optim import lr_at
+
+        return lr_at(step, self.total_steps, self.steps_per_epoch, self.cfg["optim"])
+
     def bar(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
         """``iterable`` with a progress bar when the run shows progress (a long ``finalize``)."""
         return tqdm(iterable, desc=desc, total=total, leave=False, disable=None if self.progress else True)
@@ -103,6 +111,11 @@ class Method:
 
     def state_dict(self) -> dict:
         """What the method must carry over a checkpoint (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def report(self) -> dict:
+        """What the method did, for the run's final.json (``method_report``): merges, repairs,
+        the step its final model was chosen at... Numbers, strings, lists and dicts."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

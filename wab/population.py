@@ -275,6 +275,18 @@ class Population:
                 named_b[seg.name].copy_(seg.view(buffers[seg.group][seg.start : seg.stop]))
         return model
 
+    @torch.no_grad()
+    def state_of(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        """The flat (params per group, buffers per group) of a standalone module of this
+        architecture (the inverse of :meth:`model_from`)."""
+        params = [torch.empty(p.shape[1], dtype=p.dtype, device=self.device) for p in self.params]
+        buffers = [torch.empty(b.shape[1], dtype=b.dtype, device=self.device) for b in self.buffers]
+        named_p, named_b = dict(model.named_parameters()), dict(model.named_buffers())
+        for segments, flat, named in ((self.param_segments, params, named_p), (self.buffer_segments, buffers, named_b)):
+            for seg in segments:
+                seg.view(flat[seg.group][seg.start : seg.stop]).copy_(named[seg.name])
+        return params, buffers
+
     def average_model(self) -> nn.Module:
         """The uniform average (buffers averaged) as a standalone module; not counted as traffic."""
         return self.model_from(*self.mean(include_buffers=True, record=False))

@@ -24,6 +24,7 @@ NOT_HASHED = (
     ("data", "download"),
     ("trainer", "progress"),
     ("trainer", "save_models"),
+    ("trainer", "lmc_points"),
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
     ("trainer", "compile"),

@@ -126,6 +126,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease) -> dict:
         "epochs": trainer.state.epoch if trainer else 0,
         "metrics": {**dict.fromkeys(METRIC_KEYS), **metrics, "final": metrics.get("final", {})},
         "comm": trainer.comm() if trainer else {},
+        "method_report": trainer.method.report() if trainer else {},
         **{k: v for k, v in record.items() if k != "status"},
         "wab_version": wab.__version__,
         "torch_version": torch.__version__,

@@ -336,8 +336,9 @@ class Trainer:
                 finals.update(fn(self.state))
         states: dict[str, dict] | None = {} if final and self.cfg["trainer"].get("save_models", True) else None
         metrics = self.evaluator.evaluate(
-            self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states
-        )
+            self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
+            diagnose=final, lmc_points=int(self.cfg["trainer"].get("lmc_points", 5)),
+        )  # fmt: skip
         if states is not None:
             save_models(self.dir, states, self.model_meta(metrics["final_model"]))
         self.population.train()
