@@ -18,7 +18,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
 _KNOWN_COLORS = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0)]  # one distinct colour per known method
 _OTHER_COLORS = plt.get_cmap("Dark2").colors
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8"]  # variants of one method: same colour, other marker
+# variants of one method: same colour, other marker
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8"]
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
