@@ -47,12 +47,13 @@ class Aswa(Method):
     needs_heldout = True
 
     def setup(self, run: RunState) -> None:
-        pop = run.population
+        pop = self.pop = run.population
+        held = len(pop.members)  # each process keeps the averages of the members it holds
         self.params = [torch.zeros_like(p) for p in pop.params]
         self.buffers = [torch.zeros_like(b) for b in pop.buffers]
-        self.n = [0] * pop.size
-        self.acc = [0.0] * pop.size
-        self.decisions: list[list[str]] = [[] for _ in range(pop.size)]
+        self.n = [0] * held
+        self.acc = [0.0] * held
+        self.decisions: list[list[str]] = [[] for _ in range(held)]
 
     def _model(self, run: RunState, params, buffers):
         return run.population.model_from(params, buffers)
@@ -60,48 +61,56 @@ class Aswa(Method):
     @torch.no_grad()
     def after_epoch(self, run: RunState) -> None:
         pop, ev = run.population, run.evaluator
-        for i in range(pop.size):
-            theta_p, theta_b = pop.member_state(i)
-            if self.n[i] == 0:
-                self._store(i, theta_p, theta_b, 1, ev.accuracy(self._model(run, theta_p, theta_b)))
-                self.decisions[i].append("first")
+        for k, (theta_p, theta_b) in enumerate(pop.local_states()):  # no communication: per member
+            if self.n[k] == 0:
+                self._store(k, theta_p, theta_b, 1, ev.accuracy(self._model(run, theta_p, theta_b)))
+                self.decisions[k].append("first")
                 continue
-            v_run = ev.accuracy(pop.members[i])
-            n = self.n[i]
-            prov_p = [(n * a[i] + t) / (n + 1) for a, t in zip(self.params, theta_p)]
-            prov_b = [(n * a[i] + t) / (n + 1) for a, t in zip(self.buffers, theta_b)]
+            v_run = ev.accuracy(pop.members[k])
+            n = self.n[k]
+            prov_p = [(n * a[k] + t) / (n + 1) for a, t in zip(self.params, theta_p)]
+            prov_b = [(n * a[k] + t) / (n + 1) for a, t in zip(self.buffers, theta_b)]
             v_prov = ev.accuracy(self._model(run, prov_p, prov_b))
-            decision = aswa_decision(v_run, v_prov, self.acc[i])
+            decision = aswa_decision(v_run, v_prov, self.acc[k])
             if decision == "hard":
-                self._store(i, theta_p, theta_b, 1, v_run)
+                self._store(k, theta_p, theta_b, 1, v_run)
             elif decision == "soft":
-                self._store(i, prov_p, prov_b, n + 1, v_prov)
-            self.decisions[i].append(decision)
+                self._store(k, prov_p, prov_b, n + 1, v_prov)
+            self.decisions[k].append(decision)
 
-    def _store(self, i: int, params, buffers, n: int, acc: float) -> None:
+    def _store(self, k: int, params, buffers, n: int, acc: float) -> None:
         for a, v in zip(self.params + self.buffers, list(params) + list(buffers)):
-            a[i].copy_(v)
-        self.n[i], self.acc[i] = n, acc
+            a[k].copy_(v)
+        self.n[k], self.acc[k] = n, acc
 
     def finalize(self, run: RunState) -> dict:
         pop = run.population
+        params, buffers = [pop.all_rows(a) for a in self.params], [pop.all_rows(b) for b in self.buffers]
+        n = pop.all_members(self.n)
         return {
-            f"aswa_{i}": self._model(run, [a[i] for a in self.params], [b[i] for b in self.buffers])
-            if self.n[i]
+            f"aswa_{i}": self._model(run, [a[i] for a in params], [b[i] for b in buffers])
+            if n[i]
             else pop.model_from(*pop.member_state(i))
             for i in range(pop.size)
         }
 
+    def report(self) -> dict:
+        return {"decisions": self.pop.all_members(self.decisions)}
+
     def state_dict(self) -> dict:
+        pop = self.pop
         return {
-            "params": self.params,
-            "buffers": self.buffers,
-            "n": self.n,
-            "acc": self.acc,
-            "decisions": self.decisions,
+            "params": [pop.all_rows(a) for a in self.params],
+            "buffers": [pop.all_rows(b) for b in self.buffers],
+            "n": pop.all_members(self.n),
+            "acc": pop.all_members(self.acc),
+            "decisions": pop.all_members(self.decisions),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        pop = self.pop
         for a, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
-            a.copy_(v)
-        self.n, self.acc, self.decisions = list(state["n"]), list(state["acc"]), [list(d) for d in state["decisions"]]
+            a.copy_(pop.local_rows(v))
+        lo, hi = pop.local_indices.start, pop.local_indices.stop
+        self.n, self.acc = list(state["n"][lo:hi]), list(state["acc"][lo:hi])
+        self.decisions = [list(d) for d in state["decisions"][lo:hi]]

@@ -66,12 +66,7 @@ class Dart(Method):
     def after_step(self, run: RunState) -> None:
         pop = run.population
         if run.step <= self.warmup_steps:  # shared ERM warm-up: everyone follows member 0
-            params, buffers = pop.member_state(0)
-            for i in range(1, pop.size):
-                pop.load_member(i, params, buffers)
-            for g in range(len(pop.params)):
-                for state in pop.optimizer_state_rows(run.optimizer, g):
-                    state[1:] = state[0]
+            pop.copy_member_to_all(0, run.optimizer)
             return
         s = run.step - self.warmup_steps - 1  # the authors' 0-based step
         if s > 0 and s % self.every == 0:

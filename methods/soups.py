@@ -23,11 +23,21 @@ from torch import nn
 
 from wab.method import Method, RunState, register, register_finalizer
 
+Rows = tuple[list[torch.Tensor], list[torch.Tensor]]
 
-def _soup(run: RunState, ingredients: list[int]) -> nn.Module:
+
+def _gather(run: RunState) -> Rows:
+    """Every member's weights and buffers, gathered once for however many soups are made of them
+    (recorded once as ``soup_gather``: D per member)."""
     pop = run.population
-    idx = torch.tensor(ingredients, device=pop.device)
-    return pop.model_from([p[idx].mean(0) for p in pop.params], [b[idx].mean(0) for b in pop.buffers])
+    if "soup_gather" not in run.ledger.ops:
+        run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size())
+    return [pop.all_rows(p, "soup_gather") for p in pop.params], [pop.all_rows(b, "soup_gather") for b in pop.buffers]
+
+
+def _soup(run: RunState, rows: Rows, ingredients: list[int]) -> nn.Module:
+    idx = torch.tensor(ingredients, device=run.population.device)
+    return run.population.model_from([p[idx].mean(0) for p in rows[0]], [b[idx].mean(0) for b in rows[1]])
 
 
 def _heldout_accuracy(run: RunState, model: nn.Module, bn: str) -> float:
@@ -36,30 +46,27 @@ def _heldout_accuracy(run: RunState, model: nn.Module, bn: str) -> float:
     return run.evaluator.accuracy(model, "heldout")
 
 
-def _gather(run: RunState) -> None:
-    """Every member's weights travel once, however many soups are made of them."""
-    if "soup_gather" not in run.ledger.ops:
-        pop = run.population
-        run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size())
+def _uniform(run: RunState, rows: Rows) -> dict[str, nn.Module]:
+    return {"uniform_soup": _soup(run, rows, list(range(run.population.size)))}
 
 
 @register_finalizer("uniform_soup")
 def uniform_soup(run: RunState) -> dict[str, nn.Module]:
     """The mean of every member."""
-    _gather(run)
-    return {"uniform_soup": _soup(run, list(range(run.population.size)))}
+    return _uniform(run, _gather(run))
 
 
-def greedy_ingredients(run: RunState, bn: str = "average") -> tuple[list[int], list[float]]:
+def greedy_ingredients(run: RunState, bn: str = "average", rows: Rows | None = None) -> tuple[list[int], list[float]]:
     """The members greedy soup keeps, and the held-out accuracy of the soup after each candidate."""
     pop = run.population
-    accs = [_heldout_accuracy(run, _soup(run, [i]), bn) for i in range(pop.size)]
+    rows = rows or _gather(run)
+    accs = [_heldout_accuracy(run, _soup(run, rows, [i]), bn) for i in range(pop.size)]
     # as model-soups: an ascending (stable) sort, reversed, so ties go to the later member first
     order = sorted(range(pop.size), key=lambda i: accs[i])[::-1]
     chosen, best = [order[0]], accs[order[0]]
     trace = [best]
     for i in order[1:]:
-        acc = _heldout_accuracy(run, _soup(run, [*chosen, i]), bn)
+        acc = _heldout_accuracy(run, _soup(run, rows, [*chosen, i]), bn)
         if acc > best:
             chosen.append(i)
             best = acc
@@ -67,12 +74,15 @@ def greedy_ingredients(run: RunState, bn: str = "average") -> tuple[list[int], l
     return chosen, trace
 
 
+def _greedy(run: RunState, rows: Rows) -> dict[str, nn.Module]:
+    chosen, _ = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")), rows)
+    return {"greedy_soup": _soup(run, rows, chosen)}
+
+
 @register_finalizer("greedy_soup", needs_heldout=True)
 def greedy_soup(run: RunState) -> dict[str, nn.Module]:
     """Members added in order of held-out accuracy while the soup strictly improves."""
-    _gather(run)
-    chosen, _ = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")))
-    return {"greedy_soup": _soup(run, chosen)}
+    return _greedy(run, _gather(run))
 
 
 @register("soups")
@@ -82,4 +92,5 @@ class Soups(Method):
     needs_heldout = True
 
     def finalize(self, run: RunState) -> dict[str, nn.Module]:
-        return {**greedy_soup(run), **uniform_soup(run)}
+        rows = _gather(run)
+        return {**_greedy(run, rows), **_uniform(run, rows)}

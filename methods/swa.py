@@ -30,7 +30,8 @@ class Swa(Method):
         if not 0.0 <= start <= 1.0 or self.cycle < 1:
             raise ValueError(f"swa start must be a fraction in [0, 1] and cycle >= 1, got {start}, {self.cycle}")
         self.start_epoch = max(1, math.ceil(start * run.epochs))  # 1-based, as swa_start in the authors' code
-        self.averages = [torch.zeros_like(p) for p in run.population.params]
+        self.pop = run.population
+        self.averages = [torch.zeros_like(p) for p in run.population.params]  # one row per member held here
         self.n = 0
 
     def after_epoch(self, run: RunState) -> None:
@@ -48,12 +49,13 @@ class Swa(Method):
         pop = run.population
         if self.n == 0:  # never reached swa_start: the members themselves
             return {f"swa_{i}": pop.model_from(*pop.member_state(i)) for i in range(pop.size)}
-        return {f"swa_{i}": pop.model_from([a[i] for a in self.averages]) for i in range(pop.size)}
+        full = [pop.all_rows(a) for a in self.averages]
+        return {f"swa_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
 
     def state_dict(self) -> dict:
-        return {"averages": self.averages, "n": self.n}
+        return {"averages": [self.pop.all_rows(a) for a in self.averages], "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
         for a, s in zip(self.averages, state["averages"]):
-            a.copy_(s)
+            a.copy_(self.pop.local_rows(s))
         self.n = int(state["n"])

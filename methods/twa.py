@@ -102,13 +102,13 @@ class Twa(Method):
 
     def after_epoch(self, run: RunState) -> None:
         if self.source != "members" and run.epoch + 1 >= self.snapshot_start:
-            self.snapshots.extend(run.population.params[0].clone())
+            self.snapshots.extend(run.population.all_rows(run.population.params[0]).clone())
 
     def candidates(self, run: RunState) -> Tensor:
         pop = run.population
-        members = list(pop.params[0]) if self.source != "snapshots" else []
+        members = list(pop.all_rows(pop.params[0])) if self.source != "snapshots" else []
         snaps = self.snapshots if self.source != "members" else []
-        return torch.stack([*members, *snaps]) if members or snaps else pop.params[0].clone()
+        return torch.stack([*members, *snaps]) if members or snaps else pop.all_rows(pop.params[0]).clone()
 
     def _batches(self, run: RunState, split: str, batch_size: int):
         """Full batches of a split in a fresh random order (at least one batch)."""

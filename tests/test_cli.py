@@ -84,8 +84,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_to_the_same_resu
     cmd = [*WAB, "train", *SLOW, f"out_dir={out}"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 120
-    while time.time() < deadline and not rd.read_metrics():
+    while time.time() < deadline and not (rd.read_metrics() and rd.checkpoint.exists()):
         time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch's steps
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err

@@ -173,12 +173,13 @@ def test_no_reachable_controller_is_one_line_and_nothing_is_submitted(tmp_path):
 SLOW = [*TINY[:-3], "trainer.epochs=6", "trainer.batch_size=16", "model.width=8", "device=cpu"]
 
 
-def reference_run(tmp_path, planned):
-    """The uninterrupted run, with the threads the jobs use (the same threads, the same sums)."""
+def reference_run(tmp_path, planned, config=None):
+    """The uninterrupted run (of ``config``, default the planned one's), with the threads the
+    jobs use (the same threads, the same sums)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(RESOURCES["cpus_per_task"])
     try:
-        return run({**planned.config, "out_dir": str(tmp_path / "reference" / planned.run_id)})
+        return run({**(config or planned.config), "out_dir": str(tmp_path / "reference" / planned.run_id)})
     finally:
         torch.set_num_threads(threads)
 
@@ -280,7 +281,7 @@ def test_wab_cancel_stops_a_sweep(tmp_path):
 
 
 def test_a_run_out_of_requeues_says_so_in_its_log(tmp_path):
-    base = [*SLOW[:-1], "trainer.epochs=40", "device=cpu"]
+    base = [*SLOW[:-1], "trainer.epochs=400", "device=cpu"]  # far longer than its time limit
     spec = sweep(tmp_path, "budget", {"seed": [0]}, base=base, timeout_min=1, signal_delay_s=45, max_requeues=0)
     (planned,) = plan(spec)
     launch(spec, "slurm")
@@ -289,3 +290,23 @@ def test_a_run_out_of_requeues_says_so_in_its_log(tmp_path):
     assert "stop requested: checkpoint saved at step" in log
     assert "the job gives up: Job not requeued because: timed-out too many times" in log
     assert "Launch the sweep again to continue" in log
+
+
+def test_a_distributed_run_spans_two_slurm_tasks(tmp_path):
+    from .test_distributed import _close
+
+    base = [*TINY[:3], "population.size=4", "trainer.epochs=2", "trainer.batch_size=128", "method=wash",
+            "method.p=0.1", "device=cpu", "population.backend=distributed"]  # fmt: skip
+    spec = sweep(tmp_path, "dist", {"seed": [0]}, base=base, tasks_per_node=2)
+    (planned,) = plan(spec)
+    local = {**planned.config, "population": {**planned.config["population"], "backend": "local"}}
+    reference = reference_run(tmp_path, planned, local)
+    result = launch(spec, "slurm")
+    assert len(result.submitted) == 1
+    (row,) = wait(spec, finished, 600)
+    final = json.loads(planned.dir.final.read_text())
+    assert row.state == "done", final.get("error")
+    assert final["comm"]["measured"]["processes"] == 2
+    final["comm"].pop("measured")
+    _close(final["metrics"], reference["metrics"])
+    _close(final["comm"], reference["comm"])

@@ -74,15 +74,20 @@ def _summary(record: dict) -> str:
 
 def train_one(overrides: list[str]) -> int:
     """``wab train`` without -m: check the config, then train (or resume) its run."""
-    from wab.run import run, run_dir_for
+    from wab.run import process_group, run, run_dir_for
     from wab.trainer import Interrupted
     from wab.validate import compose_checked, validate
 
     cfg = compose_checked(overrides)
     validate(cfg)
+    group = process_group(cfg)
+    if group.rank != 0:  # another process of a distributed run: the main one reports
+        return _follow(cfg)
     rd = run_dir_for(cfg)
     state = rd.state()
     if state in ("done", "diverged"):
+        if group.world > 1:
+            run(cfg)  # the other processes wait for the main one's word that there is nothing to do
         print(f"already {state}: {rd.path} (nothing to do; delete the directory to train it again)")
         if line := _summary(rd.read_final() or {}):
             print(line)
@@ -105,6 +110,19 @@ def train_one(overrides: list[str]) -> int:
     if line := _summary(record):
         print(line)
     return 0
+
+
+def _follow(cfg: dict) -> int:
+    """A non-main process of a distributed run: train, quietly; its exit status follows the run."""
+    from wab.run import run
+    from wab.trainer import Interrupted
+
+    try:
+        with _ctrl_c_checkpoints():
+            record = run(cfg)
+    except (Interrupted, KeyboardInterrupt):
+        return INTERRUPTED
+    return 1 if record.get("status") in ("failed", "lost") else 0
 
 
 def train_multirun(overrides: list[str]) -> int:

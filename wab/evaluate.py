@@ -130,7 +130,7 @@ class Evaluator:
                 bar.set_description(f"evaluating member {i}")
                 logits.append(self.logits(m))
                 bar.update()
-            logits = torch.stack(logits)
+            logits = population.all_rows(torch.stack(logits))  # every member's, from every process
             probs = logits.softmax(2)
             members = [prob_metrics(p, y) for p in probs]
             accs = [m["acc"] for m in members]
@@ -200,7 +200,7 @@ class Evaluator:
             return self.metrics(self.recalibrate_bn(population.model_from(*state)))
 
         bar.set_description("recalibrating BN of each member")
-        members = [evaluate(population.member_state(i)) for i in range(population.size)]
+        members = population.all_members([evaluate(state) for state in population.local_states()])
         accs = [m["acc"] for m in members]
         out: dict = {"members_recal": accs, "members_recal_mean": sum(accs) / len(accs)}
         if lmc_points >= 2:

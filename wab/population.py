@@ -5,8 +5,14 @@ tensor and whose gradients are views into one flat [N, P] gradient tensor, so on
 the flat tensor steps every member at once. Floating buffers (BatchNorm running statistics) live
 in a flat [N, B] tensor the same way. Every collective operation (mean, average into members,
 lerp toward the mean, mixing, permuting elements across members) is a method here and records
-what one member would send in the communication ledger, so a later backend that spreads members
-over ``torch.distributed`` ranks can implement the same calls and methods never change.
+what one member would send in the communication ledger.
+
+With a distributed communicator (``population.backend=distributed``, :mod:`wab.distributed`)
+each process holds a contiguous slice of the members (:func:`member_slice`) in the same flat
+[n_local, P] layout, and the same calls are collectives: the mean is a float64 all-reduce, a
+shuffle all-gathers only the selected values, a mix all-gathers the rows, one member's state is
+broadcast from the process that holds it. This module is the only place that knows where members
+live; methods call the same operations in both backends.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from wab.device import to_device
+from wab.distributed import LocalComm
 from wab.ledger import CommLedger
 
 _MEAN_CHUNK = 1 << 16
@@ -47,25 +54,39 @@ class Segment:
         return flat.view(self.shape)
 
 
-def order_invariant_mean(x: Tensor) -> Tensor:
-    """Mean over dim 0 that does not depend on the order of the rows.
+def row_sum64(x: Tensor) -> Tensor:
+    """The float64 sum of the rows of x, in row order.
 
-    The rows are summed in float64, where the partial sums of a few float32 values are exact
-    (whenever the values of one column lie within 2^26 of each other in magnitude), so permuting
-    values across members leaves the result bit-identical. On CPU the sum runs in column chunks
-    that stay in cache (as fast as ``x.mean(0)``); on CUDA in one float64 reduction.
+    The partial sums of a few float32 values are exact in float64 (whenever the values of one
+    column lie within 2^26 of each other in magnitude), so the result does not depend on the
+    order of the rows, nor on how they are split among processes before an all-reduce. On CPU
+    the sum runs in column chunks that stay in cache; on CUDA in one reduction.
     """
-    n = x.shape[0]
     if x.device.type != "cpu":
-        return (x.sum(0, dtype=torch.float64) / n).to(x.dtype)
-    out = torch.empty(x.shape[1:], dtype=x.dtype, device=x.device)
+        return x.sum(0, dtype=torch.float64)
+    out = torch.empty(x.shape[1:], dtype=torch.float64, device=x.device)
     for a in range(0, x.shape[1], _MEAN_CHUNK):
         block = x[:, a : a + _MEAN_CHUNK]
-        acc = block[0].double()
-        for i in range(1, n):
+        acc = block[0].double() if len(block) else torch.zeros(block.shape[1:], dtype=torch.float64)
+        for i in range(1, len(block)):
             acc.add_(block[i])
-        out[a : a + _MEAN_CHUNK] = acc.div_(n)
+        out[a : a + _MEAN_CHUNK] = acc
     return out
+
+
+def order_invariant_mean(x: Tensor) -> Tensor:
+    """Mean over dim 0 that does not depend on the order of the rows (:func:`row_sum64`)."""
+    return (row_sum64(x) / x.shape[0]).to(x.dtype)
+
+
+def member_slice(n: int, rank: int, world: int) -> range:
+    """The members process ``rank`` of ``world`` holds: a contiguous slice, the first n % world
+    processes holding one more."""
+    if world > n:
+        raise ValueError(f"population.size={n} is smaller than the {world} processes: each must hold a member")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
 
 
 def _flatten_into(
@@ -95,17 +116,24 @@ class Population:
         device: torch.device | str = "cpu",
         ledger: CommLedger | None = None,
         channels_last: bool = False,
+        comm: LocalComm | None = None,
     ) -> None:
-        """``channels_last`` stores 4-D (convolution) weights in channels-last order, the layout
-        fast convolutions on CUDA want; the flat tensors and every operation are unchanged."""
+        """``seeds``: one per member of the whole population. ``channels_last`` stores 4-D
+        (convolution) weights in channels-last order, the layout fast convolutions on CUDA want;
+        the flat tensors and every operation are unchanged. ``comm`` (default: this process
+        alone) decides which members this process holds."""
         if len(seeds) < 1:
             raise ValueError(f"population size must be >= 1, got {len(seeds)} seeds")
         self.build_member = build_member
         self.device = torch.device(device)
         self.ledger = ledger if ledger is not None else CommLedger()
-        self.members: list[nn.Module] = []
+        self.comm = comm if comm is not None else LocalComm()
+        self._size = len(seeds)
+        self.local_indices = member_slice(self._size, self.comm.rank, self.comm.world)
+        self._counts = [len(member_slice(self._size, r, self.comm.world)) for r in range(self.comm.world)]
+        self.members: list[nn.Module] = []  # this process's members, global indices local_indices
         meta = self.device.type == "meta"  # a dry build (validation): no initialisation, no memory
-        for seed in seeds:
+        for seed in [seeds[i] for i in self.local_indices]:
             torch.manual_seed(seed)
             with torch.device("meta") if meta else contextlib.nullcontext():
                 self.members.append(build_member().to(self.device))
@@ -140,7 +168,24 @@ class Population:
     # ----------------------------------------------------------------------------------- sizes
     @property
     def size(self) -> int:
-        return len(self.members)
+        """N: members of the whole population (``len(members)`` are held here)."""
+        return self._size
+
+    def owner(self, i: int) -> int:
+        """The rank that holds member i."""
+        return next(r for r in range(self.comm.world) if i in member_slice(self._size, r, self.comm.world))
+
+    def all_rows(self, local: Tensor, op: str = "") -> Tensor:
+        """A tensor with one row per local member, as [N, ...] rows of every member."""
+        return self.comm.all_gather_rows(local, self._counts, op)
+
+    def local_rows(self, full: Tensor) -> Tensor:
+        """The rows of this process's members, out of [N, ...] rows of every member."""
+        return full[self.local_indices.start : self.local_indices.stop]
+
+    def all_members(self, values: list) -> list:
+        """A list with one entry per local member, as the list over every member."""
+        return [v for part in self.comm.all_gather_objects(list(values)) for v in part]
 
     @property
     def num_params(self) -> int:
@@ -178,16 +223,22 @@ class Population:
 
         ``record=False`` is for evaluation, which is not part of a method's communication.
         """
-        params = [order_invariant_mean(p) for p in self.params]
-        buffers = [order_invariant_mean(b) for b in self.buffers] if include_buffers else []
+        op = "mean" if record else ""
+        params = [self._mean(p, op) for p in self.params]
+        buffers = [self._mean(b, op) for b in self.buffers] if include_buffers else []
         if record:
             self._record("mean", include_buffers)
         return params, buffers
 
+    def _mean(self, flat: Tensor, op: str) -> Tensor:
+        total = self.comm.all_reduce_sum(row_sum64(flat), op)
+        return (total / self._size).to(flat.dtype)
+
     @torch.no_grad()
     def average_into_members(self, include_buffers: bool = True) -> None:
         """Set every member to the uniform average (PAPA-all, DART)."""
-        params, buffers = self.mean(include_buffers, record=False)
+        params = [self._mean(p, "average_into_members") for p in self.params]
+        buffers = [self._mean(b, "average_into_members") for b in self.buffers] if include_buffers else []
         for flat, m in zip(self.params + self.buffers, params + buffers):
             flat.copy_(m.expand_as(flat))
         self._record("average_into_members", include_buffers)
@@ -197,7 +248,8 @@ class Population:
         """theta_i <- theta_i + weight * (mean - theta_i) for every member (PAPA's pull)."""
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"lerp weight must be in [0, 1], got {weight}")
-        params, buffers = self.mean(include_buffers, record=False)
+        params = [self._mean(p, "lerp_toward_mean") for p in self.params]
+        buffers = [self._mean(b, "lerp_toward_mean") for b in self.buffers] if include_buffers else []
         for flat, m in zip(self.params + self.buffers, params + buffers):
             flat.lerp_(m.expand_as(flat), weight)
         self._record("lerp_toward_mean", include_buffers)
@@ -208,8 +260,15 @@ class Population:
         n = self.size
         if tuple(weights.shape) != (n, n):
             raise ValueError(f"mixing matrix must be {n}x{n}, got shape {tuple(weights.shape)}")
+        w = weights.double().tolist()
         for flat in self.params + (self.buffers if include_buffers else []):
-            flat.copy_(weights.to(flat) @ flat)
+            full = self.all_rows(flat, op)  # every member's row, to mix from
+            out = torch.zeros(flat.shape, dtype=torch.float64, device=flat.device)
+            for k, i in enumerate(self.local_indices):  # float64, members in order: the same in any backend
+                for j in range(n):
+                    if w[i][j]:
+                        out[k].add_(full[j].double(), alpha=w[i][j])
+            flat.copy_(out.to(flat.dtype))
         self._record(op, include_buffers)
 
     def optimizer_state_rows(self, optimizer: torch.optim.Optimizer, group: int) -> list[Tensor]:
@@ -241,24 +300,58 @@ class Population:
         if optimizer is not None and not buffers:
             targets += self.optimizer_state_rows(optimizer, group)
         src = to_device(perms.t(), self.device)
-        for t in targets:
-            t[:, columns] = t[:, columns].gather(0, src)
+        lo, hi = self.local_indices.start, self.local_indices.stop
+        op = "permute_buffers" if buffers else "permute_elements"
+        for t in targets:  # only the selected values travel
+            t[:, columns] = self.all_rows(t[:, columns], op).gather(0, src)[lo:hi]
         identity = torch.arange(self.size, device=perms.device)
         moved = (perms != identity).sum().item() / self.size
-        op = "permute_buffers" if buffers else "permute_elements"
         self.ledger.record(op, moved * len(targets), targets[0].element_size())
 
     # ------------------------------------------------------------------------- one member
+    def _local(self, i: int) -> int | None:
+        return i - self.local_indices.start if i in self.local_indices else None
+
     def member_state(self, i: int) -> tuple[list[Tensor], list[Tensor]]:
-        """A copy of member i's (params per group, buffers per group)."""
-        return [p[i].clone() for p in self.params], [b[i].clone() for b in self.buffers]
+        """A copy of member i's (params per group, buffers per group), on every process (sent
+        from the process that holds it)."""
+        k, src = self._local(i), self.owner(i)
+        out = []
+        for flats in (self.params, self.buffers):
+            rows = [f[k].clone() if k is not None else torch.empty_like(f[0]) for f in flats]
+            out.append([self.comm.broadcast(r, src) for r in rows])
+        return out[0], out[1]
+
+    def local_states(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """Copies of the (params, buffers) of the members this process holds, in member order
+        (work on each member that needs no communication)."""
+        return [([p[k].clone() for p in self.params], [b[k].clone() for b in self.buffers]) for k in
+                range(len(self.members))]  # fmt: skip
 
     @torch.no_grad()
     def load_member(self, i: int, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> None:
+        """Set member i (on the process that holds it; the others do nothing)."""
+        k = self._local(i)
+        if k is None:
+            return
         for flat, v in zip(self.params, params):
-            flat[i].copy_(v)
+            flat[k].copy_(v)
         for flat, v in zip(self.buffers, buffers or []):
-            flat[i].copy_(v)
+            flat[k].copy_(v)
+
+    @torch.no_grad()
+    def copy_member_to_all(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Every member becomes a copy of member i, with its optimizer state when given (DART's
+        shared warm-up)."""
+        params, buffers = self.member_state(i)
+        for flat, v in zip(self.params + self.buffers, params + buffers):
+            flat.copy_(v.expand_as(flat))
+        if optimizer is not None:
+            k, src = self._local(i), self.owner(i)
+            for g in range(len(self.params)):
+                for state in self.optimizer_state_rows(optimizer, g):
+                    row = state[k].clone() if k is not None else torch.empty_like(state[0])
+                    state.copy_(self.comm.broadcast(row, src).expand_as(state))
 
     @torch.no_grad()
     def model_from(self, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> nn.Module:
@@ -296,18 +389,45 @@ class Population:
         """Mean over members of the L2 distance of their parameters to the population mean."""
         means, _ = self.mean(include_buffers=False, record=False)
         sq = sum(((p - m) ** 2).sum(1, dtype=torch.float64) for p, m in zip(self.params, means))
-        return float(sq.sqrt().mean())
+        return float(self.all_rows(sq.sqrt()).mean())
 
     # --------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
+        """Every member's state (gathered from every process): the same in any backend."""
         other = [{k: b.clone() for k, b in m.named_buffers() if not b.is_floating_point()} for m in self.members]
-        return {"params": self.params, "buffers": self.buffers, "other_buffers": other}
+        return {
+            "params": [self.all_rows(p) for p in self.params],
+            "buffers": [self.all_rows(b) for b in self.buffers],
+            "other_buffers": self.all_members(other),
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        """Load every member's state; this process keeps its members' rows."""
+        lo, hi = self.local_indices.start, self.local_indices.stop
         for flat, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
-            flat.copy_(v)
-        for member, other in zip(self.members, state["other_buffers"]):
+            flat.copy_(v[lo:hi])
+        for member, other in zip(self.members, state["other_buffers"][lo:hi]):
             named = dict(member.named_buffers())
             for k, v in other.items():
                 named[k].copy_(v)
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's state with every member's rows (gathered)."""
+        sd = optimizer.state_dict()
+        sd["state"] = {k: dict(st) for k, st in sd["state"].items()}  # state_dict() shares the live tensors
+        n_local = len(self.members)
+        for st in sd["state"].values():
+            for key, v in st.items():
+                if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == n_local and v.dim() == 2:
+                    st[key] = self.all_rows(v)
+        return sd
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
+        """Load an optimizer state saved by :meth:`optimizer_state_dict`; keep this process's rows."""
+        lo, hi = self.local_indices.start, self.local_indices.stop
+        for st in sd["state"].values():
+            for key, v in st.items():
+                if torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == self._size:
+                    st[key] = v[lo:hi]
+        optimizer.load_state_dict(sd)

@@ -22,6 +22,7 @@ NOT_HASHED = (
     ("device",),
     ("data", "root"),
     ("data", "download"),
+    ("population", "backend"),
     ("trainer", "progress"),
     ("trainer", "save_models"),
     ("trainer", "lmc_points"),

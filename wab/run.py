@@ -24,7 +24,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import wab
-from wab.lease import Lease, LeaseLost
+from wab.distributed import LocalComm
+from wab.distributed import init as init_distributed
+from wab.lease import Lease, LeaseLost, RunLeased
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
 
@@ -47,27 +49,52 @@ def run_dir_for(cfg: dict | DictConfig) -> RunDir:
     return RunDir(Path(cfg["out_dir"]) / run_id(cfg))
 
 
+def process_group(cfg: dict[str, Any]) -> LocalComm:
+    """This process's communicator: joins the process group of a distributed run."""
+    if cfg["population"].get("backend", "local") == "distributed":
+        return init_distributed(str(cfg.get("device", "auto")))
+    return LocalComm()
+
+
 def run(cfg: dict | DictConfig) -> dict:
     """Train the run described by ``cfg`` (resuming it if it has a checkpoint) and return its
-    final record; a run already done is returned as it is."""
+    final record; a run already done is returned as it is. In a distributed run every process
+    calls this; the main process (rank 0) holds the lease and writes the records."""
     cfg = plain_config(cfg)
     rd = run_dir_for(cfg)
-    if _finished(rd):
-        return rd.read_final() or {"status": "done"}
-    rd.path.mkdir(parents=True, exist_ok=True)
-    lease = Lease(rd.path).acquire()
+    group = process_group(cfg)
+    main = group.rank == 0
+    decision, lease, leased = "train", None, None
+    if main:
+        if _finished(rd):
+            decision = "done"
+        else:
+            rd.path.mkdir(parents=True, exist_ok=True)
+            try:
+                lease = Lease(rd.path).acquire()
+            except RunLeased as e:
+                decision, leased = "leased", e
+            else:
+                if _finished(rd):  # finished by the process whose lease we just followed
+                    decision = "done"
+    decision = group.all_gather_objects(decision)[0]  # every process follows the main one
     try:
-        if _finished(rd):  # finished by the process whose lease we just followed
+        if decision == "done":
             return rd.read_final() or {"status": "done"}
-        if not rd.config.exists():
+        if decision == "leased":
+            if leased is not None:
+                raise leased
+            return {"status": "leased"}
+        if main and not rd.config.exists():
             atomic_write_text(rd.config, yaml.safe_dump(cfg, sort_keys=False))
-        with _run_log(rd):
-            if rd.done.exists():  # finished, but its record is unreadable: write it again
+        with _run_log(rd) if main else contextlib.nullcontext():
+            if main and rd.done.exists():  # finished, but its record is unreadable: write it again
                 log.warning("%s: %s; writing it again from the run's last checkpoint", rd.path.name, rd.final_problem())
                 rd.done.unlink()
-            return _train(cfg, rd, lease)
+            return _train(cfg, rd, lease, main)
     finally:
-        lease.release()
+        if lease is not None:
+            lease.release()
 
 
 def _finished(rd: RunDir) -> bool:
@@ -88,7 +115,7 @@ def _run_log(rd: RunDir) -> Iterator[None]:
         handler.close()
 
 
-def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease) -> dict:
+def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = True) -> dict:
     t0 = time.perf_counter()
     trainer: Trainer | None = None
     record: dict[str, Any] = {"status": "done"}
@@ -131,6 +158,8 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease) -> dict:
         "wab_version": wab.__version__,
         "torch_version": torch.__version__,
     }
+    if not main:
+        return record
     atomic_write_json(rd.final, record)
     if record["status"] in ("done", "diverged"):
         atomic_write_text(rd.done, "")

@@ -48,6 +48,8 @@ RESOURCE_DEFAULTS: dict[str, Any] = {
     "account": None,
     "qos": None,
     "gpus_per_node": 0,
+    "nodes": 1,  # a distributed run (population.backend=distributed) spans nodes x tasks_per_node processes
+    "tasks_per_node": 1,  # one process per GPU
     "cpus_per_task": 1,
     "mem_gb": 4,
     "timeout_min": 60,
@@ -196,7 +198,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __call__(self, cfg: dict[str, Any], threads: int = 0) -> str:
         set_threads(threads)
-        _link_job_logs(cfg)
+        if cfg["population"].get("backend") == "distributed":  # one task per process of the run
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if int(os.environ.get("RANK", 0)) == 0:
+            _link_job_logs(cfg)
         with job_signals(lambda: cfg):
             return _run_unless_leased(cfg)
 
@@ -317,6 +322,8 @@ def make_executor(
     }
     if r["gpus_per_node"]:
         params["gpus_per_node"] = int(r["gpus_per_node"])
+    if cluster == "slurm" and (int(r["nodes"]) > 1 or int(r["tasks_per_node"]) > 1):
+        params["nodes"], params["tasks_per_node"] = int(r["nodes"]), int(r["tasks_per_node"])
     if cluster == "slurm":
         params["slurm_signal_delay_s"] = int(r["signal_delay_s"])
         params["slurm_array_parallelism"] = int(r["array_parallelism"])
@@ -387,6 +394,25 @@ def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict
     return {"jobs": {}, "workers": [j.job_id for j in jobs]}
 
 
+def process_problems(cfg: dict[str, Any], resources: dict[str, Any], cluster: str) -> list[str]:
+    """A run's processes must fit its population: several tasks need population.backend=
+    distributed (and at most one process per member), a distributed run needs SLURM tasks."""
+    if not cfg:
+        return []
+    processes = int(resources["nodes"]) * int(resources["tasks_per_node"])
+    backend = cfg["population"].get("backend", "local")
+    size = int(cfg["population"]["size"])
+    if processes > 1 and cluster != "slurm":
+        return [f"resources.nodes x tasks_per_node = {processes} processes need --cluster slurm"]
+    if processes > 1 and backend != "distributed":
+        return [f"{processes} tasks per run need population.backend=distributed (got {backend})"]
+    if backend == "distributed" and processes > size:
+        return [f"{processes} processes but population.size={size}: each process must hold a member"]
+    if backend == "distributed" and processes == 1:
+        return ["population.backend=distributed in a sweep needs resources.tasks_per_node (or nodes) > 1"]
+    return []
+
+
 def check_slurm(timeout: float = 15.0) -> None:
     """Raise a :class:`UserError` unless a SLURM controller answers ``sinfo`` within ``timeout`` s."""
     if not shutil.which("sbatch"):
@@ -421,6 +447,8 @@ def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
     if cluster == "local" and int(r["gpus_per_node"]) > _gpus_here():
         raise UserError(f"resources.gpus_per_node={r['gpus_per_node']} but this machine has {_gpus_here()} GPU(s)")
     runs = plan(spec, check=True, gpus=gpus)
+    for p in runs:
+        p.problems += process_problems(p.config, r, cluster)
     bad = [p for p in runs if p.problems]
     if bad:
         raise InvalidSweep(spec, bad, len(runs))

@@ -24,6 +24,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from wab.augment import Augment, Augmenter, Batch, Normalizer
 from wab.data import DataSplits, describe_data, load_data
 from wab.device import resolve_device, to_device
+from wab.distributed import BACKENDS, LocalComm
+from wab.distributed import init as init_distributed
 from wab.evaluate import Evaluator
 from wab.lease import Lease, LeaseLost
 from wab.ledger import CommLedger
@@ -117,11 +119,12 @@ def population_step(
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
     """One optimizer step of every member on its own batch (:func:`forward_backward`), as one
-    optimizer step of the flat tensor. Returns the summed loss (read back from the device only
-    when ``check_finite``; a non-finite loss skips the step)."""
+    optimizer step of the flat tensor. Returns the loss summed over every member of the
+    population (read back from the device only when ``check_finite``; a non-finite loss, on any
+    process, skips the step)."""
     population.zero_grad()
     total = forward_backward(population, batches, autocast_dtype)
-    loss = total.item() if check_finite else 0.0
+    loss = population.comm.all_reduce_sum(total.double().view(1)).item() if check_finite else 0.0
     if np.isfinite(loss):
         optimizer.step()
     return loss
@@ -136,8 +139,16 @@ class Trainer:
         self.cfg = cfg
         self.dir = run_dir
         self.dry = dry
-        self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         tcfg, pcfg, dcfg = cfg["trainer"], cfg["population"], cfg["data"]
+        backend = pcfg.get("backend", "local")
+        if backend not in BACKENDS:
+            raise ValueError(f"population.backend must be one of {BACKENDS}, got {backend!r}")
+        distributed = backend == "distributed" and not dry
+        self.group = init_distributed(cfg.get("device", "auto")) if distributed else LocalComm()
+        self.is_main = self.group.rank == 0  # the process that writes the run's records
+        self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
+        if self.device.type == "cuda" and distributed:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
         method_cls = get_method(cfg["method"]["name"])
         self.method: Method = method_cls(cfg["method"])
         self.hooks = method_cls.overridden_hooks()
@@ -185,7 +196,7 @@ class Trainer:
         amp = _auto(tcfg.get("amp", "auto"), cuda, "trainer.amp")
         self.autocast_dtype = torch.bfloat16 if amp else None
         self.ledger = CommLedger()
-        self.population = Population(build, seeds, self.device, self.ledger, channels_last=channels_last)
+        self.population = Population(build, seeds, self.device, self.ledger, channels_last, self.group)
         if tcfg.get("compile", False) and not dry:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * size)
             for member in self.population.members:
@@ -195,9 +206,10 @@ class Trainer:
         normalize = Normalizer(self.data.mean, self.data.std, self.device, channels_last)
         base = Augment.from_dict(dcfg.get("augment"))
         overrides = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
-        self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in range(size)]
+        local = self.population.local_indices  # the members this process trains
+        self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in local]
         self.augmenters = [Augmenter(a, normalize) for a in self.augment]
-        self.rngs = [np.random.default_rng([seed, i]) for i in range(size)]
+        self.rngs = [np.random.default_rng([seed, i]) for i in local]
         self.perms: list[torch.Tensor] | None = None
         self.evaluator = Evaluator(self.data, normalize, int(tcfg.get("eval_batch_size", 1000)))
         self.state = RunState(
@@ -238,19 +250,35 @@ class Trainer:
         }
 
     def comm(self) -> dict:
-        return {
+        """The ``comm`` block of the records: the analytic ledger and, with several processes, the
+        bytes each process handed to collectives (a collective itself: every process calls it)."""
+        out = {
             **self.ledger.summary(self.state.step),
             "model_elements": self.population.num_params,
             "buffer_elements": self.population.num_buffers,
         }
+        if self.group.world > 1:
+            sent = self.group.all_gather_objects(self.group.sent)
+            ops = sorted({op for d in sent for op in d})
+            per_process = {op: sum(d.get(op, 0.0) for d in sent) / len(sent) for op in ops}
+            steps = max(self.state.step, 1)
+            out["measured"] = {
+                "processes": self.group.world,
+                "bytes_per_process": per_process,
+                "bytes_per_process_per_step": sum(per_process.values()) / steps,
+                "bytes_per_member_per_step": sum(per_process.values()) * len(sent) / self.population.size / steps,
+            }
+        return out
 
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
 
     # --------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> None:
+        """Every process gathers its members' state; the main process writes the checkpoint."""
         self._check_lease()
         s = self.state
+        pop = self.population
         ckpt = {
             "step": s.step,
             "epoch": s.epoch,
@@ -258,17 +286,19 @@ class Trainer:
             "lr": s.lr,
             "wall_time_s": self.wall_time(),
             "epoch_losses": self.epoch_losses,
-            "population": self.population.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "population": pop.state_dict(),
+            "optimizer": pop.optimizer_state_dict(self.optimizer),
             "method": self.method.state_dict(),
             "ledger": self.ledger.state_dict(),
-            "member_rngs": [r.bit_generator.state for r in self.rngs],
-            "perms": [p.cpu() for p in self.perms] if self.perms is not None else None,
+            "member_rngs": pop.all_members([r.bit_generator.state for r in self.rngs]),
+            "perms": pop.all_members([p.cpu() for p in self.perms]) if self.perms is not None else None,
+            "comm_sent": self.group.all_gather_objects(self.group.sent),
             "method_rng": s.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        atomic_torch_save(self.dir.checkpoint, ckpt, keep=self.dir.previous_checkpoint)
+        if self.is_main:
+            atomic_torch_save(self.dir.checkpoint, ckpt, keep=self.dir.previous_checkpoint)
 
     def _read_checkpoint(self) -> dict | None:
         """The newest readable checkpoint (the previous one when the latest is damaged), or None."""
@@ -290,18 +320,24 @@ class Trainer:
         s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
         self.epoch_losses = list(ckpt["epoch_losses"])
-        self.population.load_state_dict(ckpt["population"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        pop = self.population
+        lo, hi = pop.local_indices.start, pop.local_indices.stop
+        pop.load_state_dict(ckpt["population"])
+        pop.load_optimizer_state_dict(self.optimizer, ckpt["optimizer"])
         self.method.load_state_dict(ckpt["method"])
         self.ledger.load_state_dict(ckpt["ledger"])
-        for rng, st in zip(self.rngs, ckpt["member_rngs"]):
+        for rng, st in zip(self.rngs, ckpt["member_rngs"][lo:hi]):
             rng.bit_generator.state = st
-        self.perms = ckpt["perms"]  # on self.device through map_location
+        self.perms = ckpt["perms"][lo:hi] if ckpt["perms"] is not None else None  # on the device (map_location)
+        sent = ckpt.get("comm_sent") or []
+        if len(sent) == self.group.world:
+            self.group.load_sent(sent[self.group.rank])
         s.rng.set_state(ckpt["method_rng"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt["cuda_rng"]:
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
-        self.dir.truncate_metrics_after(s.epoch)
+        if self.is_main:
+            self.dir.truncate_metrics_after(s.epoch)
         log.info("resumed from %s at step %d (epoch %d)", self.checkpoint_path, s.step, s.epoch)
 
     # ------------------------------------------------------------------------------ training
@@ -312,7 +348,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = s.lr
         batches = []
-        for i in range(pop.size):
+        for i in range(len(pop.members)):
             idx = self.perms[i][k * self.batch_size : (k + 1) * self.batch_size]
             batches.append(self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i]))
         loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype) / pop.size
@@ -339,7 +375,7 @@ class Trainer:
             self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
             diagnose=final, lmc_points=int(self.cfg["trainer"].get("lmc_points", 5)),
         )  # fmt: skip
-        if states is not None:
+        if states is not None and self.is_main:
             save_models(self.dir, states, self.model_meta(metrics["final_model"]))
         self.population.train()
         return metrics
@@ -379,9 +415,10 @@ class Trainer:
         if ckpt is not None:
             self.load_checkpoint(ckpt)
         else:  # a fresh start: no evaluation line of an earlier attempt may stay
-            if self.dir.metrics.exists():
-                log.warning("no readable checkpoint: starting over and clearing %s", self.dir.metrics)
-            self.dir.truncate_metrics_after(0)
+            if self.is_main:
+                if self.dir.metrics.exists():
+                    log.warning("no readable checkpoint: starting over and clearing %s", self.dir.metrics)
+                self.dir.truncate_metrics_after(0)
         self._log_start()
         self.population.train()
         eval_every = int(tcfg.get("eval_every", 1))
@@ -402,9 +439,10 @@ class Trainer:
                         bar.update(1)
                         if s.step % 10 == 0:
                             bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
-                        if self.lease is not None and self.lease.lost:
-                            self._check_lease()
-                        if _STOP.is_set():
+                        stop, lost = self.group.any_of(_STOP.is_set(), self.lease is not None and self.lease.lost)
+                        if lost:
+                            raise LeaseLost(f"run {self.dir.path.name} was taken over by another process; stopping")
+                        if stop:
                             _STOP.clear()
                             self.save_checkpoint()
                             log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
@@ -418,18 +456,20 @@ class Trainer:
                     self.method.after_epoch(s)
                 if last or (eval_every and (s.epoch + 1) % eval_every == 0):
                     metrics = self.evaluate(final=last)
-                    self.dir.append_metrics(
-                        {
-                            **self.record_base(),
-                            "step": s.step,
-                            "epoch": s.epoch + 1,
-                            "wall_time_s": self.wall_time(),
-                            "lr": s.lr,
-                            "train_loss": float(np.mean(self.epoch_losses)),
-                            **metrics,
-                            "comm": self.comm(),
-                        }
-                    )
+                    comm = self.comm()
+                    if self.is_main:
+                        self.dir.append_metrics(
+                            {
+                                **self.record_base(),
+                                "step": s.step,
+                                "epoch": s.epoch + 1,
+                                "wall_time_s": self.wall_time(),
+                                "lr": s.lr,
+                                "train_loss": float(np.mean(self.epoch_losses)),
+                                **metrics,
+                                "comm": comm,
+                            }
+                        )
                     log.info(
                         "epoch %d/%d  individual %.4f  ensemble %.4f  avg %.4f  avg_bn %.4f",
                         s.epoch + 1, self.epochs, metrics["individual_mean"], metrics["ensemble_acc"],

@@ -1,0 +1,37 @@
+"""Every method's tiny run into OUT_DIR with the given backend: ``python tests/run_methods.py OUT local``,
+or under ``torchrun --nproc_per_node=K tests/run_methods.py OUT distributed`` (tests/test_distributed.py)."""
+
+import sys
+
+from wab.config import compose_config, method_override
+from wab.run import run
+
+TINY = ["data=digits", "model.width=4", "population.size=4", "trainer.epochs=2", "trainer.batch_size=128",
+        "trainer.progress=false", "trainer.lmc_points=3", "device=cpu"]  # fmt: skip
+EXTRA = {
+    "dart": ["method.every_steps=5"],
+    "papa": ["method.every=3"],
+    "papa_all": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
+    "papa_2": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
+    "swa": ["method.start=0.5"],
+    "twa": ["method.epochs=1"],
+    "wash": ["method.p=0.1"],
+    "wash_opt": ["method.p=0.1"],
+}
+METHODS = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
+
+
+def configs(out_dir: str, backend: str) -> dict[str, dict]:
+    return {
+        m: compose_config(
+            [method_override(m), *TINY, *EXTRA.get(m, []), f"population.backend={backend}", f"out_dir={out_dir}"]
+        )
+        for m in METHODS
+    }
+
+
+if __name__ == "__main__":
+    for method, cfg in configs(sys.argv[1], sys.argv[2]).items():
+        record = run(cfg)
+        if record.get("status") not in ("done", None):
+            raise SystemExit(f"{method}: {record.get('status')} {record.get('error')}")
