@@ -20,6 +20,11 @@ from wab.trainer import Trainer
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
 
 
+def method_cfg(name: str, **overrides) -> dict:
+    """A method's config at its defaults (configs/method/<name>.yaml), with ``overrides``."""
+    return {**compose_config([f"method={name}"])["method"], **overrides}
+
+
 def synthetic_batches(
     n: int, batch_size: int, image_size: int = 32, classes: int = 10, seed: int = 0, channels_last: bool = False
 ) -> list[Batch]:

@@ -10,6 +10,9 @@ for cmd in "-m benchmarks.bench_trainer" "-m benchmarks.bench_optimizer" "-m ben
   $py $cmd
   echo
 done
+echo "## OMP_NUM_THREADS=1 $py -m torch.distributed.run --nproc_per_node=2 -m benchmarks.bench_distributed"
+OMP_NUM_THREADS=1 $py -m torch.distributed.run --nproc_per_node=2 -m benchmarks.bench_distributed
+echo
 if $py -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   for flags in "" "--compile"; do
     echo "## $py -m benchmarks.bench_gpu $flags  ($(date -u +%Y-%m-%dT%H:%MZ))"
