@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import SGD, median_time, method_cfg, synthetic_batches
+from benchmarks.common import SGD, SetupState, median_time, method_cfg, synthetic_batches
 from wab.distributed import init
 from wab.ledger import CommLedger
 from wab.methods.wash import Wash
@@ -27,13 +27,6 @@ from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
 from wab.trainer import population_step
-
-
-class _State:
-    """The little of a RunState that Wash.setup reads."""
-
-    def __init__(self, population):
-        self.population = population
 
 
 def synced(fn):
@@ -61,7 +54,7 @@ def main() -> None:
     step = median_time(synced(lambda: population_step(pop, opt, batches)), args.step_reps)
     rng = torch.Generator().manual_seed(1)  # the same stream on every process: no index travels
     wash = Wash(method_cfg("wash", p=0.01, schedule="linear"))
-    wash.setup(_State(pop))
+    wash.setup(SetupState(pop))
     ops = {
         "WASH shuffle p=0.01": ("permute_elements", 1.0, lambda: wash.shuffle(pop, rng)),
         "PAPA pull (every 10 steps)": ("lerp_toward_mean", 0.1, lambda: pop.lerp_toward_mean(0.01)),

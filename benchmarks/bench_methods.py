@@ -15,19 +15,12 @@ import argparse
 
 import torch
 
-from benchmarks.common import SGD, median_time, method_cfg, synthetic_batches
+from benchmarks.common import SGD, SetupState, median_time, method_cfg, synthetic_batches
 from wab.methods.wash import Wash
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
 from wab.trainer import population_step
-
-
-class _State:
-    """The little of a RunState that Wash.setup reads."""
-
-    def __init__(self, population):
-        self.population = population
 
 
 def main() -> None:
@@ -55,10 +48,10 @@ def main() -> None:
     rng = torch.Generator().manual_seed(1)
     for prob in (0.001, 0.01, 0.1):
         wash = Wash(method_cfg("wash", p=prob, schedule="linear"))
-        wash.setup(_State(pop))
+        wash.setup(SetupState(pop))
         report(f"WASH shuffle p={prob}", median_time(lambda w=wash: w.shuffle(pop, rng), args.op_reps), 1)
     wash = Wash(method_cfg("wash", p=0.01, schedule="linear"))
-    wash.setup(_State(pop))
+    wash.setup(SetupState(pop))
     report("WASH+Opt shuffle p=0.01", median_time(lambda: wash.shuffle(pop, rng, opt), args.op_reps), 1)
     pull = median_time(lambda: pop.lerp_toward_mean(0.01), args.op_reps)
     report("PAPA pull (every 10 steps)", pull, 0.1)

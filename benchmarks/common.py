@@ -20,6 +20,13 @@ from wab.trainer import Trainer
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
 
 
+class SetupState:
+    """The little of a RunState that a method's ``setup`` reads in the benchmarks (its population)."""
+
+    def __init__(self, population) -> None:
+        self.population = population
+
+
 def method_cfg(name: str, **overrides) -> dict:
     """A method's config at its defaults (configs/method/<name>.yaml), with ``overrides``."""
     return {**compose_config([f"method={name}"])["method"], **overrides}
