@@ -24,6 +24,8 @@ COLUMNS = [
     ("metrics.lmc.pair.acc_barrier", "LMC barrier", "acc"),
     ("comm.elements_per_step", "comm/step", "sci"),
     ("comm_fraction", "comm/step / D", "sci"),
+    ("comm.bytes_per_step", "bytes/step", "sci"),
+    ("comm.measured.bytes_per_member_per_step", "wire bytes/step", "sci"),
     ("wall_time_s", "time (s)", "int"),
 ]
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from wab.analysis.collect import collect_runs
+from wab.analysis.tables import summary_tables
 from wab.population import member_slice
 
 from .run_methods import METHODS
@@ -89,6 +91,10 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
             assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # written once, by the main process
             assert sorted(p.name for p in (run_dir / "models").glob("*.pt"))  # saved once too
         assert len(list(out.glob("*-*"))) == len(METHODS)
+        df, _ = collect_runs(out)
+        (table,) = summary_tables(df).values()  # the report shows the wire beside the ledger
+        wash = table.rows.set_index("method").loc["wash (p=0.1)"]
+        assert wash["wire bytes/step"] not in ("–", "0") and wash["bytes/step"] not in ("–", "0")
 
 
 def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(tmp_path):
