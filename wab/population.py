@@ -74,11 +74,6 @@ def row_sum64(x: Tensor) -> Tensor:
     return out
 
 
-def order_invariant_mean(x: Tensor) -> Tensor:
-    """Mean over dim 0 that does not depend on the order of the rows (:func:`row_sum64`)."""
-    return (row_sum64(x) / x.shape[0]).to(x.dtype)
-
-
 def member_slice(n: int, rank: int, world: int) -> range:
     """The members process ``rank`` of ``world`` holds: a contiguous slice, the first n % world
     processes holding one more."""
