@@ -43,17 +43,16 @@ def _console_logging() -> None:
 
 @contextlib.contextmanager
 def _ctrl_c_checkpoints() -> Iterator[None]:
-    """A first Ctrl-C during training asks for a checkpoint at the next step boundary; a second
-    one, or one outside the step loop (loading data, evaluating), stops at once."""
-    from wab.trainer import in_step_loop, request_stop, stop_requested
+    """A first Ctrl-C asks for a checkpoint at the next step boundary (an evaluation under way
+    finishes first; the final one completes the run); a second one stops at once."""
+    from wab.trainer import request_stop, stop_requested
 
     def handler(signum, frame):
-        if in_step_loop() and not stop_requested():
-            request_stop()
-            print("\nstopping at the next step boundary to save a checkpoint (Ctrl-C again to stop now)",
-                  file=sys.stderr)  # fmt: skip
-        else:
+        if stop_requested():
             raise KeyboardInterrupt
+        request_stop()
+        print("\nstopping at the next step boundary to save a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr)  # fmt: skip
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

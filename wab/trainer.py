@@ -39,7 +39,6 @@ from wab.saved_models import save_models
 log = logging.getLogger("wab")
 
 _STOP = threading.Event()
-_IN_STEPS = threading.Event()
 
 
 class Interrupted(Exception):
@@ -58,12 +57,6 @@ def request_stop() -> None:
 def stop_requested() -> bool:
     """Whether a stop was asked for and not yet honoured."""
     return _STOP.is_set()
-
-
-def in_step_loop() -> bool:
-    """Whether a trainer is taking optimizer steps now (a stop request is honoured at the next
-    step boundary); outside the loop (loading data, evaluating) a stop must interrupt at once."""
-    return _IN_STEPS.is_set()
 
 
 def clear_stop() -> None:
@@ -432,23 +425,19 @@ class Trainer:
                     n = len(self.data.train)
                     self.perms = [to_device(r.permutation(n), self.device) for r in self.rngs]
                     self.epoch_losses = []
-                _IN_STEPS.set()
-                try:
-                    for k in range(s.epoch_step, self.steps_per_epoch):
-                        self.epoch_losses.append(self.train_step(k))
-                        bar.update(1)
-                        if s.step % 10 == 0:
-                            bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
-                        stop, lost = self.group.any_of(_STOP.is_set(), self.lease is not None and self.lease.lost)
-                        if lost:
-                            raise LeaseLost(f"run {self.dir.path.name} was taken over by another process; stopping")
-                        if stop:
-                            _STOP.clear()
-                            self.save_checkpoint()
-                            log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
-                            raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
-                finally:
-                    _IN_STEPS.clear()
+                for k in range(s.epoch_step, self.steps_per_epoch):
+                    self.epoch_losses.append(self.train_step(k))
+                    bar.update(1)
+                    if s.step % 10 == 0:
+                        bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
+                    stop, lost = self.group.any_of(_STOP.is_set(), self.lease is not None and self.lease.lost)
+                    if lost:
+                        raise LeaseLost(f"run {self.dir.path.name} was taken over by another process; stopping")
+                    if stop:
+                        _STOP.clear()
+                        self.save_checkpoint()
+                        log.info("stop requested: checkpoint saved at step %d (epoch %d)", s.step, s.epoch)
+                        raise Interrupted(f"stopped at step {s.step} after saving a checkpoint")
                 last = s.epoch == self.epochs - 1
                 if last:  # the final evaluation can be long: an interruption resumes right here
                     self.save_checkpoint()
