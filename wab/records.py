@@ -110,29 +110,32 @@ class RunDir:
 
     def read_final(self) -> dict | None:
         """The run's record, or None when there is none or it cannot be read (:meth:`final_problem`)."""
-        return None if self.final_problem() else json.loads(self.final.read_text())
+        return self._load_final()[0]
 
     def final_problem(self) -> str | None:
         """Why final.json cannot be read as a record (missing, not UTF-8, not JSON, not an object), or None."""
+        return self._load_final()[1]
+
+    def _load_final(self) -> tuple[dict | None, str | None]:
+        """(the record, None) or (None, why it cannot be read), from one read of final.json."""
         try:
             record = json.loads(self.final.read_text())
         except FileNotFoundError:
-            return "no final.json"
+            return None, "no final.json"
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            return f"unreadable final.json ({type(e).__name__}: {str(e)[:80]})"
+            return None, f"unreadable final.json ({type(e).__name__}: {str(e)[:80]})"
         if not isinstance(record, dict) or "status" not in record:
-            return f"final.json is a {type(record).__name__} without a status, not a run record"
-        return None
+            return None, f"final.json is a {type(record).__name__} without a status, not a run record"
+        return record, None
 
     def state(self) -> str:
         """done | diverged | failed | corrupt | incomplete | not launched, from the files alone
         (a live lease or a queued job are :mod:`wab.status`'s to add)."""
         if not self.path.exists():
             return "not launched"
-        problem = self.final_problem()
+        final, problem = self._load_final()
         if problem and problem != "no final.json":
             return "corrupt"
-        final = self.read_final()
         if self.done.exists():
             return "diverged" if final and final.get("status") == "diverged" else "done"
         if final and final.get("status") == "failed":

@@ -365,7 +365,7 @@ def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threa
     the sweep's arrays still alive from earlier launches), so ``array_parallelism`` caps the
     runs at once across chunks and relaunches."""
     size = max_array_size() or len(todo)
-    wait_for = _alive_arrays(previous)
+    waited_for = wait_for = _alive_arrays(previous)
     jobs: dict[str, str] = {}
     arrays = []
     for a in range(0, len(todo), size):
@@ -376,7 +376,7 @@ def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threa
         jobs.update({p.run_id: j.job_id for p, j in zip(part, submitted)})
         arrays.append(submitted[0].job_id.split("_")[0])
         wait_for = [arrays[-1]]
-    return {"jobs": jobs, "arrays": arrays, "waited_for": _alive_arrays(previous)}
+    return {"jobs": jobs, "arrays": arrays, "waited_for": waited_for}
 
 
 def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict[str, Any]:
