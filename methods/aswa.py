@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.method import Method, RunState, register
+from wab.method import Method, RunState, heldout_selection, register
 
 
 def aswa_decision(v_run: float, v_prov: float, v_avg: float) -> str:
@@ -45,8 +45,10 @@ class Aswa(Method):
     """ASWA: accept a member's snapshot into its average only if held-out accuracy improves."""
 
     needs_heldout = True
+    min_members = 1  # one trajectory, like SWA
 
     def setup(self, run: RunState) -> None:
+        self.heldout_size = len(run.data.heldout)
         pop = self.pop = run.population
         held = len(pop.members)  # each process keeps the averages of the members it holds
         self.params = [torch.zeros_like(p) for p in pop.params]
@@ -95,7 +97,10 @@ class Aswa(Method):
         }
 
     def report(self) -> dict:
-        return {"decisions": self.pop.all_members(self.decisions)}
+        """Each member's decisions, and the held-out accuracy its average was accepted on."""
+        accs = self.pop.all_members(self.acc)
+        return {"decisions": self.pop.all_members(self.decisions),
+                "selection": [heldout_selection(a, self.heldout_size) for a in accs]}  # fmt: skip
 
     def state_dict(self) -> dict:
         pop = self.pop

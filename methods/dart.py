@@ -19,7 +19,7 @@ Unverified (config options): T, N and the architecture for CIFAR (DomainBed's co
 T = 600-1000 steps and N = 4).
 """
 
-from wab.method import Method, RunState, register
+from wab.method import Method, RunState, heldout_selection, register
 
 # Named augmentation recipes, as overrides of data.augment.
 RECIPES = {
@@ -60,6 +60,7 @@ class Dart(Method):
         if self.final == "heldout" and len(run.data.heldout) == 0:
             raise ValueError("dart final=heldout chooses on the held-out split: set data.heldout_fraction > 0")
         self.warmup_steps = int(self.cfg["warmup_epochs"]) * run.steps_per_epoch
+        self.heldout_size = len(run.data.heldout)
         self.aggregations: list[dict] = []  # step and held-out accuracy of each aggregation
         self.best = None  # (params, buffers) of the best aggregated model on held-out data
 
@@ -86,7 +87,10 @@ class Dart(Method):
 
     def report(self) -> dict:
         best = self.aggregations[self.best_index] if self.best is not None else None
-        return {"aggregations": self.aggregations, "final": self.final, "chosen": best}
+        out = {"aggregations": self.aggregations, "final": self.final, "chosen": best}
+        if best is not None:
+            out["selection"] = heldout_selection(best["heldout_acc"], self.heldout_size)
+        return out
 
     def state_dict(self) -> dict:
         state: dict = {"aggregations": self.aggregations}

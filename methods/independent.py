@@ -11,4 +11,8 @@ from wab.method import Method, register
 
 @register("independent")
 class Independent(Method):
-    """No hooks: nothing is exchanged, and the final model is the uniform average."""
+    """No hooks: nothing is exchanged, and the final model is the uniform average. With
+    population.size=1 it is the single model (e.g. trained for N times the steps: the baseline at
+    an N-member population's training FLOPs)."""
+
+    min_members = 1

@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from wab.method import Method, RunState, register, register_finalizer
+from wab.method import Method, RunState, heldout_selection, register, register_finalizer
 
 Rows = tuple[list[torch.Tensor], list[torch.Tensor]]
 
@@ -75,7 +75,8 @@ def greedy_ingredients(run: RunState, bn: str = "average", rows: Rows | None = N
 
 
 def _greedy(run: RunState, rows: Rows) -> dict[str, nn.Module]:
-    chosen, _ = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")), rows)
+    chosen, trace = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")), rows)
+    run.reports["greedy_soup"] = {"ingredients": chosen, **heldout_selection(trace[-1], len(run.data.heldout))}
     return {"greedy_soup": _soup(run, rows, chosen)}
 
 

@@ -24,6 +24,8 @@ from wab.method import Method, RunState, register
 class Swa(Method):
     """SWA: a running average of each member's weights from swa_start, every c epochs."""
 
+    min_members = 1  # the paper's setting is one trajectory
+
     def setup(self, run: RunState) -> None:
         start = float(self.cfg["start"])
         self.cycle = int(self.cfg["cycle"])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from wab.method import Method, RunState, register
+from wab.method import Method, RunState, heldout_selection, register
 from wab.population import Population
 
 VARIANTS = ("t", "v")
@@ -88,6 +88,8 @@ def twa_v_weights(mean: Tensor, basis: Tensor, coeffs: Tensor, block_of: Tensor)
 class Twa(Method):
     """TWA: learn the coefficients that average the candidates."""
 
+    min_members = 1  # on one model, from its trajectory's snapshots (candidates=snapshots)
+
     def setup(self, run: RunState) -> None:
         self.variant = str(self.cfg["variant"])
         self.source = str(self.cfg["candidates"])
@@ -97,6 +99,11 @@ class Twa(Method):
             raise ValueError(f"twa candidates must be one of {CANDIDATES}, got {self.source!r}")
         if self.variant == "v" and len(run.data.heldout) == 0:
             raise ValueError("twa variant v trains on the held-out split: set data.heldout_fraction > 0")
+        if self.source == "members" and run.population.size < 2:
+            raise ValueError(
+                "twa candidates=members needs population.size >= 2; on one model use candidates=snapshots"
+            )
+        self.selection: dict = {}
         self.snapshot_start = math.ceil(float(self.cfg["snapshot_start"]) * run.epochs)
         self.snapshots: list[Tensor] = []
 
@@ -126,7 +133,14 @@ class Twa(Method):
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()
         theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
-        return {"twa": fm.to_module(theta)}
+        model = fm.to_module(theta)
+        if self.variant == "v":  # fitted on the held-out split: say what that split can tell apart
+            self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
+        return {"twa": model}
+
+    def report(self) -> dict:
+        return {"candidates": self.source, "variant": self.variant, **({"selection": self.selection}
+                                                                       if self.selection else {})}  # fmt: skip
 
     def train_t(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
         c = self.cfg

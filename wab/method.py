@@ -9,9 +9,10 @@ packages register through the entry-point group ``wab.methods``
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -51,6 +52,8 @@ class RunState:
     steps_per_epoch: int
     lr0: float
     progress: bool = False  # show progress bars (trainer.progress)
+    # what finalizers did, by finalizer name, merged into the run's method_report
+    reports: dict = field(default_factory=dict)
     lr: float = 0.0
     step: int = 0
     epoch_step: int = 0
@@ -78,11 +81,16 @@ class Method:
 
     Class attributes declare what the method needs instead of the trainer keeping special cases:
     ``needs_heldout`` (a non-empty held-out split), ``recalibrate_outputs`` (BatchNorm
-    recalibration of the models ``finalize`` returns).
+    recalibration of the models ``finalize`` returns), ``min_members`` (the smallest population it
+    makes sense on: 1 for a method that is a baseline on one model, e.g. a single model trained
+    for N times the steps; 2 for one that works between members, whose ensemble, average and
+    connectivity would be trivial on one).
     """
 
     name: ClassVar[str] = ""
     needs_heldout: ClassVar[bool] = False
+    min_members: ClassVar[int] = 2
+    min_members_reason: ClassVar[str] = ""  # why, in the error that refuses a smaller population
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
     # A method without configs/method/<name>.yaml (a plugin of another package) lists its
@@ -198,6 +206,19 @@ def get_finalizer(name: str) -> Callable[[RunState], dict[str, nn.Module]]:
 def available_methods() -> list[str]:
     _load_all()
     return sorted(_REGISTRY)
+
+
+def heldout_selection(acc: float, size: int) -> dict[str, float | int]:
+    """What a choice made on held-out data rests on, for ``method_report``: the held-out size,
+    the chosen model's held-out accuracy and its binomial standard error sqrt(acc (1 - acc) / size)
+    (a choice between models closer than about two standard errors is noise)."""
+    return {"heldout_size": int(size), "heldout_acc": float(acc),
+            "selection_se": math.sqrt(max(acc * (1.0 - acc), 0.0) / size) if size else float("nan")}  # fmt: skip
+
+
+def one_member_methods() -> list[str]:
+    """The methods that run on a population of one (``min_members`` 1)."""
+    return [name for name in available_methods() if _REGISTRY[name].min_members <= 1]
 
 
 def get_method(name: str) -> type[Method]:

@@ -29,6 +29,8 @@ NOT_HASHED = (
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
     ("trainer", "compile"),
+    ("trainer", "loggers"),
+    ("trainer", "target_acc"),
     ("optim", "fused"),
 )
 

@@ -23,10 +23,11 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-import wab
+from wab.cost import run_flops, time_to_target
 from wab.distributed import LocalComm
 from wab.distributed import init as init_distributed
 from wab.lease import Lease, LeaseLost, RunLeased
+from wab.provenance import provenance
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
 
@@ -97,6 +98,24 @@ def run(cfg: dict | DictConfig) -> dict:
             lease.release()
 
 
+def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer) -> dict[str, Any]:
+    """Training FLOPs (measured, :mod:`wab.cost`), training and evaluation time, and, with
+    ``trainer.target_acc``, the cost of first reaching it."""
+    flops = run_flops(cfg, trainer.state.step)
+    out: dict[str, Any] = {
+        "flops_per_member_step": flops["per_member_step"],
+        "flops_per_step": flops["per_step"],
+        "train_flops": flops["train"],
+        "train_time_s": trainer.train_time(),
+        "eval_time_s": trainer.eval_time_total(),
+    }
+    target = cfg["trainer"].get("target_acc")
+    if target is not None:
+        out["target"] = {"metric": "final_acc", "value": float(target),
+                         **time_to_target(rd.read_metrics(), float(target), flops["per_step"])}  # fmt: skip
+    return out
+
+
 def _finished(rd: RunDir) -> bool:
     return rd.done.exists() and rd.final_problem() in (None, "no final.json")
 
@@ -120,9 +139,12 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
     trainer: Trainer | None = None
     record: dict[str, Any] = {"status": "done"}
     try:
+        prov = provenance()
         log.info(
-            "run %s starts (wab %s, torch %s, %s)", rd.path.name, wab.__version__, torch.__version__, platform.node()
-        )
+            "run %s starts (wab %s, commit %s%s, torch %s, %s)", rd.path.name, prov["wab_version"],
+            (prov["git_commit"] or "unknown")[:12], " with uncommitted changes" if prov["git_dirty"] else "",
+            torch.__version__, platform.node(),
+        )  # fmt: skip
         trainer = Trainer(cfg, rd)
         metrics = trainer.fit(lease)
     except (Interrupted, KeyboardInterrupt) as e:
@@ -153,14 +175,18 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         "epochs": trainer.state.epoch if trainer else 0,
         "metrics": {**dict.fromkeys(METRIC_KEYS), **metrics, "final": metrics.get("final", {})},
         "comm": trainer.comm() if trainer else {},
-        "method_report": trainer.method.report() if trainer else {},
+        "cost": _cost(cfg, rd, trainer) if trainer else {},
+        "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer else {},
         **{k: v for k, v in record.items() if k != "status"},
-        "wab_version": wab.__version__,
+        **provenance(),
         "torch_version": torch.__version__,
     }
     if not main:
         return record
     atomic_write_json(rd.final, record)
+    if trainer is not None and trainer.loggers:
+        trainer.loggers.log_final(record)
+        trainer.loggers.close()
     if record["status"] in ("done", "diverged"):
         atomic_write_text(rd.done, "")
     m = record["metrics"]

@@ -29,7 +29,8 @@ from wab.distributed import init as init_distributed
 from wab.evaluate import Evaluator
 from wab.lease import Lease, LeaseLost
 from wab.ledger import CommLedger
-from wab.method import Method, RunState, get_finalizer, get_method
+from wab.loggers import RunLoggers, logger_problems
+from wab.method import Method, RunState, get_finalizer, get_method, one_member_methods
 from wab.models import model_factory
 from wab.optim import build_optimizer, lr_at
 from wab.population import Population
@@ -149,6 +150,12 @@ class Trainer:
         size = int(pcfg["size"])
         if size < 1:
             raise ValueError(f"population.size must be >= 1, got {size}")
+        if size < method_cls.min_members:
+            raise ValueError(
+                f"population.size={size}: {method_cls.name} needs at least {method_cls.min_members} members "
+                f"({method_cls.min_members_reason or 'it works between members'}); population.size=1 is for the "
+                f"methods that make sense on one model: {', '.join(one_member_methods())}"
+            )
 
         data_args = {
             "root": dcfg.get("root"),
@@ -168,6 +175,13 @@ class Trainer:
             verb = "needs" if len(needs) == 1 else "need"
             raise ValueError(f"{' and '.join(needs)} {verb} a held-out split: set data.heldout_fraction > 0")
         self.progress = bool(tcfg.get("progress", True)) and not dry
+        target = tcfg.get("target_acc")
+        if target is not None and not (isinstance(target, int | float) and 0 < target <= 1):
+            raise ValueError(f"trainer.target_acc={target} must be an accuracy as a fraction in (0, 1], e.g. 0.85")
+        problems = logger_problems(RunLoggers.names(cfg))
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.loggers = RunLoggers([])  # opened by fit() on the process that writes the records
         self.batch_size = int(tcfg["batch_size"])
         self.steps_per_epoch = len(self.data.train) // self.batch_size
         if self.steps_per_epoch < 1:
@@ -220,6 +234,8 @@ class Trainer:
             progress=self.progress,
         )
         self.wall_before = 0.0
+        self.eval_before = 0.0  # evaluation time of earlier lives of the run (resumes)
+        self.eval_time = 0.0  # evaluation time in this process
         self.epoch_losses: list[float] = []
         self.lease: Lease | None = None
 
@@ -266,6 +282,13 @@ class Trainer:
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
 
+    def eval_time_total(self) -> float:
+        return self.eval_before + self.eval_time
+
+    def train_time(self) -> float:
+        """Wall time without evaluation (AlgoPerf's rule: the method's own finalize counts as training)."""
+        return self.wall_time() - self.eval_time_total()
+
     # --------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> None:
         """Every process gathers its members' state; the main process writes the checkpoint."""
@@ -278,6 +301,7 @@ class Trainer:
             "epoch_step": s.epoch_step,
             "lr": s.lr,
             "wall_time_s": self.wall_time(),
+            "eval_time_s": self.eval_time_total(),
             "epoch_losses": self.epoch_losses,
             "population": pop.state_dict(),
             "optimizer": pop.optimizer_state_dict(self.optimizer),
@@ -312,6 +336,7 @@ class Trainer:
         s = self.state
         s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
+        self.eval_before = float(ckpt.get("eval_time_s", 0.0))
         self.epoch_losses = list(ckpt["epoch_losses"])
         pop = self.population
         lo, hi = pop.local_indices.start, pop.local_indices.stop
@@ -356,6 +381,7 @@ class Trainer:
     def evaluate(self, final: bool) -> dict:
         """One evaluation (:class:`Evaluator`); the final one also runs the method's ``finalize``
         and the finalizers, and saves the delivered models (``trainer.save_models``)."""
+        t0 = time.perf_counter()
         finals = {}
         if final:
             if "finalize" in self.hooks:
@@ -363,6 +389,7 @@ class Trainer:
                 finals.update(self.method.finalize(self.state))
             for fn in self.finalizers:
                 finals.update(fn(self.state))
+        t_eval = time.perf_counter()  # what follows is evaluation; finalizing counts as training
         states: dict[str, dict] | None = {} if final and self.cfg["trainer"].get("save_models", True) else None
         metrics = self.evaluator.evaluate(
             self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
@@ -371,6 +398,7 @@ class Trainer:
         if states is not None and self.is_main:
             save_models(self.dir, states, self.model_meta(metrics["final_model"]))
         self.population.train()
+        self.eval_time += time.perf_counter() - t_eval
         return metrics
 
     def model_meta(self, final_model: str) -> dict:
@@ -401,6 +429,8 @@ class Trainer:
         self.t0 = time.perf_counter()
         self.lease = lease
         self.dir.path.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.loggers = RunLoggers(RunLoggers.names(self.cfg), self.dir.path, self.dir.path.name, self.cfg)
         s, tcfg = self.state, self.cfg["trainer"]
         if "setup" in self.hooks:
             self.method.setup(s)
@@ -447,18 +477,19 @@ class Trainer:
                     metrics = self.evaluate(final=last)
                     comm = self.comm()
                     if self.is_main:
-                        self.dir.append_metrics(
-                            {
-                                **self.record_base(),
-                                "step": s.step,
-                                "epoch": s.epoch + 1,
-                                "wall_time_s": self.wall_time(),
-                                "lr": s.lr,
-                                "train_loss": float(np.mean(self.epoch_losses)),
-                                **metrics,
-                                "comm": comm,
-                            }
-                        )
+                        line = {
+                            **self.record_base(),
+                            "step": s.step,
+                            "epoch": s.epoch + 1,
+                            "wall_time_s": self.wall_time(),
+                            "train_time_s": self.train_time(),
+                            "lr": s.lr,
+                            "train_loss": float(np.mean(self.epoch_losses)),
+                            **metrics,
+                            "comm": comm,
+                        }
+                        self.dir.append_metrics(line)
+                        self.loggers.log_epoch(line)
                     log.info(
                         "epoch %d/%d  individual %.4f  ensemble %.4f  avg %.4f  avg_bn %.4f",
                         s.epoch + 1, self.epochs, metrics["individual_mean"], metrics["ensemble_acc"],
@@ -477,5 +508,5 @@ class Trainer:
         lines = [r for r in self.dir.read_metrics() if r["step"] == self.state.step]
         if not lines:
             return self.evaluate(final=True)
-        skip = set(self.record_base()) | {"step", "epoch", "wall_time_s", "lr", "train_loss", "comm"}
+        skip = set(self.record_base()) | {"step", "epoch", "wall_time_s", "train_time_s", "lr", "train_loss", "comm"}
         return {k: v for k, v in lines[-1].items() if k not in skip}

@@ -1,0 +1,33 @@
+"""Where a run's code came from: the wab version and, for a git checkout, its commit and whether
+the tree had uncommitted changes (records written by different code must not be pooled unseen)."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+import wab
+
+_REPO = Path(wab.__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, str | bool | None]:
+    """``{"wab_version", "git_commit", "git_dirty"}``; commit and dirty are None outside a git
+    checkout. Dirty means tracked files differ from the commit (run outputs are not tracked)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "wab_version": wab.__version__,
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+    }
