@@ -100,9 +100,7 @@ class Twa(Method):
         if self.variant == "v" and len(run.data.heldout) == 0:
             raise ValueError("twa variant v trains on the held-out split: set data.heldout_fraction > 0")
         if self.source == "members" and run.population.size < 2:
-            raise ValueError(
-                "twa candidates=members needs population.size >= 2; on one model use candidates=snapshots"
-            )
+            raise ValueError("twa candidates=members needs population.size >= 2; on one model use candidates=snapshots")
         self.selection: dict = {}
         self.snapshot_start = math.ceil(float(self.cfg["snapshot_start"]) * run.epochs)
         self.snapshots: list[Tensor] = []

@@ -81,8 +81,11 @@ class _Wandb:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "wab"), name=run_id, dir=str(run_dir),
-                              mode=os.environ.get("WANDB_MODE", "offline"), config=cfg, reinit="create_new")  # fmt: skip
+        mode = os.environ.get("WANDB_MODE", "offline")
+        project = os.environ.get("WANDB_PROJECT", "wab")
+        self.run = wandb.init(
+            project=project, name=run_id, dir=str(run_dir), mode=mode, config=cfg, reinit="create_new"
+        )
 
     def epoch(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -128,7 +131,9 @@ _CLASSES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "mlflow": _Mlflow}
 class RunLoggers:
     """The loggers of one run (none on a process that does not write the run's records)."""
 
-    def __init__(self, names: list[str], run_dir: Path | None = None, run_id: str = "", cfg: dict | None = None) -> None:
+    def __init__(
+        self, names: list[str], run_dir: Path | None = None, run_id: str = "", cfg: dict | None = None
+    ) -> None:
         self.loggers = [_CLASSES[n](Path(run_dir), run_id, cfg or {}) for n in names] if run_dir else []
 
     def log_epoch(self, line: dict) -> None:

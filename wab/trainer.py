@@ -381,7 +381,6 @@ class Trainer:
     def evaluate(self, final: bool) -> dict:
         """One evaluation (:class:`Evaluator`); the final one also runs the method's ``finalize``
         and the finalizers, and saves the delivered models (``trainer.save_models``)."""
-        t0 = time.perf_counter()
         finals = {}
         if final:
             if "finalize" in self.hooks:
