@@ -9,7 +9,8 @@ already use. Only the main process of a run logs. Install them with ``pip instal
 - ``wandb``: offline unless ``WANDB_MODE`` says otherwise (no network, no login prompt in a job);
   files in ``<run>/wandb/`` (``wandb sync`` uploads them later).
 - ``mlflow``: the tracking URI in ``MLFLOW_TRACKING_URI``, else a local file store
-  ``<out_dir>/mlruns``; experiment ``wab``, run name = run id.
+  ``<out_dir>/mlruns`` (MLflow 3 wants ``MLFLOW_ALLOW_FILE_STORE=true`` for it, which wab sets);
+  experiment ``wab``, run name = run id.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class _Mlflow:
         from mlflow import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):  # MLflow 3 keeps its file store only on request
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name("wab")
         exp_id = exp.experiment_id if exp else self.client.create_experiment("wab")

@@ -98,7 +98,7 @@ def run(cfg: dict | DictConfig) -> dict:
             lease.release()
 
 
-def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer) -> dict[str, Any]:
+def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer, wall: float) -> dict[str, Any]:
     """Training FLOPs (measured, :mod:`wab.cost`), training and evaluation time, and, with
     ``trainer.target_acc``, the cost of first reaching it."""
     flops = run_flops(cfg, trainer.state.step)
@@ -106,7 +106,7 @@ def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer) -> dict[str, Any]:
         "flops_per_member_step": flops["per_member_step"],
         "flops_per_step": flops["per_step"],
         "train_flops": flops["train"],
-        "train_time_s": trainer.train_time(),
+        "train_time_s": wall - trainer.eval_time_total(),
         "eval_time_s": trainer.eval_time_total(),
     }
     target = cfg["trainer"].get("target_acc")
@@ -161,6 +161,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         log.exception("run failed")
         record = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         metrics = {}
+    wall = trainer.wall_time() if trainer else time.perf_counter() - t0
     base = (
         trainer.record_base()
         if trainer
@@ -170,12 +171,12 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         "status": record["status"],
         **base,
         "config": cfg,
-        "wall_time_s": trainer.wall_time() if trainer else time.perf_counter() - t0,
+        "wall_time_s": wall,
         "steps": trainer.state.step if trainer else 0,
         "epochs": trainer.state.epoch if trainer else 0,
         "metrics": {**dict.fromkeys(METRIC_KEYS), **metrics, "final": metrics.get("final", {})},
         "comm": trainer.comm() if trainer else {},
-        "cost": _cost(cfg, rd, trainer) if trainer else {},
+        "cost": _cost(cfg, rd, trainer, wall) if trainer else {},
         "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer else {},
         **{k: v for k, v in record.items() if k != "status"},
         **provenance(),
