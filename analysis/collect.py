@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from wab.config import default_config, flatten, format_value
+from wab.cost import run_flops
 from wab.records import RunDir, hashed_config, setting_id
 
 GROUP = ["dataset", "model", "population_size"]  # one table per group
@@ -126,12 +127,25 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]
         row["setting_id"] = setting_id(cfg)
         row["setting"] = json.dumps(setting_of(cfg), sort_keys=True, default=str)
         row["_config"] = cfg
+        if "cost.train_flops" not in row and rec.get("status") == "done":
+            row.update(_measured_flops(cfg, rec.get("steps")))
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
         _add_labels(df)
         df = df.drop(columns="_config")
     return df, skipped
+
+
+def _measured_flops(cfg: dict[str, Any], steps: Any) -> dict[str, Any]:
+    """A record written before wab counted FLOPs: the same count from its config (the model and
+    the data shape), or nothing when the model cannot be built here."""
+    try:
+        flops = run_flops(cfg, int(steps))
+    except Exception:  # an unknown model or dataset: the FLOPs stay unknown
+        return {}
+    return {"cost.flops_per_member_step": flops["per_member_step"], "cost.flops_per_step": flops["per_step"],
+            "cost.train_flops": flops["train"]}  # fmt: skip
 
 
 def _add_labels(df: pd.DataFrame) -> None:

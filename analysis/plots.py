@@ -265,3 +265,121 @@ def varied_hyperparameters(df: pd.DataFrame) -> list[str]:
                 out.append(col.removeprefix("config.method."))
                 break
     return out
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Indices of the points no other point dominates (lower or equal cost x and higher or equal
+    accuracy y, better in one), by increasing x."""
+    order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return front
+
+
+FRONT_AXES = [
+    ("comm.bytes_total", "bytes one member sent (log)", True),
+    ("cost.train_flops", "training FLOPs (log)", False),
+    ("cost.train_time_s", "training time, s (log; evaluation excluded)", False),
+]
+WALL_AXIS = ("wall_time_s", "wall time, s (log; with evaluation: records before wab timed training alone)", False)
+
+
+def _mean_ci(values: pd.Series) -> tuple[float, float, float]:
+    from wab.analysis.stats import mean_ci
+
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    ci = mean_ci(v.to_numpy())
+    mean = float(v.mean()) if len(v) else np.nan
+    return mean, *(ci if ci else (mean, mean))
+
+
+def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc") -> plt.Figure:
+    """The final model's accuracy against bytes sent, training FLOPs and training time, one point
+    per row (mean, with its 95% CI as error bars on both axes), each method's Pareto front drawn
+    through its non-dominated rows and the front of every row dashed in grey. Rows that send
+    nothing sit at a marked "0" position left of the bytes axis, spread apart within it (other
+    points stay at their values: rows of equal cost overlap). An axis spanning less than a decade
+    is linear. ``df``
+    may hold several population sizes (a single model at equal FLOPs beside the populations):
+    labels then say N. Records without a training time are drawn against wall time, labelled so."""
+    several = df["population_size"].nunique() > 1
+    timed = "cost.train_time_s" in df and pd.to_numeric(df["cost.train_time_s"], errors="coerce").notna().all()
+    axes_spec = FRONT_AXES if timed else [*FRONT_AXES[:2], WALL_AXIS]
+    rows = []
+    for (method, variant, n), sub in df.groupby(["method", "variant", "population_size"], sort=False):
+        row = {"method": method, "label": f"{variant}, N={n}" if several else variant}
+        row["y"], row["y_lo"], row["y_hi"] = (100 * v for v in _mean_ci(sub[metric]))
+        for col, _, _ in axes_spec:
+            row[col] = _mean_ci(sub[col]) if col in sub else (np.nan,) * 3
+        rows.append(row)
+    order = method_order([r["method"] for r in rows])
+    rows.sort(key=lambda r: (order.index(r["method"]), r["label"]))
+    labels = [(r["method"], r["label"]) for r in rows]
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(17, 4.6), sharey=True)
+    ys = np.array([r["y"] for r in rows])
+    for ax, (col, xlabel, has_zero) in zip(axes, axes_spec):
+        x = np.array([r[col][0] for r in rows], dtype=float)
+        ok = np.isfinite(x)
+        positive = x[ok & (x > 0)]
+        zero_at = (positive.min() / 10 if len(positive) else 1.0) if has_zero else None
+        xs = np.where(ok & (x > 0), x, zero_at if zero_at else np.nan)
+        silent = np.flatnonzero(ok & (x == 0)) if zero_at else np.array([], dtype=int)
+        drawn = xs.copy()
+        if len(silent) > 1:  # a category, not a value: spread within the band
+            drawn[silent] = zero_at * 10 ** (0.25 * (np.arange(len(silent)) / (len(silent) - 1) - 0.5))
+        for r, xv, dx, (method, label) in zip(rows, xs, drawn, labels):
+            if not np.isfinite(xv):
+                continue
+            lo, hi = (r[col][1], r[col][2]) if r[col][0] > 0 else (xv, xv)
+            ax.errorbar(dx, r["y"], yerr=[[r["y"] - r["y_lo"]], [r["y_hi"] - r["y"]]],
+                        xerr=[[max(xv - lo, 0)], [max(hi - xv, 0)]], fmt=_marker(labels, method, label),
+                        color=method_color(method), capsize=2, markersize=6, label=label)  # fmt: skip
+        for method in order:
+            idx = [i for i, r in enumerate(rows) if r["method"] == method and np.isfinite(xs[i])]
+            front = [idx[j] for j in pareto_front(xs[idx], ys[idx])]
+            if len(front) > 1:
+                ax.step(xs[front], ys[front], where="post", color=method_color(method), alpha=0.6, linewidth=1.2)
+        valid = [i for i in range(len(rows)) if np.isfinite(xs[i])]
+        overall = [valid[j] for j in pareto_front(xs[valid], ys[valid])]
+        ax.step(xs[overall], ys[overall], where="post", color="grey", linestyle="--", linewidth=1, label="front")
+        finite = xs[np.isfinite(xs)]
+        if zero_at or (len(finite) and finite.max() >= 10 * finite.min()):
+            ax.set_xscale("log")
+        else:
+            xlabel = xlabel.replace("(log", "(").replace("(; ", "(").replace(" ()", "")
+        if zero_at:
+            ax.axvspan(zero_at / 2, zero_at * 2, color="#eeeeee", zorder=0)
+            ax.annotate("0 sent", (zero_at, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                        fontsize=7)  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("final model accuracy (%)")
+    fig.suptitle(f"{title}: accuracy against cost (mean, 95% CI; lines: Pareto fronts)")
+    fig.tight_layout()
+    _outside_legend(fig, list(axes))
+    return fig
+
+
+def performance_profiles(profiles: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], taus: np.ndarray,
+                         methods: dict[str, str], title: str) -> plt.Figure:  # fmt: skip
+    """rliable's performance profiles: the fraction of runs whose normalised score exceeds tau,
+    with a 95% band, one line per row label."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    labels = list(profiles)
+    pairs = [(methods[lab], lab) for lab in labels]
+    for k, lab in enumerate(labels):
+        p, lo, hi = profiles[lab]
+        color = method_color(methods[lab])
+        ax.plot(taus, p, color=color, label=lab, marker=_marker(pairs, methods[lab], lab), markersize=5,
+                markevery=max(1, len(taus) // 8), linestyle=["-", "--", ":", "-."][k % 4])  # fmt: skip
+        ax.fill_between(taus, lo, hi, color=color, alpha=0.12)
+    ax.set_xlabel("normalised score τ (0: a single independent member, 1: the independent ensemble)")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _outside_legend(fig, [ax])
+    return fig

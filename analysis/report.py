@@ -1,4 +1,6 @@
-"""``wab report``: every run under a directory into a DataFrame, tables, figures and a summary page."""
+"""``wab report``: every run under a directory into a DataFrame, tables, paired verdicts, time to
+target, figures (fronts of accuracy against cost among them), an across-task aggregate and a
+summary page."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wab.analysis import plots
+from wab.analysis import aggregate, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
 from wab.errors import UserError
@@ -16,10 +18,28 @@ def _slug(key: tuple) -> str:
     return "_".join(str(k) for k in key)
 
 
-def write_report(results: str | Path, out: str | Path | None = None) -> Path:
-    """Write runs.csv (and runs.parquet with pyarrow), tables, figures and summary.md; returns
-    the summary's path. Unreadable or unfinished runs are listed in the summary, never dropped.
-    A missing directory, or one without any run, is a :class:`UserError`."""
+def write_report(
+    results: str | Path,
+    out: str | Path | None = None,
+    baseline: str | None = None,
+    margin: float = 0.5,
+    target: float | None = None,
+    metrics: list[str] | None = None,
+) -> Path:
+    """Write runs.csv (and runs.parquet with pyarrow), tables, verdicts, time to target, figures
+    and summary.md; returns the summary's path. Unreadable or unfinished runs are listed in the
+    summary, never dropped. A missing directory, or one without any run, is a :class:`UserError`.
+
+    ``baseline``: each row's baseline (a row label, or overrides; default ``method=independent``);
+    ``margin``: the equivalence margin in accuracy points; ``target``: the time-to-target accuracy
+    in percent (default: the runs' ``trainer.target_acc``, else the baseline's final-model
+    accuracy minus the margin); ``metrics``: the accuracies verdicts are given for."""
+    if margin <= 0:
+        raise UserError(f"--margin {margin} must be a positive number of accuracy points")
+    if target is not None and not 0 < target <= 100:
+        raise UserError(f"--target {target} must be an accuracy in percent, in (0, 100]")
+    metric_cols = [verdicts.metric_column(m) for m in metrics] if metrics else verdicts.HEADLINE
+    spec = verdicts.parse_baseline(baseline)
     results = Path(results)
     if not results.is_dir():
         raise UserError(f"results directory {results} does not exist")
@@ -42,15 +62,34 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         "communication in elements per member per step, and as a fraction of the model size D."
     )
     tables = summary_tables(df) if not df.empty else {}
-    curves = collect_curves(df[df["status"] == "done"]) if tables else pd.DataFrame()
+    done = df[df["status"] == "done"] if not df.empty else df
+    curves = collect_curves(done) if tables else pd.DataFrame()
+    all_verdicts, all_targets = [], []
+    if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
+        raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
+                        + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
     for key, table in tables.items():
         lines += ["", f"## {table.title}", "", markdown(table)]
         lines += ["<details><summary>runs in each row</summary>", ""]
         lines += [f"- {label}: {', '.join(ids)}" for label, ids in table.runs.items()]
         lines += ["", "</details>", ""]
-        group = df[(df["status"] == "done")]
+        group = done
         for col, value in zip(GROUP, key):
             group = group[group[col] == value]
+        rows = verdicts.rows_of(group.loc[group["setting_id"].map(_table_order(table, group)).sort_values().index])
+        same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
+        singles = verdicts.rows_of(done[same_task & (done["population_size"] == 1) & (done["method"] == "independent")])
+        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin)
+        if found:
+            lines += ["", f"### Paired verdicts ({table.title})", ""]
+            for title, frame in found:
+                lines += [f"**{title}**", "", verdicts.markdown(frame), ""]
+                all_verdicts.append(frame.assign(table=table.title, comparison=title))
+            lines += [verdicts.caption(margin), ""]
+        tt = targets.targets(rows, curves, spec, target, margin)
+        if not tt.empty:
+            lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
+            all_targets.append(tt.assign(table=table.title))
         figures = [
             ("accuracy_vs_communication", plots.accuracy_vs_communication(group, table.title)),
             ("ensemble_vs_average", plots.ensemble_vs_average(group, table.title)),
@@ -64,7 +103,13 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         for name, fig in figures:
             png = plots.save(fig, out / "figures", f"{name}_{_slug(key)}")
             lines += [f"![{name}](figures/{png.name})", ""]
+    lines += _fronts(done, out)
+    lines += _across_tasks(done, out)
     write_tables(tables, out / "tables")
+    if all_verdicts:
+        pd.concat(all_verdicts, ignore_index=True).to_csv(out / "tables" / "verdicts.csv", index=False)
+    if all_targets:
+        pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
     failed = df[df["status"] != "done"] if not df.empty else df
     if len(failed) or skipped:
         lines += ["", "## Runs not in the tables", "", "| run | reason |", "|---|---|"]
@@ -74,5 +119,68 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         for run_dir, reason in skipped:
             lines.append(f"| {Path(run_dir).name} | skipped: {reason} |")
     summary = out / "summary.md"
+    lines += ["", _how(spec, margin)]
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _table_order(table, group: pd.DataFrame) -> dict:
+    """setting_id -> its row's position in the table (verdicts follow the table's order)."""
+    order = list(table.runs)
+    labels = group.drop_duplicates("setting_id").set_index("setting_id")["variant"]
+    return {sid: order.index(lab) if lab in order else len(order) for sid, lab in labels.items()}
+
+
+def _verdicts(rows, singles, spec, metric_cols: list[str], margin: float) -> list[tuple[str, pd.DataFrame]]:
+    """The table's verdict families: against the baseline (per metric), the average against its
+    ensemble within each row, and each row against a single model at equal FLOPs."""
+    found = []
+    for col in metric_cols:
+        frame = verdicts.against_baseline(rows, spec, col, margin)
+        if not frame.empty:
+            found.append((f"{verdicts.shown(col)} against the baseline", frame))
+    for col, ref in verdicts.WITHIN:
+        frame = verdicts.within_rows(rows, col, ref, margin)
+        if not frame.empty:
+            found.append((f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}", frame))
+    frame = verdicts.at_equal_flops(rows, singles, "metrics.final_acc", margin)
+    if not frame.empty:
+        found.append(("final model against one model at equal training FLOPs", frame))
+    return found
+
+
+def _fronts(done: pd.DataFrame, out: Path) -> list[str]:
+    """One figure of accuracy against bytes, FLOPs and time per (dataset, model), every N on it."""
+    lines = []
+    for (dataset, model), group in done.groupby(["dataset", "model"], sort=True) if len(done) else []:
+        title = f"{dataset}, {model}"
+        png = plots.save(plots.fronts(group, title), out / "figures", f"fronts_{dataset}_{model}")
+        lines += ["", f"## Accuracy against cost: {title}", "", f"![fronts](figures/{png.name})", ""]
+    return lines
+
+
+def _across_tasks(done: pd.DataFrame, out: Path) -> list[str]:
+    agg = aggregate.aggregate(done) if len(done) else None
+    if agg is None:
+        return []
+    lines = ["", "## Across tasks", "", f"Normalisation: {aggregate.NORMALISATION}.", ""]
+    if not agg.table.empty:
+        lines += [aggregate.markdown(agg), "",
+                  "IQM: interquartile mean of every run's normalised final-model score over every task, with a "
+                  "stratified-bootstrap 95% CI (runs resampled within each task). Ranks: by mean final-model "
+                  "accuracy within each task (1 is best; ties share their mean rank).", ""]  # fmt: skip
+        taus, profs = aggregate.profiles(agg)
+        png = plots.save(plots.performance_profiles(profs, taus, agg.methods, "performance profiles"),
+                         out / "figures", "performance_profiles")  # fmt: skip
+        lines += [f"![performance profiles](figures/{png.name})", ""]
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        agg.table.to_csv(out / "tables" / "across_tasks.csv", index=False)
+    if agg.left_out:
+        lines += ["Left out of the aggregate:", "", *(f"- {w}" for w in agg.left_out), ""]
+    return lines
+
+
+def _how(spec, margin: float) -> str:
+    base = spec if isinstance(spec, str) else " ".join(f"{k}={v}" for k, v in spec.items())
+    return (f"Verdicts compare each row with its baseline ({base}), with the equivalence margin ±{margin:g} "
+            "accuracy points (`wab report --baseline ... --margin ...`).")  # fmt: skip

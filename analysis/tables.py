@@ -1,17 +1,22 @@
 """Comparison tables: one per (dataset, model, population size), one row per setting (the whole
-config but the seed), each cell the mean ± std over the row's seeds; Markdown, LaTeX and CSV."""
+config but the seed). Each accuracy, NLL and ECE cell is the mean over the row's seeds with its
+95% bootstrap CI (:mod:`wab.analysis.stats`); cost cells (communication, FLOPs, time) are means.
+Markdown and LaTeX for reading; CSV with mean, CI low/high, std and n as separate columns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from wab.analysis import stats
 from wab.analysis.collect import GROUP
 from wab.analysis.plots import method_order
 
-# (column in the runs DataFrame, header, kind): "acc" shown in %, "num" as is, "sci" in scientific notation
+# (column in the runs DataFrame, header, kind): "acc" in % and "num" as is, both with a CI; "sci"
+# (scientific notation) and "int" are cost columns, shown as means
 COLUMNS = [
     ("metrics.individual_mean", "individual", "acc"),
     ("metrics.members_recal_mean", "individual+BN", "acc"),
@@ -26,8 +31,11 @@ COLUMNS = [
     ("comm_fraction", "comm/step / D", "sci"),
     ("comm.bytes_per_step", "bytes/step", "sci"),
     ("comm.measured.bytes_per_member_per_step", "wire bytes/step", "sci"),
+    ("cost.train_flops", "train FLOPs", "sci"),
+    ("cost.train_time_s", "train time (s)", "int"),
     ("wall_time_s", "time (s)", "int"),
 ]
+_SCALE = {"acc": 100.0, "num": 1.0, "sci": 1.0, "int": 1.0}
 
 
 @dataclass
@@ -39,32 +47,51 @@ class Table:
     shared: str  # changed settings every row shares, as overrides
     single_seed: bool  # some row has one seed: its cells have no spread
     runs: dict[str, list[str]]  # row label -> the run ids averaged in it
+    numbers: pd.DataFrame  # per row and column: mean, ci_low, ci_high, std, n (the CSV)
+    commits: list[str]  # the code the rows' runs were trained with ("unknown" for older records)
 
     @property
     def title(self) -> str:
         return title(self.key)
 
     def caption(self) -> str:
-        """Mean ± std over seeds; what every row shares; the note on single seeds, once."""
-        parts = ["Mean ± std over the seeds of each row (accuracies in %)."]
+        """How cells are computed; what every row shares; single seeds and commits, once."""
+        parts = [
+            f"Accuracy (%), NLL and ECE: mean [{stats.CI_METHOD}]; with fewer than {stats.FEW_SEEDS} seeds "
+            "such an interval is narrower than it should be (see the paired verdicts). Cost columns: means "
+            "(train FLOPs: members x steps x one member's forward and backward, counted by torch's flop "
+            "counter; train time: wall time without evaluation)."
+        ]
         if self.shared:
             parts.append(f"Every row: {self.shared}.")
         parts.append("Settings not shown are wab's defaults.")
         if self.single_seed:
-            parts.append("Rows with 1 seed show the value alone: no spread.")
+            parts.append("Rows with 1 seed show the value alone: no interval.")
+        if len(self.commits) > 1:
+            parts.append(f"**Rows come from {len(self.commits)} different commits ({', '.join(self.commits)}).**")
         return " ".join(parts)
 
 
-def _fmt(values: pd.Series, kind: str, seeds: int) -> str:
-    v = pd.to_numeric(values, errors="coerce").dropna()
-    if v.empty:
+def _numbers(values: pd.Series, kind: str) -> dict[str, float]:
+    """mean, ci_low, ci_high, std and n of a column over a row's seeds (in the shown unit)."""
+    v = _SCALE[kind] * pd.to_numeric(values, errors="coerce").dropna()
+    ci = stats.mean_ci(v.to_numpy()) if kind in ("acc", "num") else None
+    low, high = ci if ci else (np.nan, np.nan)
+    std = v.std(ddof=1) if len(v) > 1 else np.nan
+    return {"mean": v.mean() if len(v) else np.nan, "ci_low": low, "ci_high": high, "std": std, "n": len(v)}
+
+
+def _fmt(num: dict[str, float], kind: str, seeds: int) -> str:
+    if num["n"] == 0:
         return "–"
-    mean, std, n = v.mean(), v.std(ddof=1), len(v)
-    scale, spec = {"acc": (100.0, ".2f"), "int": (1.0, ".0f"), "num": (1.0, ".3f"), "sci": (1.0, ".3g")}[kind]
-    if kind == "sci" and mean == 0 and (v == 0).all():
-        return "0"
-    text = f"{scale * mean:{spec}}" + (f" ± {scale * std:{'.2g' if kind == 'sci' else spec}}" if n > 1 else "")
-    return text if n == seeds else f"{text} ({n} of {seeds})"
+    spec = {"acc": ".2f", "int": ".0f", "num": ".3f", "sci": ".3g"}[kind]
+    if kind == "sci" and num["mean"] == 0 and num["std"] in (0, np.nan):
+        text = "0"
+    else:
+        text = f"{num['mean']:{spec}}"
+        if np.isfinite(num["ci_low"]) and kind in ("acc", "num"):
+            text += f" [{num['ci_low']:{spec}}, {num['ci_high']:{spec}}]"
+    return text if num["n"] == seeds else f"{text} ({num['n']} of {seeds})"
 
 
 def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
@@ -80,13 +107,17 @@ def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
         settings = sorted(
             group.groupby("setting_id"), key=lambda kv: (order.index(kv[1]["method"].iloc[0]), kv[1]["variant"].iloc[0])
         )
-        rows, runs = [], {}
+        rows, runs, numbers = [], {}, []
         for _, sub in settings:
             label, seeds = sub["variant"].iloc[0], len(sub)
             row = {"method": label, "seeds": seeds, "final model": _final_names(sub)}
+            nums = {"method": label, "seeds": seeds, "final model": row["final model"]}
             for col, header, kind in COLUMNS:
-                row[header] = _fmt(sub[col], kind, seeds) if col in sub else "–"
+                num = _numbers(sub[col] if col in sub else pd.Series(dtype=float), kind)
+                row[header] = _fmt(num, kind, seeds)
+                nums.update({f"{header} {k}": v for k, v in num.items()})
             rows.append(row)
+            numbers.append(nums)
             runs[label] = [Path(d).name for d in sub["run_dir"]]
         tables[tuple(key)] = Table(
             key=tuple(key),
@@ -94,8 +125,23 @@ def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
             shared=str(group["shared_settings"].iloc[0]),
             single_seed=any(r["seeds"] == 1 for r in rows),
             runs=runs,
+            numbers=pd.DataFrame(numbers),
+            commits=commits_of(group),
         )
     return tables
+
+
+def commits_of(runs: pd.DataFrame) -> list[str]:
+    """The distinct commits (12 characters, ``+dirty`` for uncommitted changes) runs were trained
+    with; ``unknown`` for records without one (older wab, or not a git checkout)."""
+    out = set()
+    for _, r in runs.iterrows():
+        commit = r.get("git_commit")
+        if not isinstance(commit, str) or not commit:
+            out.add("unknown")
+        else:
+            out.add(commit[:12] + ("+dirty" if r.get("git_dirty") is True else ""))
+    return sorted(out)
 
 
 def _final_names(sub: pd.DataFrame) -> str:
@@ -124,6 +170,6 @@ def write_tables(tables: dict[tuple, Table], out: Path) -> list[Path]:
         caption = f"{table.title}. {table.caption()}".replace("_", r"\_").replace("±", r"$\pm$")
         latex = table.rows.to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem}")
         (out / f"{stem}.tex").write_text(latex.replace("±", r"$\pm$"))
-        table.rows.to_csv(out / f"{stem}.csv", index=False)
+        table.numbers.to_csv(out / f"{stem}.csv", index=False)
         written.append(md)
     return written

@@ -266,6 +266,27 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
     report.add_argument("results", help="a results directory (searched recursively for runs)")
     report.add_argument("--out", default=None, help="where the report goes (default: <results>/report)")
+    report.add_argument(
+        "--baseline",
+        default=None,
+        help="each row's baseline: a row label, or overrides of the row "
+        "(default: method=independent, the independent population with the same everything else)",
+    )
+    report.add_argument("--margin", type=float, default=0.5, help="equivalence margin in accuracy points (0.5)")
+    report.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="time-to-target accuracy in percent (default: "
+        "trainer.target_acc of the runs, else the baseline's final accuracy minus the margin)",
+    )
+    report.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        dest="metrics",
+        help="an accuracy to give verdicts for (repeatable; default: final_acc and individual_mean)",
+    )
     return parser
 
 
@@ -291,7 +312,8 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "report":
         from wab.analysis.report import write_report
 
-        print(f"report written: {write_report(args.results, args.out)}")
+        summary = write_report(args.results, args.out, args.baseline, args.margin, args.target, args.metrics)
+        print(f"report written: {summary}")
         return 0
     from wab.demo import demo as run_demo
 
