@@ -39,7 +39,8 @@ class Aggregate:
 
 
 def _task(key: tuple) -> str:
-    return "{}, {}, N={}".format(*key)
+    dataset, model, n = key
+    return f"{dataset}, {model}, N={int(n)}"
 
 
 def _reference(group: pd.DataFrame) -> pd.DataFrame | None:

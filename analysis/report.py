@@ -62,7 +62,7 @@ def write_report(
         "communication in elements per member per step, and as a fraction of the model size D."
     )
     tables = summary_tables(df) if not df.empty else {}
-    done = df[df["status"] == "done"] if not df.empty else df
+    done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
     curves = collect_curves(done) if tables else pd.DataFrame()
     all_verdicts, all_targets = [], []
     if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):

@@ -130,12 +130,20 @@ def _iqm(*tasks: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _stratified(tasks: list[np.ndarray], statistic, seed: int) -> tuple[float, float]:
-    """A 95% percentile interval of ``statistic`` with each task's runs resampled on their own."""
+    """A 95% percentile interval of ``statistic`` with each task's runs resampled on their own
+    (a task of one run resamples to itself, so it enters every resample as it is)."""
     tasks = [np.asarray(t, dtype=float) for t in tasks]
-    if sum(len(t) for t in tasks) < 2 or all(np.all(t == tasks[0][0]) for t in tasks):
+    varying = [t for t in tasks if len(t) > 1]
+    fixed = [t for t in tasks if len(t) == 1]
+    if not varying or all(np.all(t == tasks[0][0]) for t in tasks):
         value = float(statistic(*tasks))
         return value, value
-    res = stats.bootstrap(tasks, statistic, n_resamples=RESAMPLES, method="percentile", vectorized=True,
+
+    def with_fixed(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        batch = samples[0].shape[:-1]
+        return statistic(*samples, *(np.broadcast_to(f, (*batch, len(f))) for f in fixed), axis=axis)
+
+    res = stats.bootstrap(varying, with_fixed, n_resamples=RESAMPLES, method="percentile", vectorized=True,
                           random_state=np.random.default_rng(seed))  # fmt: skip
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 

@@ -167,9 +167,9 @@ def write_tables(tables: dict[tuple, Table], out: Path) -> list[Path]:
         stem = "table_" + "_".join(str(k) for k in key)
         md = out / f"{stem}.md"
         md.write_text(f"### {table.title}\n\n" + markdown(table))
-        caption = f"{table.title}. {table.caption()}".replace("_", r"\_").replace("±", r"$\pm$")
+        caption = f"{table.title}. {table.caption()}".replace("_", r"\_").replace("%", r"\%").replace("**", "")
         latex = table.rows.to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem}")
-        (out / f"{stem}.tex").write_text(latex.replace("±", r"$\pm$"))
+        (out / f"{stem}.tex").write_text(latex)
         table.numbers.to_csv(out / f"{stem}.csv", index=False)
         written.append(md)
     return written

@@ -8,10 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
-from wab.analysis import plots
+from wab.analysis import aggregate, plots
 from wab.analysis.collect import collect_curves, collect_runs, label_settings
 from wab.analysis.report import write_report
+from wab.analysis.stats import mean_ci
 from wab.analysis.tables import summary_tables
 from wab.config import compose_config
 from wab.errors import UserError
@@ -43,19 +45,33 @@ def test_report_matches_the_golden_table_and_lists_what_it_skipped(golden, tmp_p
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert len(runs) == 7 and (runs["status"] == "done").sum() == 6
     tex = (tmp_path / "report" / "tables" / "table_digits_cnn_2.tex").read_text()
-    assert r"\pm" in tex and r"wash (p=0.1)" in tex and r"papa\_all" in tex
+    assert r"Accuracy (\%)" in tex and r"wash (p=0.1)" in tex and r"papa\_all" in tex and "[9.17, 10.56]" in tex
     assert "Every row: model.width=4, population.size=2, trainer.batch\\_size=256, trainer.epochs=2." in tex
     # one seed is said once per table, never as "± 0.00 (1)" in each cell
     assert "(1)" not in table and text.count("Rows with 1 seed show the value alone") == 1
+    assert "95% percentile bootstrap CI of the mean over seeds" in table  # the caption states the method
+    for section in ("### Paired verdicts (digits, cnn, N=2)", "**final model against the baseline**",
+                    "**averaged+BN against the row's ensemble**", "### Time to target (digits, cnn, N=2)",
+                    "## Accuracy against cost: digits, cnn", "figures/fronts_digits_cnn.png"):  # fmt: skip
+        assert section in text
+    csv = pd.read_csv(tmp_path / "report" / "tables" / "table_digits_cnn_2.csv").set_index("method")
+    for stat in ("mean", "ci_low", "ci_high", "std", "n"):
+        assert f"final acc {stat}" in csv.columns
+    verdicts = pd.read_csv(tmp_path / "report" / "tables" / "verdicts.csv")
+    assert {"difference", "ci_low", "ci_high", "P(improvement)", "p (Holm)", "verdict"} <= set(verdicts.columns)
 
 
-def test_a_table_cell_is_the_mean_and_std_over_seeds(golden):
+def test_a_table_cell_is_the_mean_and_bootstrap_interval_over_seeds(golden):
     finals = [json.loads(p.read_text()) for p in golden.glob("papa_all-*/final.json")]
-    accs = pd.Series([f["metrics"]["avg_bn_acc"] for f in finals])
+    accs = 100 * np.array([f["metrics"]["avg_bn_acc"] for f in finals])
     df, _ = collect_runs(golden)
     (table,) = summary_tables(df).values()
     row = table.rows.set_index("method").loc["papa_all"]
-    assert row["averaged+BN"] == f"{100 * accs.mean():.2f} ± {100 * accs.std(ddof=1):.2f}" and row["seeds"] == 2
+    low, high = sps.bootstrap((accs,), np.mean, n_resamples=10_000, method="percentile",
+                              random_state=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    assert row["averaged+BN"] == f"{accs.mean():.2f} [{low:.2f}, {high:.2f}]" and row["seeds"] == 2
+    nums = table.numbers.set_index("method").loc["papa_all"]
+    assert nums["averaged+BN std"] == pytest.approx(accs.std(ddof=1)) and nums["averaged+BN n"] == 2
 
 
 def test_a_missing_metric_is_shown_as_missing(golden):
@@ -65,6 +81,7 @@ def test_a_missing_metric_is_shown_as_missing(golden):
     (table,) = summary_tables(df).values()
     row = table.rows.set_index("method").loc["papa_all"]
     assert row["ECE"] == "–" and row["NLL"].endswith("(1 of 2)")
+    assert table.commits == ["unknown"]  # the golden records predate provenance
 
 
 def _copy_run(src: Path, dst_root: Path, **changes) -> Path:
@@ -102,7 +119,8 @@ def test_runs_that_differ_only_in_epochs_are_two_rows_never_two_seeds(golden):
         accs = pd.Series([f["metrics"]["ensemble_acc"] for f in finals
                           if f["status"] == "done" and f["config"]["trainer"]["epochs"] == epochs])  # fmt: skip
         assert len(accs) == 2
-        cell = f"{100 * accs.mean():.2f} ± {100 * accs.std(ddof=1):.2f}"
+        low, high = mean_ci(100 * accs.to_numpy())
+        cell = f"{100 * accs.mean():.2f} [{low:.2f}, {high:.2f}]"
         assert rows.loc[f"independent (epochs={epochs})", "ensemble"] == cell
     # epochs now varies between rows: every row says its value, and it is no longer a shared setting
     assert "wash (epochs=2, p=0.1)" not in rows.index and "wash (p=0.1, epochs=2)" in rows.index
@@ -247,3 +265,78 @@ def test_report_of_an_empty_or_missing_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nope")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_table_whose_rows_come_from_different_commits_says_so(golden):
+    for i, path in enumerate(sorted(golden.glob("*/final.json"))):
+        if path.parent.name.startswith("broken"):
+            continue
+        rec = json.loads(path.read_text())
+        rec["git_commit"], rec["git_dirty"] = ("a" * 40, False) if i % 2 else ("b" * 40, True)
+        path.write_text(json.dumps(rec))
+    df, _ = collect_runs(golden)
+    (table,) = summary_tables(df).values()
+    assert table.commits == ["aaaaaaaaaaaa", "bbbbbbbbbbbb+dirty"]
+    assert "Rows come from 2 different commits (aaaaaaaaaaaa, bbbbbbbbbbbb+dirty)" in table.caption()
+
+
+def test_across_tasks_normalises_by_each_tasks_independent_population(golden, tmp_path):
+    second = tmp_path / "second"
+    for src in golden.glob("*-*"):
+        if (src / "done").exists():
+            dst = _copy_run(src, second, **{"data.name": "mnist"})
+            rec = json.loads((dst / "final.json").read_text())
+            rec["dataset"] = "mnist"
+            (dst / "final.json").write_text(json.dumps(rec))
+    shutil.copytree(second, golden / "second")
+    df, _ = collect_runs(golden)
+    done = df[df["status"] == "done"]
+    agg = aggregate.aggregate(done)
+    assert agg.tasks == ["digits, cnn, N=2", "mnist, cnn, N=2"]
+    task = done[done["dataset"] == "digits"]
+    ref = task[task["variant"] == "independent"]
+    low, high = ref["metrics.individual_mean"].mean(), ref["metrics.ensemble_acc"].mean()
+    papa = task[task["variant"] == "papa_all"]["metrics.final_acc"]
+    assert sorted(agg.scores["papa_all"][0]) == pytest.approx(sorted((papa - low) / (high - low)))
+    line = agg.table.set_index("row").loc["papa_all"]
+    assert line["runs"] == 4 and line["ci_low"] <= line["IQM"] <= line["ci_high"]
+    summary = write_report(golden, tmp_path / "report").read_text()
+    assert "## Across tasks" in summary and "figures/performance_profiles.png" in summary
+    assert (tmp_path / "report" / "tables" / "across_tasks.csv").exists()
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats():
+    x = np.array([1.0, 2.0, 3.0, 2.5, 0.5])
+    y = np.array([80.0, 85.0, 84.0, 86.0, 70.0])
+    assert plots.pareto_front(x, y) == [4, 0, 1, 3]
+
+
+def test_fronts_put_each_row_at_its_mean_cost_and_silent_rows_in_their_band(golden):
+    df = _done(golden)
+    fig = plots.fronts(df, "t")
+    bytes_ax = fig.axes[0]
+    points = {c.get_label(): c.lines[0] for c in bytes_ax.containers}
+    for variant, sub in df.groupby("variant"):
+        line = points[variant]
+        assert line.get_ydata()[0] == pytest.approx(100 * sub["metrics.final_acc"].mean())
+        total = sub["comm.bytes_total"].mean()
+        if total > 0:
+            assert line.get_xdata()[0] == pytest.approx(total)
+        else:  # left of every row that sends something
+            assert line.get_xdata()[0] < df.loc[df["comm.bytes_total"] > 0, "comm.bytes_total"].min()
+    flops_ax = fig.axes[1]
+    assert {c.lines[0].get_xdata()[0] for c in flops_ax.containers} == set(df["cost.train_flops"])
+    plt.close(fig)
+
+
+def test_report_options_are_checked(golden, tmp_path):
+    with pytest.raises(UserError, match="--margin -1.0 must be a positive"):
+        write_report(golden, tmp_path / "r", margin=-1.0)
+    with pytest.raises(UserError, match="--target 150.0 must be an accuracy in percent"):
+        write_report(golden, tmp_path / "r", target=150.0)
+    with pytest.raises(UserError, match="--metric nll: verdicts are for accuracies"):
+        write_report(golden, tmp_path / "r", metrics=["nll"])
+    with pytest.raises(UserError, match="--baseline 'indep' is neither a row label nor overrides"):
+        write_report(golden, tmp_path / "r", baseline="indep")
+    text = write_report(golden, tmp_path / "r", baseline="papa_all", target=10.0).read_text()
+    assert "| wash | papa_all | final model |" in text and "| 10.00 | --target |" in text
