@@ -6,8 +6,9 @@ single independent member (``individual``), 1 the accuracy of the independent en
 score says how much of the ensemble's gain over one member a method's final model keeps. The
 interquartile mean of every run's score over every task gets a stratified-bootstrap 95% CI;
 performance profiles show the whole distribution; ranks order the labels within each task by
-their mean final-model accuracy. A task without an independent row cannot be normalised and is
-left out, as is a label that some included task lacks; the report lists both.
+their mean final-model accuracy. Tables of one member are not tasks (they hold the equal-compute
+baselines). A task without an independent row cannot be normalised and is left out, as is a
+label that some included task lacks; the report lists both.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def aggregate(done: pd.DataFrame, metric: str = "metrics.final_acc") -> Aggregat
     per_task: dict[str, dict[str, np.ndarray]] = {}
     methods: dict[str, str] = {}
     left_out = []
-    groups = list(done.groupby(GROUP, sort=True))
+    groups = [(key, g) for key, g in done.groupby(GROUP, sort=True) if int(key[2]) > 1]
     if len(groups) < 2:
         return None
     for key, group in groups:

@@ -79,7 +79,7 @@ def write_report(
         rows = verdicts.rows_of(group.loc[group["setting_id"].map(_table_order(table, group)).sort_values().index])
         same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
         singles = verdicts.rows_of(done[same_task & (done["population_size"] == 1) & (done["method"] == "independent")])
-        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin)
+        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1)
         if found:
             lines += ["", f"### Paired verdicts ({table.title})", ""]
             for title, frame in found:
@@ -131,7 +131,9 @@ def _table_order(table, group: pd.DataFrame) -> dict:
     return {sid: order.index(lab) if lab in order else len(order) for sid, lab in labels.items()}
 
 
-def _verdicts(rows, singles, spec, metric_cols: list[str], margin: float) -> list[tuple[str, pd.DataFrame]]:
+def _verdicts(
+    rows, singles, spec, metric_cols: list[str], margin: float, single: bool
+) -> list[tuple[str, pd.DataFrame]]:
     """The table's verdict families: against the baseline (per metric), the average against its
     ensemble within each row, and each row against a single model at equal FLOPs."""
     found = []
@@ -139,7 +141,7 @@ def _verdicts(rows, singles, spec, metric_cols: list[str], margin: float) -> lis
         frame = verdicts.against_baseline(rows, spec, col, margin)
         if not frame.empty:
             found.append((f"{verdicts.shown(col)} against the baseline", frame))
-    for col, ref in verdicts.WITHIN:
+    for col, ref in verdicts.WITHIN if not single else []:  # one member is its own ensemble and average
         frame = verdicts.within_rows(rows, col, ref, margin)
         if not frame.empty:
             found.append((f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}", frame))
