@@ -91,7 +91,13 @@ def parse_baseline(spec: str | None) -> dict[str, Any] | str:
     out = {}
     for p in parts:
         k, v = p.split("=", 1)
-        out["method.name" if k == "method" else k] = yaml.safe_load(v)
+        value = yaml.safe_load(v)
+        if isinstance(value, str):  # YAML reads 1e-4 as a string; a config holds it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out["method.name" if k == "method" else k] = value
     return out
 
 
@@ -178,21 +184,31 @@ def within_rows(rows: list[Row], metric: str, reference: str, margin: float) -> 
     return _family(entries, margin)
 
 
+EQUAL_FLOPS_FREE = ("population.size", "trainer.epochs", "population.same_init")  # what N x the steps changes
+
+
 def at_equal_flops(rows: list[Row], singles: list[Row], metric: str, margin: float) -> pd.DataFrame:
     """Each row against a one-member run of the same dataset and model whose training FLOPs are
-    the row's (within 1%): the comparison at equal compute."""
+    the row's (within 1%): the comparison at equal compute. Of several, the one whose other
+    settings differ least from the row's (the verdict names those that differ)."""
     entries = []
     for row in rows:
         flops = row.values("cost.train_flops").mean()
         if not np.isfinite(flops) or flops <= 0:
             continue
-        match = [s for s in singles if s is not row and abs(s.values("cost.train_flops").mean() / flops - 1) < 0.01]
+        match = []
+        for s in singles:
+            if s is not row and abs(s.values("cost.train_flops").mean() / flops - 1) < 0.01:
+                want, have = _non_method(row.setting), _non_method(s.setting)
+                differ = sorted(k for k in set(want) | set(have)
+                                if want.get(k) != have.get(k) and k not in EQUAL_FLOPS_FREE)  # fmt: skip
+                match.append((len(differ), s.label, s, differ))
         if not match:
             continue
-        single = match[0]
+        _, _, single, differ = min(match, key=lambda m: m[:2])
         x, y = _pair(row.values(metric), single.values("metrics.final_acc"))
-        entry = {"row": row.label, "baseline": f"{single.label}, N=1 (equal FLOPs)", "metric": shown(metric),
-                 "_x": x, "_y": y}  # fmt: skip
+        note = f"{single.label}, N=1 (equal FLOPs)" + (f" (differs in {', '.join(differ)})" if differ else "")
+        entry = {"row": row.label, "baseline": note, "metric": shown(metric), "_x": x, "_y": y}
         if len(x) == 0:
             entry["_why"] = "no shared seeds"
         entries.append(entry)

@@ -243,6 +243,9 @@ def test_dart_delivers_the_aggregated_model_best_on_heldout_data(tiny):
     assert rec["steps"] == 66 and len(accs) == (66 - 1) // 4  # after 0-based steps 4, 8, ..., 64
     first_best = accs.index(max(accs))
     assert report["chosen"] == report["aggregations"][first_best]
+    n = report["selection"]["heldout_size"]
+    assert n == len(load_data("digits").heldout) and report["selection"]["heldout_acc"] == max(accs)
+    assert report["selection"]["selection_se"] == pytest.approx((max(accs) * (1 - max(accs)) / n) ** 0.5)
     assert rec["metrics"]["final_model"] == "dart_heldout"
     held = load_data("digits").heldout
     rd = run_dir_for(cfg).path
@@ -330,6 +333,8 @@ def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
     state.epoch = 5
     m.after_epoch(state)
     assert m.decisions[0][-1] == "soft" and m.n[0] == 2
+    (selection,) = m.report()["selection"]
+    assert selection["heldout_acc"] == 0.75 and selection["heldout_size"] == len(state.data.heldout)
     torch.testing.assert_close(m.params[0][0], (snaps[4] + pop.params[0][0]) / 2)
     assert torch.equal(pop.params[0][0], running)  # the running model is never modified
 
@@ -366,6 +371,9 @@ def test_twa_training_lowers_the_loss_it_trains_on(tiny, variant):
     twa.cfg.update({"epochs": 3, "lr": 0.5})
     trained = twa.finalize(state)["twa"]
     assert loss(trained) < loss(uniform)
+    if variant == "v":  # fitted on the held-out split: the report says how large it is and what it can resolve
+        sel = twa.report()["selection"]
+        assert sel["heldout_size"] == len(state.data.heldout) and sel["heldout_acc"] == ev.accuracy(trained)
 
 
 # ----------------------------------------------------------------------------------------- soups

@@ -82,6 +82,7 @@ class _Wandb:
         import wandb
 
         self.wandb = wandb
+        os.environ.setdefault("WANDB_SILENT", "true")  # wab's log says where things are; wandb's banner would not
         mode = os.environ.get("WANDB_MODE", "offline")
         project = os.environ.get("WANDB_PROJECT", "wab")
         self.run = wandb.init(
