@@ -15,8 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
-_KNOWN_COLORS = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0)]  # one distinct colour per known method
+KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
+               "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
+_TAB20B = plt.get_cmap("tab20b").colors
+# one distinct colour per known method: tab10, black, then the darkest shades of tab20b
+_KNOWN_COLORS = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0), *(_TAB20B[i] for i in (0, 4, 8, 12, 16, 2, 10))]
 _OTHER_COLORS = plt.get_cmap("Dark2").colors
 # variants of one method: same colour, other marker
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8"]

@@ -31,7 +31,7 @@ def _gather(run: RunState) -> Rows:
     (recorded once as ``soup_gather``: D per member)."""
     pop = run.population
     if "soup_gather" not in run.ledger.ops:
-        run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size())
+        run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size(), "all_gather")
     return [pop.all_rows(p, "soup_gather") for p in pop.params], [pop.all_rows(b, "soup_gather") for b in pop.buffers]
 
 

@@ -126,7 +126,7 @@ class Twa(Method):
 
     def finalize(self, run: RunState) -> dict:
         pop = run.population
-        run.ledger.record("twa_gather", pop.num_params, pop.params[0].element_size())
+        run.ledger.record("twa_gather", pop.num_params, pop.params[0].element_size(), "all_gather")
         cands = self.candidates(run)
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()

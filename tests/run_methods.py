@@ -17,8 +17,14 @@ EXTRA = {
     "twa": ["method.epochs=1"],
     "wash": ["method.p=0.1"],
     "wash_opt": ["method.p=0.1"],
+    "local_sgd": ["method.every_steps=3"],
+    "diloco": ["method.every_steps=4"],
+    "sparta": ["method.p=0.05"],
+    "gossip": ["method.topology=random_peer"],
+    "lookaround": ["method.every_steps=3"],
 }
-METHODS = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
+METHODS = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
+           "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
 
 
 def configs(out_dir: str, backend: str) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from wab.device import to_device
 
-POLICIES = (None, "trivialaugment", "autoaugment")
+POLICIES = (None, "trivialaugment", "autoaugment", "randaugment")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Augment:
     mixup_alpha: float = 0.0  # Beta(a, a) mixing of pairs (Zhang et al., 2018); 0 = off
     cutmix_alpha: float = 0.0  # Beta(a, a) box pasting (Yun et al., 2019); 0 = off
     label_smoothing: float = 0.0
-    policy: str | None = None  # a policy augmentation on uint8 images: trivialaugment | autoaugment
+    policy: str | None = None  # a policy augmentation on uint8 images: trivialaugment | autoaugment | randaugment
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -150,7 +150,9 @@ def random_erasing(x: Tensor, p: float, rng: np.random.Generator) -> Tensor:
 def _policy(x: Tensor, name: str) -> Tensor:
     from torchvision.transforms import v2
 
-    op = v2.TrivialAugmentWide() if name == "trivialaugment" else v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    ops = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment,
+           "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)}  # fmt: skip
+    op = ops[name]()
     return torch.stack([op(img) for img in x])
 
 

@@ -2,12 +2,17 @@
 
 Counts follow the parameter-server convention of ../shared/METHODS.md: ``elements`` is what one
 member sends (a full exchange of the parameters is D elements per member), ``bytes`` the same in
-bytes, ``calls`` how many times the operation ran.
+bytes, ``calls`` how many times the operation ran (its rounds), and ``pattern`` the collective it
+is on a network: ``all_reduce`` (a mean), ``all_gather`` (every member's values to every member),
+``neighbour`` (point-to-point exchanges with a few peers; ``elements`` counts every peer's copy)
+or ``broadcast`` (one member's values to all). :mod:`wab.network` costs them on a named link.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+PATTERNS = ("all_reduce", "all_gather", "neighbour", "broadcast")
 
 
 @dataclass
@@ -15,6 +20,7 @@ class OpCount:
     elements: float = 0.0
     bytes: float = 0.0
     calls: int = 0
+    pattern: str = "all_reduce"
 
 
 @dataclass
@@ -23,8 +29,10 @@ class CommLedger:
 
     ops: dict[str, OpCount] = field(default_factory=dict)
 
-    def record(self, op: str, elements: float, bytes_per_element: int) -> None:
-        count = self.ops.setdefault(op, OpCount())
+    def record(self, op: str, elements: float, bytes_per_element: int, pattern: str = "all_reduce") -> None:
+        if pattern not in PATTERNS:
+            raise ValueError(f"ledger pattern must be one of {PATTERNS}, got {pattern!r}")
+        count = self.ops.setdefault(op, OpCount(pattern=pattern))
         count.elements += float(elements)
         count.bytes += float(elements) * bytes_per_element
         count.calls += 1
@@ -46,13 +54,14 @@ class CommLedger:
             "elements_per_step": self.elements_total * per_step,
             "bytes_per_step": self.bytes_total * per_step,
             "ops": {
-                name: {"elements": c.elements, "bytes": c.bytes, "calls": c.calls}
+                name: {"elements": c.elements, "bytes": c.bytes, "calls": c.calls, "pattern": c.pattern}
                 for name, c in sorted(self.ops.items())
             },
         }
 
     def state_dict(self) -> dict:
-        return {name: [c.elements, c.bytes, c.calls] for name, c in self.ops.items()}
+        return {name: [c.elements, c.bytes, c.calls, c.pattern] for name, c in self.ops.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.ops = {name: OpCount(float(e), float(b), int(c)) for name, (e, b, c) in state.items()}
+        self.ops = {name: OpCount(float(v[0]), float(v[1]), int(v[2]), *(v[3:] or ["all_reduce"]))
+                    for name, v in state.items()}  # fmt: skip

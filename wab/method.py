@@ -84,12 +84,14 @@ class Method:
     recalibration of the models ``finalize`` returns), ``min_members`` (the smallest population it
     makes sense on: 1 for a method that is a baseline on one model, e.g. a single model trained
     for N times the steps; 2 for one that works between members, whose ensemble, average and
-    connectivity would be trivial on one).
+    connectivity would be trivial on one), ``shared_data_order`` (every member takes the same
+    batches in the same order, each with its own augmentation, instead of its own order).
     """
 
     name: ClassVar[str] = ""
     needs_heldout: ClassVar[bool] = False
     min_members: ClassVar[int] = 2
+    shared_data_order: ClassVar[bool] = False  # every member sees the same batches (Lookaround's heads)
     min_members_reason: ClassVar[str] = ""  # why, in the error that refuses a smaller population
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
@@ -179,16 +181,19 @@ def _load_all() -> None:
 _FINALIZERS: dict[str, Callable[[RunState], dict[str, nn.Module]]] = {}
 
 
-def register_finalizer(name: str, needs_heldout: bool = False):
+def register_finalizer(name: str, needs_heldout: bool = False, check: Callable[[RunState], None] | None = None):
     """Decorator adding a function ``run -> {name: model}`` that any method can end with, through
     ``population.finalizers`` (e.g. the soups); a duplicate name is an error. ``needs_heldout``:
-    the finalizer selects on the held-out split (checked before the run starts)."""
+    the finalizer selects on the held-out split (checked before the run starts); ``check(run)``
+    raises ValueError for a run it cannot finalize, and runs before anything else does (on the
+    meta device, like a method's ``setup``)."""
 
     def deco(fn):
         if name in _FINALIZERS and _FINALIZERS[name] is not fn:
             raise ValueError(f"finalizer name {name!r} is already registered")
         fn.name = name
         fn.needs_heldout = needs_heldout
+        fn.check = check
         _FINALIZERS[name] = fn
         return fn
 

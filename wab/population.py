@@ -198,10 +198,10 @@ class Population:
         nbytes = sum(t.shape[1] * t.element_size() for t in tensors)
         return elements, nbytes
 
-    def _record(self, op: str, include_buffers: bool, times: float = 1.0) -> None:
+    def _record(self, op: str, include_buffers: bool, times: float = 1.0, pattern: str = "all_reduce") -> None:
         elements, nbytes = self._exchange_size(include_buffers)
         if elements:
-            self.ledger.record(op, elements * times, round(nbytes / elements))
+            self.ledger.record(op, elements * times, round(nbytes / elements), pattern)
 
     # ------------------------------------------------------------------------------ training
     def zero_grad(self) -> None:
@@ -250,8 +250,10 @@ class Population:
         self._record("lerp_toward_mean", include_buffers)
 
     @torch.no_grad()
-    def mix(self, weights: Tensor, include_buffers: bool = True, op: str = "mix") -> None:
-        """theta <- W theta: member i becomes sum_j W[i, j] theta_j (e.g. PAPA-2's pair midpoints)."""
+    def mix(self, weights: Tensor, include_buffers: bool = True, op: str = "mix", peers: float | None = None) -> None:
+        """theta <- W theta: member i becomes sum_j W[i, j] theta_j (e.g. PAPA-2's pair midpoints,
+        gossip). The ledger counts an all-gather, or with ``peers`` a neighbour exchange in which
+        each member sends its state to ``peers`` members on average (gossip's degree)."""
         n = self.size
         if tuple(weights.shape) != (n, n):
             raise ValueError(f"mixing matrix must be {n}x{n}, got shape {tuple(weights.shape)}")
@@ -264,7 +266,10 @@ class Population:
                     if w[i][j]:
                         out[k].add_(full[j].double(), alpha=w[i][j])
             flat.copy_(out.to(flat.dtype))
-        self._record(op, include_buffers)
+        if peers is None:
+            self._record(op, include_buffers, pattern="all_gather")
+        elif peers > 0:
+            self._record(op, include_buffers, times=peers, pattern="neighbour")
 
     def optimizer_state_rows(self, optimizer: torch.optim.Optimizer, group: int) -> list[Tensor]:
         """The optimizer's per-element state for one flat parameter group (momentum, Adam moments)."""
@@ -301,7 +306,20 @@ class Population:
             t[:, columns] = self.all_rows(t[:, columns], op).gather(0, src)[lo:hi]
         identity = torch.arange(self.size, device=perms.device)
         moved = (perms != identity).sum().item() / self.size
-        self.ledger.record(op, moved * len(targets), targets[0].element_size())
+        self.ledger.record(op, moved * len(targets), targets[0].element_size(), "all_gather")
+
+    @torch.no_grad()
+    def average_elements(self, group: int, columns: Tensor, buffers: bool = False) -> None:
+        """Replace the selected elements of every member by the members' mean there (SPARTA):
+        an all-reduce of the selected values only (K per member), exact float64 partial sums as
+        :meth:`mean`, so it is the same on any number of processes."""
+        if columns.numel() == 0:
+            return
+        flat = self.buffers[group] if buffers else self.params[group]
+        op = "average_buffer_elements" if buffers else "average_elements"
+        total = self.comm.all_reduce_sum(row_sum64(flat[:, columns]), op)
+        flat[:, columns] = (total / self._size).to(flat.dtype).expand(len(flat), -1)
+        self.ledger.record(op, columns.numel(), flat.element_size(), "all_reduce")
 
     # ------------------------------------------------------------------------- one member
     def _local(self, i: int) -> int | None:
@@ -333,6 +351,15 @@ class Population:
             flat[k].copy_(v)
         for flat, v in zip(self.buffers, buffers or []):
             flat[k].copy_(v)
+
+    @torch.no_grad()
+    def load_all(self, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> None:
+        """Set every member to the same state, which every process already holds (DiLoCo's
+        global model after its outer step): no communication."""
+        for flat, v in zip(self.params, params):
+            flat.copy_(v.expand_as(flat))
+        for flat, v in zip(self.buffers, buffers or []):
+            flat.copy_(v.expand_as(flat))
 
     @torch.no_grad()
     def copy_member_to_all(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:

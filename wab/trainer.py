@@ -217,6 +217,8 @@ class Trainer:
         self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in local]
         self.augmenters = [Augmenter(a, normalize) for a in self.augment]
         self.rngs = [np.random.default_rng([seed, i]) for i in local]
+        # one data order for every member (on every process) when the method asks for it
+        self.order_rng = np.random.default_rng([seed, 10**6]) if method_cls.shared_data_order else None
         self.perms: list[torch.Tensor] | None = None
         self.evaluator = Evaluator(self.data, normalize, int(tcfg.get("eval_batch_size", 1000)))
         self.state = RunState(
@@ -245,6 +247,9 @@ class Trainer:
         lr_at(0, self.state.total_steps, self.steps_per_epoch, self.cfg["optim"])
         if "setup" in self.hooks:
             self.method.setup(self.state)
+        for fn in self.finalizers:
+            if fn.check is not None:
+                fn.check(self.state)
 
     # ------------------------------------------------------------------------------ records
     def record_base(self) -> dict:
@@ -308,6 +313,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "ledger": self.ledger.state_dict(),
             "member_rngs": pop.all_members([r.bit_generator.state for r in self.rngs]),
+            "order_rng": self.order_rng.bit_generator.state if self.order_rng is not None else None,
             "perms": pop.all_members([p.cpu() for p in self.perms]) if self.perms is not None else None,
             "comm_sent": self.group.all_gather_objects(self.group.sent),
             "method_rng": s.rng.get_state(),
@@ -346,6 +352,8 @@ class Trainer:
         self.ledger.load_state_dict(ckpt["ledger"])
         for rng, st in zip(self.rngs, ckpt["member_rngs"][lo:hi]):
             rng.bit_generator.state = st
+        if self.order_rng is not None:
+            self.order_rng.bit_generator.state = ckpt["order_rng"]
         self.perms = ckpt["perms"][lo:hi] if ckpt["perms"] is not None else None  # on the device (map_location)
         sent = ckpt.get("comm_sent") or []
         if len(sent) == self.group.world:
@@ -452,7 +460,10 @@ class Trainer:
             while s.epoch < self.epochs:
                 if s.epoch_step == 0:
                     n = len(self.data.train)
-                    self.perms = [to_device(r.permutation(n), self.device) for r in self.rngs]
+                    if self.order_rng is not None:
+                        self.perms = [to_device(self.order_rng.permutation(n), self.device)] * len(self.rngs)
+                    else:
+                        self.perms = [to_device(r.permutation(n), self.device) for r in self.rngs]
                     self.epoch_losses = []
                 for k in range(s.epoch_step, self.steps_per_epoch):
                     self.epoch_losses.append(self.train_step(k))

@@ -1,0 +1,42 @@
+"""SPARTA: sparse parameter averaging (as in EXO Gym's SPARTA strategy, p = 0.005): after every
+step, each element of every parameter tensor is chosen independently with probability p (a
+fresh mask each step, the same mask for every member), and the chosen positions of every member
+are replaced by the members' mean there. The population mean is unchanged and the chosen
+positions become equal across members.
+
+The mask is drawn from the run's method random stream, which every worker shares, so no index
+travels (as WASH's positions): the same positions on one process or many. Positions are drawn
+as WASH draws them (a binomial count per tensor, then that many distinct positions), at a cost
+proportional to the number chosen. BatchNorm buffers are not averaged (``include_buffers``,
+default false: the strategy averages parameters). Communication: an all-reduce of the p D chosen
+values per member per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wab.device import to_device
+from wab.method import Method, RunState, register
+from wab.methods.wash import sample_positions
+
+
+@register("sparta")
+class Sparta(Method):
+    """SPARTA: average a random fraction p of parameter positions across members every step."""
+
+    def setup(self, run: RunState) -> None:
+        self.p = float(self.cfg["p"])
+        if not 0.0 < self.p <= 1.0:
+            raise ValueError(f"sparta p must be in (0, 1], got {self.p}")
+        self.include_buffers = bool(self.cfg["include_buffers"])
+
+    def after_step(self, run: RunState) -> None:
+        pop = run.population
+        kinds = [(pop.param_segments, False)] + ([(pop.buffer_segments, True)] if self.include_buffers else [])
+        for segments, buffers in kinds:
+            for g in sorted({s.group for s in segments}):
+                segs = [s for s in segments if s.group == g]
+                probs = torch.full((len(segs),), self.p, dtype=torch.float64)
+                cols = sample_positions(segs, probs, run.rng)
+                pop.average_elements(g, to_device(cols, pop.device), buffers=buffers)

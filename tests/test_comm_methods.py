@@ -1,0 +1,228 @@
+"""The communication-efficient methods against transcriptions of their reference updates on
+identical tensors, with their ledgers: local SGD, DiLoCo, SPARTA, gossip, EMA, LAWA, Lookaround."""
+
+import pytest
+import torch
+from torch import nn
+
+from wab.methods.diloco import DiLoCo
+from wab.methods.ema import Ema, ema_decay
+from wab.methods.gossip import grid_shape, mixing_matrix
+from wab.methods.lawa import Lawa
+from wab.methods.sparta import Sparta
+from wab.population import Population
+from wab.run import run
+
+from .test_methods import make_run, method_cfg, perturb
+
+
+def _linear_population(n: int, seed: int = 0) -> Population:
+    return Population(lambda: nn.Linear(6, 3), [seed + i for i in range(n)])
+
+
+def test_local_sgd_with_h1_and_plain_sgd_is_data_parallel_sgd_on_the_union_of_batches():
+    n, lr = 3, 0.1
+    pop = _linear_population(n)
+    pop.average_into_members()  # one starting point, as data-parallel SGD has
+    single = nn.Linear(6, 3)
+    with torch.no_grad():
+        single.weight.copy_(pop.members[0].weight)
+        single.bias.copy_(pop.members[0].bias)
+    opt = torch.optim.SGD(pop.params, lr=lr)
+    ref = torch.optim.SGD(single.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        xs = [torch.randn(4, 6, generator=gen) for _ in range(n)]
+        ys = [torch.randint(0, 3, (4,), generator=gen) for _ in range(n)]
+        pop.zero_grad()
+        for m, x, y in zip(pop.members, xs, ys):
+            nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        pop.average_into_members()  # local SGD's step with H = 1
+        ref.zero_grad()
+        nn.functional.cross_entropy(single(torch.cat(xs)), torch.cat(ys)).backward()
+        ref.step()
+    for member in pop.members:
+        torch.testing.assert_close(member.weight, single.weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(member.bias, single.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_local_sgd_averages_every_h_steps_and_counts_one_all_reduce_each(tiny):
+    rec = run(tiny("method=local_sgd", "method.every_steps=5", "trainer.epochs=2", "trainer.batch_size=64"))
+    steps = rec["steps"]
+    op = rec["comm"]["ops"]["average_into_members"]
+    d_b = rec["comm"]["model_elements"] + rec["comm"]["buffer_elements"]
+    assert op["calls"] == steps // 5 and op["elements"] == op["calls"] * d_b and op["pattern"] == "all_reduce"
+    assert rec["metrics"]["distance_to_mean"] > 0  # the last step was not an average: members differ again
+
+
+def _diloco(state, **cfg):
+    m = DiLoCo(method_cfg("diloco", {"every_steps": 1, **cfg}))
+    m.setup(state)
+    return m
+
+
+def test_diloco_outer_step_is_nesterov_sgd_on_global_minus_the_members_mean(tiny):
+    _, state = make_run(tiny, "method=diloco", "population.size=3")
+    pop = state.population
+    m = _diloco(state)
+    gen = torch.Generator().manual_seed(0)
+    g0 = pop.params[0][0].clone()
+    buf = torch.zeros_like(g0)
+    lr, mu = 0.7, 0.9
+    expected = g0.clone()
+    for step in (1, 2, 3):
+        perturb(pop, gen)
+        delta = expected - pop.params[0].double().mean(0).float()
+        buf = mu * buf + delta  # torch's SGD: buf <- mu buf + g; Nesterov uses g + mu buf
+        expected = expected - lr * (delta + mu * buf)
+        state.step = step
+        m.after_step(state)
+        torch.testing.assert_close(m.global_params[0].detach(), expected, rtol=1e-5, atol=1e-6)
+        for row in pop.params[0]:  # every member restarts from the global model
+            assert torch.equal(row, m.global_params[0].detach())
+    assert state.ledger.ops["mean"].calls == 3 and m.outer.state_dict()["state"]  # the outer momentum is state
+
+
+def test_diloco_with_outer_sgd_lr_1_and_no_momentum_is_local_sgd(tiny):
+    common = ("trainer.epochs=2", "trainer.batch_size=64", "population.size=3")
+    diloco = run(tiny("method=diloco", "method.every_steps=4", "method.outer_lr=1.0", "method.outer_momentum=0.0",
+                      "method.outer_nesterov=false", "optim=sgd", *common))  # fmt: skip
+    local = run(tiny("method=local_sgd", "method.every_steps=4", "population.same_init=true", *common))
+    assert diloco["status"] == local["status"] == "done"
+    for key in ("individual", "ensemble_acc", "avg_bn_acc", "distance_to_mean"):
+        assert diloco["metrics"][key] == pytest.approx(local["metrics"][key], rel=1e-4, abs=1e-4), key
+    assert diloco["comm"]["elements_total"] == local["comm"]["elements_total"]
+
+
+def test_diloco_resumes_with_its_outer_state(tiny, tmp_path):
+    from wab.run import run_dir_for
+    from wab.trainer import Trainer
+
+    cfg = tiny("method=diloco", "method.every_steps=3", "trainer.epochs=2")
+    trainer = Trainer(cfg, run_dir_for(cfg))
+    trainer.fit()
+    state = trainer.method.state_dict()
+    again = Trainer(cfg, run_dir_for(cfg))
+    again.method.setup(again.state)
+    again.method.load_state_dict(state)
+    assert torch.equal(again.method.global_params[0], trainer.method.global_params[0])
+    assert again.method.outer.state_dict()["state"][0]["momentum_buffer"].equal(
+        trainer.method.outer.state_dict()["state"][0]["momentum_buffer"]
+    )
+
+
+def test_sparta_averages_the_chosen_positions_and_keeps_the_mean(tiny):
+    _, state = make_run(tiny, "method=sparta", "population.size=4", "model=mlp", "model.width=32")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(0))
+    before = pop.params[0].clone()
+    mean_before = pop.params[0].double().mean(0)
+    m = Sparta(method_cfg("sparta", {"p": 0.05}))
+    m.setup(state)
+    rng_copy = torch.Generator().set_state(state.rng.get_state())
+    m.after_step(state)
+    # the reference: the same positions from the same stream, set to the float64 mean there
+    from wab.methods.wash import sample_positions
+
+    cols = sample_positions(pop.param_segments, torch.full((len(pop.param_segments),), 0.05, dtype=torch.float64),
+                            rng_copy)  # fmt: skip
+    expected = before.clone()
+    expected[:, cols] = before[:, cols].double().mean(0).float()
+    assert torch.equal(pop.params[0], expected)
+    assert (pop.params[0][:, cols] == pop.params[0][0, cols]).all()  # equal across members
+    untouched = torch.ones(before.shape[1], dtype=torch.bool)
+    untouched[cols] = False
+    assert torch.equal(pop.params[0][:, untouched], before[:, untouched])
+    torch.testing.assert_close(pop.params[0].double().mean(0), mean_before, rtol=0, atol=1e-7)
+    op = state.ledger.ops["average_elements"]
+    assert op.elements == len(cols) and op.pattern == "all_reduce"
+    assert abs(len(cols) / before.shape[1] - 0.05) < 0.02
+
+
+def test_gossip_mixing_matrices_are_doubly_stochastic_with_the_topologys_neighbours():
+    gen = torch.Generator().manual_seed(0)
+    ring = mixing_matrix("ring", 5, gen)
+    assert ring[0].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0, 1 / 3])
+    assert grid_shape(6) == (2, 3) and grid_shape(9) == (3, 3) and grid_shape(7) == (1, 7)
+    torus = mixing_matrix("torus", 9, gen)
+    assert (torus[4] > 0).nonzero().flatten().tolist() == [1, 3, 4, 5, 7]  # the centre and its 4 neighbours
+    for topology, n in (("ring", 5), ("ring", 2), ("torus", 9), ("torus", 6), ("random_peer", 5), ("random_peer", 4)):
+        w = mixing_matrix(topology, n, gen)
+        torch.testing.assert_close(w.sum(0), torch.ones(n, dtype=torch.float64))
+        torch.testing.assert_close(w.sum(1), torch.ones(n, dtype=torch.float64))
+        assert torch.equal(w, w.t())
+    peer = mixing_matrix("random_peer", 4, gen)
+    assert sorted((peer > 0).sum(1).tolist()) == [2, 2, 2, 2]  # a perfect matching: self and one peer
+
+
+def test_gossip_mixes_as_its_matrix_says_keeps_the_mean_and_counts_neighbour_exchanges(tiny):
+    trainer, state = make_run(tiny, "method=gossip", "population.size=5")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(1))
+    before = pop.params[0].clone()
+    trainer.method.setup(state)
+    trainer.method.after_step(state)
+    w = mixing_matrix("ring", 5, state.rng)
+    torch.testing.assert_close(pop.params[0], (w @ before.double()).float())
+    torch.testing.assert_close(pop.params[0].double().mean(0), before.double().mean(0), rtol=0, atol=1e-7)
+    op = state.ledger.ops["gossip_ring"]
+    d_b = pop.num_params + pop.num_buffers
+    assert op.pattern == "neighbour" and op.elements == 2 * d_b  # two neighbours on a ring
+
+
+def test_ema_follows_the_recursion_with_its_warm_up(tiny):
+    _, state = make_run(tiny, "method=ema", "population.size=2")
+    pop = state.population
+    m = Ema(method_cfg("ema", {"decay": 0.9}))
+    m.setup(state)
+    expected = pop.params[0].clone()
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 30):
+        perturb(pop, gen)
+        beta = min(0.9, (1 + step) / (10 + step))
+        expected = beta * expected + (1 - beta) * pop.params[0]
+        state.step = step
+        m.after_step(state)
+    torch.testing.assert_close(m.averages[0], expected, rtol=1e-5, atol=1e-6)
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11) and ema_decay(0.9, 10_000) == 0.9
+
+
+def test_lawa_averages_each_members_latest_k_epoch_checkpoints(tiny):
+    _, state = make_run(tiny, "method=lawa", "population.size=2")
+    pop = state.population
+    m = Lawa(method_cfg("lawa", {"k": 3}))
+    m.setup(state)
+    gen = torch.Generator().manual_seed(0)
+    snaps = []
+    for epoch in range(5):
+        perturb(pop, gen)
+        snaps.append(pop.params[0].clone())
+        state.epoch = epoch
+        m.after_epoch(state)
+    models = m.finalize(state)
+    expected = torch.stack(snaps[-3:]).mean(0)
+    for i in range(2):
+        got = pop.state_of(models[f"lawa_{i}"])[0][0]
+        torch.testing.assert_close(got, expected[i])
+
+
+def test_ema_and_lawa_deliver_one_recalibrated_model_per_member_at_no_cost(tiny):
+    for method in ("ema", "lawa"):
+        rec = run(tiny(f"method={method}", "trainer.epochs=2", "population.size=2"))
+        assert set(rec["metrics"]["final"]) == {f"{method}_0", f"{method}_1"} and rec["comm"]["elements_total"] == 0
+
+
+def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny):
+    trainer, state = make_run(tiny, "method=lookaround", "population.size=3")
+    assert [a.policy for a in trainer.augment] == [None, "autoaugment", "randaugment"]
+    assert trainer.augment[0].flip
+    rec = run(tiny("method=lookaround", "population.size=3", "trainer.epochs=2", "trainer.batch_size=64"))
+    steps = rec["steps"]
+    assert rec["comm"]["ops"]["average_into_members"]["calls"] == steps // 5
+    from wab.run import run_dir_for
+
+    ckpt = torch.load(run_dir_for(tiny("method=lookaround", "population.size=3", "trainer.epochs=2",
+                                       "trainer.batch_size=64")).checkpoint, weights_only=True)  # fmt: skip
+    perms = ckpt["perms"]
+    assert all(torch.equal(p, perms[0]) for p in perms)  # one data order for every head
