@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from wab.analysis import aggregate, plots, targets, verdicts
+from wab.analysis import aggregate, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
 from wab.errors import UserError
+from wab.network import load_links
 
 
 def _slug(key: tuple) -> str:
@@ -25,6 +26,7 @@ def write_report(
     margin: float = 0.5,
     target: float | None = None,
     metrics: list[str] | None = None,
+    links: str | None = None,
 ) -> Path:
     """Write runs.csv (and runs.parquet with pyarrow), tables, verdicts, time to target, figures
     and summary.md; returns the summary's path. Unreadable or unfinished runs are listed in the
@@ -33,12 +35,15 @@ def write_report(
     ``baseline``: each row's baseline (a row label, or overrides; default ``method=independent``);
     ``margin``: the equivalence margin in accuracy points; ``target``: the time-to-target accuracy
     in percent (default: the runs' ``trainer.target_acc``, else the baseline's final-model
-    accuracy minus the margin); ``metrics``: the accuracies verdicts are given for."""
+    accuracy minus the margin); ``metrics``: the accuracies verdicts are given for; ``links``: a
+    YAML file of network links (``""``: the default ``configs/network.yaml``) to model each row's
+    communication time on (``--network``)."""
     if margin <= 0:
         raise UserError(f"--margin {margin} must be a positive number of accuracy points")
     if target is not None and not 0 < target <= 100:
         raise UserError(f"--target {target} must be an accuracy in percent, in (0, 100]")
     metric_cols = [verdicts.metric_column(m) for m in metrics] if metrics else verdicts.HEADLINE
+    link_table = load_links(links or None) if links is not None else None
     spec = verdicts.parse_baseline(baseline)
     results = Path(results)
     if not results.is_dir():
@@ -64,7 +69,7 @@ def write_report(
     tables = summary_tables(df) if not df.empty else {}
     done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
     curves = collect_curves(done) if tables else pd.DataFrame()
-    all_verdicts, all_targets = [], []
+    all_verdicts, all_targets, all_network = [], [], []
     if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
         raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
                         + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
@@ -90,6 +95,11 @@ def write_report(
         if not tt.empty:
             lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
             all_targets.append(tt.assign(table=table.title))
+        if link_table:
+            nt = network.network_table(rows, link_table)
+            lines += ["", f"### Communication on a network: an estimate ({table.title})", "",
+                      network.markdown(nt, link_table), "", network.CAPTION, ""]  # fmt: skip
+            all_network.append(nt.assign(table=table.title))
         figures = [
             ("accuracy_vs_communication", plots.accuracy_vs_communication(group, table.title)),
             ("ensemble_vs_average", plots.ensemble_vs_average(group, table.title)),
@@ -110,6 +120,8 @@ def write_report(
         pd.concat(all_verdicts, ignore_index=True).to_csv(out / "tables" / "verdicts.csv", index=False)
     if all_targets:
         pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
+    if all_network:
+        pd.concat(all_network, ignore_index=True).to_csv(out / "tables" / "network.csv", index=False)
     failed = df[df["status"] != "done"] if not df.empty else df
     if len(failed) or skipped:
         lines += ["", "## Runs not in the tables", "", "| run | reason |", "|---|---|"]

@@ -226,3 +226,44 @@ def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny)
                                        "trainer.batch_size=64")).checkpoint, weights_only=True)  # fmt: skip
     perms = ckpt["perms"]
     assert all(torch.equal(p, perms[0]) for p in perms)  # one data order for every head
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_per_member_lr_scale_and_weight_decay_match_separate_optimizers(tiny, optim):
+    from wab.trainer import Trainer
+
+    cfg = tiny(f"optim={optim}", "population.size=2", "optim.fused=false", "trainer.epochs=1",
+               "population.member_augment=[{lr_scale: 0.5, weight_decay: 0.01},{label_smoothing: 0.1}]")  # fmt: skip
+    trainer = Trainer(cfg, None)
+    pop = trainer.population
+    assert trainer.augment[1].label_smoothing == 0.1 and trainer.recipes is not None
+    refs = [p.detach().clone().requires_grad_(True) for p in pop.params[0]]
+    lr, wd = float(cfg["optim"]["lr"]), float(cfg["optim"]["weight_decay"])
+    make = (lambda ps, lr_, wd_: torch.optim.SGD(ps, lr=lr_, momentum=0.9, weight_decay=wd_)) if optim == "sgd" else (
+        lambda ps, lr_, wd_: torch.optim.AdamW(ps, lr=lr_, weight_decay=wd_))  # fmt: skip
+    opts = [make([refs[0]], 0.5 * lr, 0.01), make([refs[1]], lr, wd)]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        grads = torch.randn(pop.params[0].shape, generator=gen)
+        pop.zero_grad()
+        pop.grads[0].copy_(grads)
+        trainer.recipes.before_step(lr)
+        trainer.optimizer.step()
+        trainer.recipes.after_step(lr)
+        for i in range(2):
+            refs[i].grad = grads[i].clone()
+            opts[i].step()
+    for i in range(2):  # as if each member had its own torch optimizer
+        torch.testing.assert_close(pop.params[0][i], refs[i].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_per_member_recipes_are_refused(tiny):
+    from wab.errors import UserError
+    from wab.validate import validate
+
+    with pytest.raises(UserError, match=r"member_augment\[0\].lr_scale=-1 must be a number > 0"):
+        validate(tiny("population.member_augment=[{lr_scale: -1}]"))
+    with pytest.raises(UserError, match="unknown augmentation option"):
+        validate(tiny("population.member_augment=[{lr: 2}]"))

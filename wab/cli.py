@@ -287,6 +287,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="metrics",
         help="an accuracy to give verdicts for (repeatable; default: final_acc and individual_mean)",
     )
+    report.add_argument(
+        "--network",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="LINKS.yaml",
+        help="model each row's communication time per step on named links (default: configs/network.yaml)",
+    )
     return parser
 
 
@@ -312,7 +320,9 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "report":
         from wab.analysis.report import write_report
 
-        summary = write_report(args.results, args.out, args.baseline, args.margin, args.target, args.metrics)
+        summary = write_report(
+            args.results, args.out, args.baseline, args.margin, args.target, args.metrics, args.network
+        )
         print(f"report written: {summary}")
         return 0
     from wab.demo import demo as run_demo

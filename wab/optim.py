@@ -78,3 +78,54 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Mapping[str, A
     if warmup and step < warmup:
         lr *= (step + 1) / warmup
     return lr
+
+
+RECIPE_KEYS = ("lr_scale", "weight_decay")  # per-member optimizer overrides in population.member_augment
+
+
+class MemberRecipes:
+    """Per-member learning-rate scale and weight decay over the one flat optimizer (PAPA's and
+    the soups papers' per-member recipes): member i trains as if its own optimizer had lr_i =
+    lr_scale_i * lr and weight decay wd_i, the others' defaults being 1 and optim.weight_decay.
+
+    The optimizer is built with no weight decay. SGD (momentum and Nesterov are linear in the
+    gradient): each member's gradient row gets + wd_i theta_i and is scaled by lr_scale_i before
+    the step. AdamW (invariant to a gradient's scale, with decoupled decay): after the step,
+    theta_i <- theta_i + lr_scale_i (delta_i - lr wd_i theta_i) with delta_i the step's change,
+    which is torch's decay-then-update with lr_i. Nothing is done for a population without such
+    overrides."""
+
+    def __init__(self, params: Sequence[Tensor], cfg: Mapping[str, Any], rows: Sequence[Mapping[str, float]]) -> None:
+        self.name = cfg["name"]
+        base_wd = float(cfg.get("weight_decay", 0.0))
+        self.params = list(params)
+        device = self.params[0].device
+        self.scale = torch.tensor([float(r.get("lr_scale", 1.0)) for r in rows], device=device).view(-1, 1)
+        self.wd = torch.tensor([float(r.get("weight_decay", base_wd)) for r in rows], device=device).view(-1, 1)
+        self._before: list[Tensor] = []
+
+    @staticmethod
+    def check(entries: Sequence[Mapping[str, Any]], optimizer: str) -> None:
+        for i, e in enumerate(entries):
+            if "lr_scale" in e and not (isinstance(e["lr_scale"], int | float) and e["lr_scale"] > 0):
+                raise ValueError(f"population.member_augment[{i}].lr_scale={e['lr_scale']} must be a number > 0")
+            if "weight_decay" in e and not (isinstance(e["weight_decay"], int | float) and e["weight_decay"] >= 0):
+                raise ValueError(f"population.member_augment[{i}].weight_decay={e['weight_decay']} must be >= 0")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"per-member lr_scale and weight_decay need optim sgd or adamw, got {optimizer!r}")
+
+    @torch.no_grad()
+    def before_step(self, lr: float) -> None:
+        if self.name == "sgd":
+            for p in self.params:
+                p.grad.add_(p * self.wd).mul_(self.scale)
+        else:
+            self._before = [p.clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_step(self, lr: float) -> None:
+        if self.name == "adamw":
+            for p, before in zip(self.params, self._before):
+                delta = p - before
+                p.copy_(before + self.scale * (delta - lr * self.wd * before))
+            self._before = []

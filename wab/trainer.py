@@ -32,7 +32,7 @@ from wab.ledger import CommLedger
 from wab.loggers import RunLoggers, logger_problems
 from wab.method import Method, RunState, get_finalizer, get_method, one_member_methods
 from wab.models import model_factory
-from wab.optim import build_optimizer, lr_at
+from wab.optim import RECIPE_KEYS, MemberRecipes, build_optimizer, lr_at
 from wab.population import Population
 from wab.records import RunDir, atomic_torch_save
 from wab.saved_models import save_models
@@ -111,16 +111,22 @@ def population_step(
     batches: list[Batch],
     check_finite: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    recipes: MemberRecipes | None = None,
 ) -> float:
     """One optimizer step of every member on its own batch (:func:`forward_backward`), as one
-    optimizer step of the flat tensor. Returns the loss summed over every member of the
-    population (read back from the device only when ``check_finite``; a non-finite loss, on any
-    process, skips the step)."""
+    optimizer step of the flat tensor (with ``recipes``, each member's own lr scale and weight
+    decay). Returns the loss summed over every member of the population (read back from the
+    device only when ``check_finite``; a non-finite loss, on any process, skips the step)."""
     population.zero_grad()
     total = forward_backward(population, batches, autocast_dtype)
     loss = population.comm.all_reduce_sum(total.double().view(1)).item() if check_finite else 0.0
     if np.isfinite(loss):
+        lr = optimizer.param_groups[0]["lr"]
+        if recipes is not None:
+            recipes.before_step(lr)
         optimizer.step()
+        if recipes is not None:
+            recipes.after_step(lr)
     return loss
 
 
@@ -208,13 +214,21 @@ class Trainer:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * size)
             for member in self.population.members:
                 member.compile()
-        self.optimizer = build_optimizer(self.population.params, cfg["optim"])
+        entries = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
+        local = self.population.local_indices  # the members this process trains
+        mine = [dict(entries[i % len(entries)]) if entries else {} for i in local]
+        recipes = [{k: e.pop(k) for k in RECIPE_KEYS if k in e} for e in mine]  # the rest is augmentation
+        self.recipes = None
+        if any(k in e for e in entries for k in RECIPE_KEYS):  # decided on every member, the same on every process
+            MemberRecipes.check(entries, cfg["optim"]["name"])
+            self.optimizer = build_optimizer(self.population.params, {**cfg["optim"], "weight_decay": 0.0})
+            self.recipes = MemberRecipes(self.population.params, cfg["optim"], recipes)
+        else:
+            self.optimizer = build_optimizer(self.population.params, cfg["optim"])
 
         normalize = Normalizer(self.data.mean, self.data.std, self.device, channels_last)
         base = Augment.from_dict(dcfg.get("augment"))
-        overrides = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
-        local = self.population.local_indices  # the members this process trains
-        self.augment = [base.merged(overrides[i % len(overrides)] if overrides else None) for i in local]
+        self.augment = [base.merged(e) for e in mine]
         self.augmenters = [Augmenter(a, normalize) for a in self.augment]
         self.rngs = [np.random.default_rng([seed, i]) for i in local]
         # one data order for every member (on every process) when the method asks for it
@@ -377,7 +391,7 @@ class Trainer:
         for i in range(len(pop.members)):
             idx = self.perms[i][k * self.batch_size : (k + 1) * self.batch_size]
             batches.append(self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i]))
-        loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype) / pop.size
+        loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype, self.recipes) / pop.size
         if not np.isfinite(loss):
             raise Diverged(f"non-finite loss {loss} at step {s.step + 1}")
         s.step += 1
