@@ -62,10 +62,13 @@ def _outside_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
     fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=True)
 
 
-def dodge(x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 0.03) -> np.ndarray:
+def dodge(
+    x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 0.03, lower: float | None = None
+) -> np.ndarray:
     """x positions moved apart so that no point hides another: points within ``tol`` of each
     other (in units of the axes' data ranges) are spread horizontally ``step`` apart, centred on
-    their common position. Returns the new x (same units as ``x``)."""
+    their common position, but never below ``lower`` (a cluster that would cross it starts at it:
+    a disagreement is never negative). Returns the new x (same units as ``x``)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2:
         return x.copy()
@@ -79,8 +82,10 @@ def dodge(x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 0.03) -
         cluster = [first] + [j for j in unassigned if abs(u[j] - u[first]) < tol and abs(v[j] - v[first]) < tol]
         unassigned = [j for j in unassigned if j not in cluster]
         centre = float(np.mean(u[cluster]))
-        for k, j in enumerate(cluster):
-            out[j] = x.min() + (centre + (k - (len(cluster) - 1) / 2) * step) * span_x
+        moved = [x.min() + (centre + (k - (len(cluster) - 1) / 2) * step) * span_x for k in range(len(cluster))]
+        shift = max(0.0, lower - min(moved)) if lower is not None else 0.0
+        for j, m in zip(cluster, moved):
+            out[j] = m + shift
     return out
 
 
@@ -158,12 +163,14 @@ def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
     width = 0.8 / len(bars)
     x = np.arange(len(variants))
     hatches = ["", "//", "..", "xx"]
+    colors = [method_color(m) for m, _ in variants]
+    # the hatching (which tells the bar types apart) in white on dark bars, black on light ones
+    edges = ["white" if 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] < 0.35 else "black" for c in colors]
     for j, (col, label) in enumerate(bars):
         st = _stats(df, col).set_index("variant")
         means = [100 * st.loc[v, "mean"] for _, v in variants]
         stds = [100 * st.loc[v, "std"] for _, v in variants]
-        colors = [method_color(m) for m, _ in variants]
-        ax.bar(x + (j - 1.5) * width, means, width, yerr=stds, color=colors, hatch=hatches[j], edgecolor="black",
+        ax.bar(x + (j - 1.5) * width, means, width, yerr=stds, color=colors, hatch=hatches[j], edgecolor=edges,
                linewidth=0.5, capsize=2, label=label)  # fmt: skip
     ax.set_xticks(x, [v for _, v in variants], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
@@ -216,7 +223,7 @@ def disagreement_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
     runs = df[df["variant"].isin([v for _, v in variants])]
     x = 100 * pd.to_numeric(runs["metrics.disagreement"]).to_numpy(dtype=float)
     y = 100 * pd.to_numeric(runs["metrics.avg_bn_acc"]).to_numpy(dtype=float)
-    xs = pd.Series(dodge(x, y, tol=0.015, step=0.015), index=runs.index)
+    xs = pd.Series(dodge(x, y, tol=0.015, step=0.015, lower=0.0), index=runs.index)
     for method, variant in variants:
         idx = runs.index[runs["variant"] == variant]
         ax.scatter(xs[idx], 100 * runs.loc[idx, "metrics.avg_bn_acc"], color=method_color(method), label=variant,
@@ -239,13 +246,16 @@ def sensitivity(df: pd.DataFrame, param: str, title: str) -> plt.Figure:
     sub["_rest"] = [json.dumps({k: v for k, v in json.loads(s).items() if k != key}, sort_keys=True)
                     for s in sub["setting"]]  # fmt: skip
     strip = re.compile(rf"{re.escape(param)}=[^,)]*(, )?")
+    styles = ["-", "--", ":", "-."]
     for method in method_order(sub["method"].unique()):
-        for _, line in sub[sub["method"] == method].groupby("_rest", sort=False):
+        for k, (_, line) in enumerate(sub[sub["method"] == method].groupby("_rest", sort=False)):
             label = strip.sub("", str(line["variant"].iloc[0])).replace(", )", ")").replace(" ()", "")
             g = line.groupby(col)["metrics.avg_bn_acc"]
             stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}).sort_index()
-            ax.errorbar(stats.index.astype(float), 100 * stats["mean"], yerr=100 * stats["std"], marker="o",
-                        capsize=3, color=method_color(method), label=label)  # fmt: skip
+            # one colour per method; each setting of everything else its own line style and marker
+            ax.errorbar(stats.index.astype(float), 100 * stats["mean"], yerr=100 * stats["std"],
+                        marker=_MARKERS[k % len(_MARKERS)], linestyle=styles[k % len(styles)], capsize=3,
+                        color=method_color(method), label=label)  # fmt: skip
     values = pd.to_numeric(sub[col], errors="coerce").dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() >= 10:
         ax.set_xscale("log")

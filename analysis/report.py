@@ -11,7 +11,7 @@ import pandas as pd
 from wab.analysis import aggregate, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
-from wab.errors import UserError
+from wab.errors import UserError, directory_problem
 from wab.network import load_links
 
 
@@ -52,6 +52,8 @@ def write_report(
     if df.empty and not skipped:
         raise UserError(f"no runs under {results} (a run directory holds config.yaml); nothing to report")
     out = Path(out) if out else results / "report"
+    if problem := directory_problem(out, "--out"):
+        raise UserError(problem)
     out.mkdir(parents=True, exist_ok=True)
     if not df.empty:
         df.to_csv(out / "runs.csv", index=False)

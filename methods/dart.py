@@ -38,6 +38,7 @@ class Dart(Method):
     """DART: per-member augmentations, averaged into every member every T steps."""
 
     demo_overrides = ("method.every_steps=20",)
+    demo_note = "every_steps=20 instead of 600, so that the demo's 350 steps aggregate at all"
     recalibrate_outputs = False  # the held-out choice is delivered as it was evaluated
 
     def member_augment(self, size: int, image_size: int) -> list[dict]:

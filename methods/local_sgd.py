@@ -18,6 +18,7 @@ class LocalSgd(Method):
     """Local SGD: every member replaced by the members' mean every H steps."""
 
     demo_overrides = ("method.every_steps=8",)
+    demo_note = "every_steps=8 instead of 16, for the demo's short run"
 
     def setup(self, run: RunState) -> None:
         self.every_steps = int(self.cfg["every_steps"])

@@ -25,6 +25,9 @@ from wab.methods.wash import sample_positions
 class Sparta(Method):
     """SPARTA: average a random fraction p of parameter positions across members every step."""
 
+    demo_overrides = ("method.p=0.05",)
+    demo_note = "p=0.05: the default 0.005 mixes independent members too little in the demo's 350 steps"
+
     def setup(self, run: RunState) -> None:
         self.p = float(self.cfg["p"])
         if not 0.0 < self.p <= 1.0:

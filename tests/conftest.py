@@ -18,9 +18,13 @@ def data_root() -> Path | None:
     return root if root.exists() else None
 
 
-requires_data = pytest.mark.skipif(
-    data_root() is None, reason=f"offline datasets not found (set WAB_DATA or provide {SHARED_DATA})"
-)
+def requires_data(test):
+    """Marks a test ``data`` (``pytest -m "not data"`` leaves it out) and skips it, with the
+    reason, when the offline datasets are absent."""
+    skip = pytest.mark.skipif(
+        data_root() is None, reason=f"offline datasets not found (set WAB_DATA or provide {SHARED_DATA})"
+    )
+    return pytest.mark.data(skip(test))
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> dict:

@@ -46,6 +46,11 @@ def test_wab_train_reports_a_bad_method_with_the_known_ones(tmp_path):
         (["+method.alpah=0.9", "method=papa"], "wab: error: unknown key method.alpah (did you mean 'method.alpha'?)"),
         (["data=cifar10", "data.root=/nonexistent"], "wab: error: dataset 'cifar10' not found"),
         (["method=soups", "data.heldout_fraction=0"], "wab: error: soups needs a held-out split"),
+        (["trainer.batch_size=0"], "wab: error: trainer.batch_size=0 must be an integer >= 1"),
+        (["trainer.batch_size=-5"], "wab: error: trainer.batch_size=-5 must be an integer >= 1"),
+        (["optim.lr=-1"], "wab: error: optim.lr=-1 must be a number > 0"),
+        (["trainer.eval_every=-1"], "wab: error: trainer.eval_every=-1 must be an integer >= 0"),
+        (["method=wash", "population.size=1"], "wab: error: population.size=1: wash needs at least 2 members"),
     ],
 )
 def test_a_bad_value_is_one_line_and_leaves_no_run_behind(tmp_path, args, message):
@@ -55,6 +60,58 @@ def test_a_bad_value_is_one_line_and_leaves_no_run_behind(tmp_path, args, messag
     assert p.returncode == 2 and p.stderr.startswith(message), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists()  # no failed run left behind
+
+
+def test_an_unusable_output_directory_is_one_line_for_train_report_and_sweep(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory")
+    cases = [
+        (["train", "data=digits", f"out_dir={afile}"], f"wab: error: out_dir={afile}: {afile} is a file, not a directory"),
+        (["train", "data=digits", "out_dir=/proc/wab-runs"], "wab: error: out_dir=/proc/wab-runs is not writable"),
+        (["report", str(Path(__file__).parent / "data" / "golden"), "--out", str(afile / "report")],
+         f"wab: error: --out={afile / 'report'}: {afile} is a file, not a directory"),
+    ]  # fmt: skip
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nout_dir: {afile}/sweep\nvariants:\n  - method: [independent]\n")
+    cases.append(
+        (["sweep", str(sweep), "--cluster", "debug"], f"wab: error: {sweep}: out_dir={afile}/sweep: {afile} is a")
+    )
+    for args, message in cases:
+        p = _run(args, tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith(message), (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a-file", "s.yaml"]  # nothing created
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["method=wash,papx"], "wab: error: unknown method 'papx' (did you mean 'papa'?)"),
+        (["method=papa", "+method.alpah=0.9", "seed=0,1"], "wab: error: unknown key method.alpah (did you mean"),
+        (["trainer.epoch=1,2"], "wab: error: unknown key trainer.epoch (did you mean 'trainer.epochs'?)"),
+    ],
+)
+def test_a_multirun_with_a_bad_key_or_method_is_one_line(tmp_path, args, message):
+    p = _run(["train", "-m", *args, f"out_dir={tmp_path / 'multi'}"], tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith(message), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "multi").exists()
+
+
+def test_compare_says_which_runs_differ(tmp_path):
+    import shutil
+
+    golden = Path(__file__).parent / "data" / "golden"
+    shutil.copytree(golden, tmp_path / "a")
+    shutil.copytree(golden, tmp_path / "b")
+    p = _run(["compare", str(tmp_path / "a"), str(tmp_path / "b")], tmp_path)
+    assert p.returncode == 0 and "every run in both directories has the same metrics" in p.stdout
+    final = next((tmp_path / "b").glob("wash-*/final.json"))
+    rec = json.loads(final.read_text())
+    rec["metrics"]["ensemble_acc"] += 0.01
+    final.write_text(json.dumps(rec))
+    p = _run(["compare", str(tmp_path / "a"), str(tmp_path / "b")], tmp_path)
+    assert p.returncode == 1 and f"{final.parent.name}: 1 metrics differ, e.g. ensemble_acc" in p.stdout
+    assert "5 runs equal, 1 differ or are missing" in p.stdout
 
 
 def test_verbose_shows_the_traceback(tmp_path):

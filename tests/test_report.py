@@ -340,3 +340,24 @@ def test_report_options_are_checked(golden, tmp_path):
         write_report(golden, tmp_path / "r", baseline="indep")
     text = write_report(golden, tmp_path / "r", baseline="papa_all", target=10.0).read_text()
     assert "| wash | papa_all | final model |" in text and "| 10.00 | --target |" in text
+
+
+def test_figures_tell_settings_apart_and_never_move_a_value_out_of_its_range(golden):
+    df = _done(golden)
+    second = df[df["method"] == "wash"].copy()  # wash at the same two p with another setting of everything else
+    second["setting"] = [s.replace('"trainer.epochs": 2', '"trainer.epochs": 3') for s in second["setting"]]
+    second["variant"] = second["variant"] + " (epochs=3)"
+    fig = plots.sensitivity(pd.concat([df, second], ignore_index=True), "p", "t")
+    lines = [c.lines[0] for c in fig.axes[0].containers]
+    assert len(lines) == 2 and lines[0].get_color() == lines[1].get_color()  # one method, one colour
+    assert (lines[0].get_linestyle(), lines[0].get_marker()) != (lines[1].get_linestyle(), lines[1].get_marker())
+    assert len(fig.legends[0].get_texts()) == 2
+    plt.close(fig)
+    dark = df.copy()
+    dark.loc[dark["method"] == "papa_all", "method"] = "soups"  # drawn in black
+    fig = plots.ensemble_vs_average(dark, "t")
+    black = [p for p in fig.axes[0].patches if p.get_facecolor()[:3] == (0.0, 0.0, 0.0)]
+    assert black and all(p.get_edgecolor()[:3] == (1.0, 1.0, 1.0) for p in black)  # the hatching shows
+    plt.close(fig)
+    moved = plots.dodge(np.array([0.0, 0.0, 0.0, 9.0]), np.array([5.0, 5.0, 5.0, 1.0]), lower=0.0)
+    assert moved.min() >= 0.0 and len(set(moved[:3])) == 3

@@ -198,3 +198,20 @@ def test_the_delivered_models_are_files_that_rebuild_without_the_trainer(tiny):
     off = tiny("trainer.epochs=1", "trainer.save_models=false")
     run(off)
     assert not (run_dir_for(off).path / "models").exists()
+
+
+def test_a_finished_run_keeps_no_lease_dir_and_a_resume_with_other_threads_warns(tiny):
+    cfg = tiny("trainer.epochs=1")
+    rec = run(cfg)
+    rd = run_dir_for(cfg)
+    assert rec["status"] == "done" and rec["threads"] == torch.get_num_threads()
+    assert not (rd.path / ".lease").exists()
+    ckpt = torch.load(rd.checkpoint, weights_only=True)
+    ckpt["threads"] = torch.get_num_threads() + 3
+    torch.save(ckpt, rd.checkpoint)
+    rd.done.unlink()
+    rd.final.unlink()
+    assert run(cfg)["status"] == "done"
+    assert f"trained with {torch.get_num_threads() + 3} threads and resumes with {torch.get_num_threads()}" in (
+        rd.log.read_text()
+    )

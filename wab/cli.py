@@ -162,6 +162,7 @@ def train_multirun(overrides: list[str]) -> int:
         if record["status"] == "failed":
             print(record.get("error"), file=sys.stderr)
 
+    _check_multirun(overrides)
     logging.getLogger("submitit").setLevel(logging.ERROR)  # its polling warns when sacct is missing
     _last_status.clear()
     t0 = time.time()
@@ -175,6 +176,27 @@ def train_multirun(overrides: list[str]) -> int:
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed or {"failed", "invalid"} & set(_last_status) else 0
+
+
+def _check_multirun(overrides: list[str]) -> None:
+    """Check every value of every comma-separated sweep override (each with the first value of
+    the others) before hydra starts, so that a bad key or method is one line with a "did you
+    mean" rather than hydra's own message; raises :class:`UserError`."""
+    from wab.validate import compose_checked, validate
+
+    plain = [o for o in overrides if not o.startswith("-")]
+
+    def values(o: str) -> list[str]:
+        key, sep, value = o.partition("=")
+        if not sep or value.lstrip().startswith(("[", "{", "'", '"')) or "(" in value:
+            return [o]
+        return [f"{key}={v}" for v in value.split(",")]
+
+    base = [values(o)[0] for o in plain]
+    validate(compose_checked(base))
+    for i, o in enumerate(plain):
+        for v in values(o)[1:]:
+            validate(compose_checked([*base[:i], v, *base[i + 1 :]]))
 
 
 def _failed_since(overrides: list[str], t0: float) -> list[str]:
@@ -221,7 +243,10 @@ def sweep_main(config: str, cluster: str, dry_run: bool, select: str = "all") ->
                                                            if last.get("waited_for") else ""))  # fmt: skip
     if last.get("workers"):
         print(f"local workers (pids): {last['workers']}")
-    print(f"follow it with: wab status {spec.out_dir}")
+    if cluster == "debug":  # the runs ran in this process: they are over
+        print(f"every run has run; their states: wab status {spec.out_dir}; the report: wab report {spec.out_dir}")
+    else:
+        print(f"follow it with: wab status {spec.out_dir}")
     return 0
 
 
@@ -261,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     only.add_argument("--skip-failed", action="store_true", help="submit every unfinished run but the failed ones")
     cancel = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs (running runs checkpoint first)")
     cancel.add_argument("directory", help="the sweep's out_dir")
+    compare = sub.add_parser("compare", help="compare the finished runs of two results directories, run id by run id")
+    compare.add_argument("reference", help="e.g. results/reference (the committed study)")
+    compare.add_argument("other", help="e.g. a retrained copy (scripts/reference_study.sh --retrain DIR)")
+    compare.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference counted as equal")
     status = sub.add_parser("status", help="each run's state under a directory (a sweep's, or any results directory)")
     status.add_argument("directory")
     report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
@@ -317,6 +346,13 @@ def _dispatch(argv: list[str]) -> int:
         return 0
     if args.command == "status":
         return status_main(args.directory)
+    if args.command == "compare":
+        from wab.analysis.compare import compare as compare_runs
+
+        lines, equal = compare_runs(args.reference, args.other, args.tolerance)
+        print("\n".join(lines) if lines else "every run in both directories has the same metrics")
+        print(f"{equal} runs equal, {len(lines)} differ or are missing")
+        return 1 if lines else 0
     if args.command == "report":
         from wab.analysis.report import write_report
 

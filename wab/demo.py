@@ -63,6 +63,11 @@ def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print()
         print(table.to_string(index=False))
+    notes = [(n, get_method(n)) for n in names if get_method(n).demo_note]
+    if notes:
+        print("\nnot the papers' settings (the demo is a few hundred steps; see results/reference for the defaults):")
+        for name, cls in notes:
+            print(f"  {name}: {cls.demo_note}")
     print(f"\nruns in {out}/")
     print(f"report: {write_report(out)}")
     return 1 if failed else 0

@@ -191,3 +191,10 @@ class Lease:
         if self.gen and not self._lost.is_set() and self.held():
             _path(self.dir, self.gen).unlink(missing_ok=True)
         self.gen = 0
+
+    def remove_empty_dir(self) -> None:
+        """Remove the lease directory of a finished run once no lease is left in it."""
+        try:
+            self.dir.rmdir()
+        except OSError:  # not empty (another process's lease), or already gone
+            pass

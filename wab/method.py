@@ -95,6 +95,7 @@ class Method:
     min_members_reason: ClassVar[str] = ""  # why, in the error that refuses a smaller population
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
+    demo_note: ClassVar[str] = ""  # why, printed by `wab demo`: its few hundred steps are not the paper's budget
     # A method without configs/method/<name>.yaml (a plugin of another package) lists its
     # hyper-parameters and defaults here, so that validation knows its keys (+method.<k>=v).
     hyperparameters: ClassVar[dict[str, Any]] = {}

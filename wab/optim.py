@@ -21,6 +21,7 @@ def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.o
     [N, P] temporaries (ResNet-18, N=10, CPU: SGD 0.05 s against 0.32 s per step; see BENCHMARKS.md).
     """
     name = cfg["name"]
+    check_optim(cfg)
     fused = bool(cfg.get("fused", True))
     if name == "sgd":
         return torch.optim.SGD(
@@ -41,6 +42,19 @@ def build_optimizer(params: Sequence[Tensor], cfg: Mapping[str, Any]) -> torch.o
             fused=fused,
         )
     raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+
+
+def check_optim(cfg: Mapping[str, Any]) -> None:
+    """Refuse optimizer settings torch would reject (or silently misuse), naming the key."""
+    checks = [("lr", lambda v: v > 0, "> 0"), ("lr_min", lambda v: v >= 0, ">= 0"),
+              ("weight_decay", lambda v: v >= 0, ">= 0"), ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+              ("eps", lambda v: v > 0, "> 0"), ("warmup_epochs", lambda v: v >= 0, ">= 0")]  # fmt: skip
+    for key, ok, allowed in checks:
+        if key in cfg and not (isinstance(cfg[key], int | float) and ok(cfg[key])):
+            raise ValueError(f"optim.{key}={cfg[key]} must be a number {allowed}")
+    betas = cfg.get("betas")
+    if betas is not None and not (len(betas) == 2 and all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"optim.betas={list(betas)} must be two numbers in [0, 1)")
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Mapping[str, Any]) -> float:

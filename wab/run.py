@@ -96,6 +96,8 @@ def run(cfg: dict | DictConfig) -> dict:
     finally:
         if lease is not None:
             lease.release()
+            if rd.done.exists():  # a finished run keeps no empty .lease/
+                lease.remove_empty_dir()
 
 
 def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer, wall: float) -> dict[str, Any]:
@@ -148,7 +150,8 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         trainer = Trainer(cfg, rd)
         metrics = trainer.fit(lease)
     except (Interrupted, KeyboardInterrupt) as e:
-        log.info("run %s interrupted (%s); rerun the same command to resume", rd.path.name, type(e).__name__)
+        log.info("run %s interrupted (%s); it resumes from its checkpoint when started again (the same wab train "
+                 "command, or wab sweep for a sweep's run)", rd.path.name, type(e).__name__)  # fmt: skip
         raise
     except LeaseLost as e:
         log.error("%s", e)
@@ -181,6 +184,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         **{k: v for k, v in record.items() if k != "status"},
         **provenance(),
         "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     if not main:
         return record

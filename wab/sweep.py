@@ -32,7 +32,7 @@ import yaml
 
 from wab import CONFIG_DIR
 from wab.config import format_value
-from wab.errors import UserError, did_you_mean
+from wab.errors import UserError, did_you_mean, directory_problem
 from wab.lease import RunLeased
 from wab.records import RunDir, atomic_write_json, run_id
 from wab.run import run, run_dir_for
@@ -115,9 +115,12 @@ def load_sweep(path_or_name: str | Path) -> SweepSpec:
             f"allowed: {sorted(RESOURCE_DEFAULTS)}"
         )
     name = str(raw.get("name") or path.stem)
+    out_dir = Path(raw.get("out_dir") or f"results/sweeps/{name}")
+    if problem := directory_problem(out_dir, f"{path}: out_dir"):
+        raise UserError(problem)
     return SweepSpec(
         name=name,
-        out_dir=Path(raw.get("out_dir") or f"results/sweeps/{name}"),
+        out_dir=out_dir,
         base=[str(o) for o in raw.get("base") or []],
         grid=_axes("grid", raw.get("grid") or {}),
         variants=[_axes("variants", v) for v in raw.get("variants") or []],
@@ -202,8 +205,11 @@ class RunJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if int(os.environ.get("RANK", 0)) == 0:
             _link_job_logs(cfg)
-        with job_signals(lambda: cfg):
-            return _run_unless_leased(cfg)
+        try:
+            with job_signals(lambda: cfg):
+                return _run_unless_leased(cfg)
+        except Interrupted:  # stopped by TERM with a checkpoint: said in train.log, no traceback in job.err
+            return "interrupted"
 
 
 class PoolWorker(submitit.helpers.Checkpointable):
@@ -215,11 +221,14 @@ class PoolWorker(submitit.helpers.Checkpointable):
         set_threads(threads)
         current: list[dict[str, Any]] = [{}]
         out = []
-        with job_signals(lambda: current[0]):
-            for cfg in cfgs:
-                current[0] = cfg
-                _link_job_logs(cfg)
-                out.append(_run_unless_leased(cfg))
+        try:
+            with job_signals(lambda: current[0]):
+                for cfg in cfgs:
+                    current[0] = cfg
+                    _link_job_logs(cfg)
+                    out.append(_run_unless_leased(cfg))
+        except Interrupted:  # stopped by TERM with a checkpoint: the worker ends, the rest waits for a relaunch
+            out.append("interrupted")
         return out
 
 
@@ -266,7 +275,8 @@ def job_signals(current_cfg: Callable[[], dict[str, Any]]) -> Iterator[None]:
                 _note(current_cfg(), f"the job gives up: {e} Launch the sweep again to continue from the checkpoint.")
                 raise
         elif received:
-            _note(current_cfg(), f"{signal.Signals(received[-1]).name} received: checkpoint saved; the job exits")
+            _note(current_cfg(), f"{signal.Signals(received[-1]).name} received: checkpoint saved; the job exits "
+                                 "(launch the sweep again with wab sweep to resume it)")  # fmt: skip
         raise
     finally:
         clear_stop()

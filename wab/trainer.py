@@ -189,6 +189,13 @@ class Trainer:
             raise ValueError("; ".join(problems))
         self.loggers = RunLoggers([])  # opened by fit() on the process that writes the records
         self.batch_size = int(tcfg["batch_size"])
+        for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0), ("checkpoint_every", 1),
+                         ("lmc_points", 0)):  # fmt: skip
+            value = tcfg.get(key, low)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"trainer.{key}={value} must be an integer >= {low}")
+        if tcfg.get("lmc_points") == 1:
+            raise ValueError("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
         self.steps_per_epoch = len(self.data.train) // self.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"trainer.batch_size={self.batch_size} exceeds the {len(self.data.train)} training images")
@@ -321,6 +328,7 @@ class Trainer:
             "lr": s.lr,
             "wall_time_s": self.wall_time(),
             "eval_time_s": self.eval_time_total(),
+            "threads": torch.get_num_threads(),
             "epoch_losses": self.epoch_losses,
             "population": pop.state_dict(),
             "optimizer": pop.optimizer_state_dict(self.optimizer),
@@ -357,6 +365,13 @@ class Trainer:
         s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
         self.eval_before = float(ckpt.get("eval_time_s", 0.0))
+        threads = ckpt.get("threads")
+        if threads is not None and threads != torch.get_num_threads():
+            log.warning(
+                "this run trained with %d threads and resumes with %d: CPU results are bit-for-bit only with the "
+                "same thread count, so from here it may differ from an uninterrupted run", threads,
+                torch.get_num_threads(),
+            )  # fmt: skip
         self.epoch_losses = list(ckpt["epoch_losses"])
         pop = self.population
         lo, hi = pop.local_indices.start, pop.local_indices.stop

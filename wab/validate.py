@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 
 from wab import CONFIG_DIR
 from wab.config import compose_config, default_config, flatten, format_value, group_options
-from wab.errors import UserError, did_you_mean
+from wab.errors import UserError, did_you_mean, directory_problem
 
 GROUPS = ("data", "model", "optim", "method")
 FRACTIONAL_OK = ("optim.warmup_epochs",)  # integer defaults that also take fractions
@@ -156,6 +156,8 @@ def check_config(cfg: dict[str, Any], gpus: int | None = None) -> list[str]:
     if problems:  # a build from a malformed config would only fail in a less clear way
         return problems
     problems = device_problems(cfg, gpus)
+    if problem := directory_problem(cfg["out_dir"], "out_dir"):
+        problems.append(problem)
     from wab.trainer import Trainer
 
     try:
