@@ -121,3 +121,17 @@ def test_loggers_write_the_same_numbers_with_the_real_packages(tiny, tmp_path, m
     history = client.get_metric_history(ml_run.info.run_id, "ensemble_acc")
     assert sorted((m.step, m.value) for m in history) == [(r["step"], pytest.approx(r["ensemble_acc"])) for r in lines]
     assert ml_run.info.run_name == rec["run_id"] and ml_run.info.status == "FINISHED"
+
+
+def test_a_failing_logger_never_stops_the_run(tiny, monkeypatch, caplog):
+    pytest.importorskip("tensorboard")
+    from wab import loggers
+
+    class Broken(loggers._TensorBoard):
+        def epoch(self, step, values):
+            raise OSError("disk full")
+
+    monkeypatch.setitem(loggers._CLASSES, "tensorboard", Broken)
+    rec = run(tiny("trainer.loggers=[tensorboard]", "trainer.epochs=2"))
+    assert rec["status"] == "done" and rec["metrics"]["final_acc"] is not None
+    assert "logger broken stopped (OSError: disk full); the run goes on without it" in caplog.text

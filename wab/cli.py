@@ -184,7 +184,7 @@ def _check_multirun(overrides: list[str]) -> None:
     mean" rather than hydra's own message; raises :class:`UserError`."""
     from wab.validate import compose_checked, validate
 
-    plain = [o for o in overrides if not o.startswith("-")]
+    plain = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/", "+hydra"))]  # not the run's config
 
     def values(o: str) -> list[str]:
         key, sep, value = o.partition("=")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -132,30 +133,47 @@ class _Mlflow:
 _CLASSES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "mlflow": _Mlflow}
 
 
+def _drop(name: str, error: Exception) -> None:
+    reason = str(error).splitlines()[0][:160] if str(error) else ""
+    logging.getLogger("wab").warning(
+        "logger %s stopped (%s: %s); the run goes on without it", name, type(error).__name__, reason
+    )
+
+
 class RunLoggers:
-    """The loggers of one run (none on a process that does not write the run's records)."""
+    """The loggers of one run (none on a process that does not write the run's records). A
+    logger that fails (a full disk, an unreachable tracking server) is dropped with a warning in
+    the run's log: it never stops the run, whose own records stay complete."""
 
     def __init__(
         self, names: list[str], run_dir: Path | None = None, run_id: str = "", cfg: dict | None = None
     ) -> None:
-        self.loggers = [_CLASSES[n](Path(run_dir), run_id, cfg or {}) for n in names] if run_dir else []
+        self.loggers = []
+        for n in names if run_dir else []:
+            try:
+                self.loggers.append(_CLASSES[n](Path(run_dir), run_id, cfg or {}))
+            except Exception as e:
+                _drop(n, e)
+
+    def _each(self, call: str, *args) -> None:
+        for lg in list(self.loggers):
+            try:
+                getattr(lg, call)(*args)
+            except Exception as e:
+                self.loggers.remove(lg)
+                _drop(type(lg).__name__.strip("_").lower(), e)
 
     def log_epoch(self, line: dict) -> None:
         """One evaluation line of metrics.jsonl, at its step."""
-        values = scalars({k: v for k, v in line.items() if k not in _IDENTITY})
-        for lg in self.loggers:
-            lg.epoch(int(line["step"]), values)
+        self._each("epoch", int(line["step"]), scalars({k: v for k, v in line.items() if k not in _IDENTITY}))
 
     def log_final(self, record: dict) -> None:
         """The run's final record: its scalars under ``final.``, and the record itself."""
         body = {k: v for k, v in record.items() if k not in (*_IDENTITY, "config", "traceback")}
-        values = scalars(body, "final.")
-        for lg in self.loggers:
-            lg.final(int(record.get("steps") or 0), values, record)
+        self._each("final", int(record.get("steps") or 0), scalars(body, "final."), record)
 
     def close(self) -> None:
-        for lg in self.loggers:
-            lg.close()
+        self._each("close")
         self.loggers = []
 
     def __bool__(self) -> bool:
