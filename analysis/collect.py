@@ -62,7 +62,9 @@ def label_settings(settings: list[dict[str, Any]], defaults: list[dict[str, Any]
     keys.sort(key=lambda k: not k.startswith("method."))  # stable: method keys first, config order
     varying = {k for k in keys if len({_val(s, k) for s in settings}) > 1}
     changed = [
-        [k for k in keys if k in s and _val(s, k) != _val(d, k) and (k.startswith("method.") or k in varying)]
+        _in_config_order(
+            [k for k in keys if k in s and _val(s, k) != _val(d, k) and (k.startswith("method.") or k in varying)], d
+        )
         for s, d in zip(settings, defaults)
     ]
     labels = _labels(settings, changed)
@@ -81,6 +83,13 @@ def label_settings(settings: list[dict[str, Any]], defaults: list[dict[str, Any]
         and any(_val(s, k) != _val(d, k) for s, d in zip(settings, defaults))
     }
     return labels, shared
+
+
+def _in_config_order(keys: list[str], defaults: dict[str, Any]) -> list[str]:
+    """Method keys first, each group in the order of the row's own config (its method's YAML), so
+    that a row's label does not depend on which other rows share its table."""
+    order = list(defaults)
+    return sorted(keys, key=lambda k: (not k.startswith("method."), order.index(k) if k in order else len(order)))
 
 
 def _labels(settings: list[dict[str, Any]], changed: list[list[str]]) -> list[str]:

@@ -361,3 +361,14 @@ def test_figures_tell_settings_apart_and_never_move_a_value_out_of_its_range(gol
     plt.close(fig)
     moved = plots.dodge(np.array([0.0, 0.0, 0.0, 9.0]), np.array([5.0, 5.0, 5.0, 1.0]), lower=0.0)
     assert moved.min() >= 0.0 and len(set(moved[:3])) == 3
+
+
+def test_a_rows_label_follows_its_own_config_order_whatever_shares_its_table():
+    wash = {"method.name": "wash", "method.p": 0.05, "method.lr_scaled": True}
+    defaults = {"method.name": "wash", "method.p": 0.01, "method.schedule": "linear", "method.lr_scaled": False}
+    sparta = {"method.name": "sparta", "method.p": 0.05}
+    sparta_defaults = {"method.name": "sparta", "method.p": 0.005}
+    alone, _ = label_settings([wash], [defaults])
+    other = ({"method.name": "x", "method.lr_scaled": True}, {"method.name": "x", "method.lr_scaled": False})
+    beside, _ = label_settings([other[0], sparta, wash], [other[1], sparta_defaults, defaults])
+    assert alone == ["wash (p=0.05, lr_scaled=true)"] and beside[2] == alone[0]
