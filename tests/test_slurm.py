@@ -212,6 +212,8 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_a_damaged_sweep_still_finish
     log = rd.log.read_text()
     assert "stop requested: checkpoint saved at step" in log and "TERM received: checkpoint saved" in log
     assert (rd.path / "job.err").is_symlink() and "log " in rows[1].detail
+    assert "Traceback" not in (rd.path / "job.err").read_text()  # stopped, not crashed: no Interrupted traceback
+    assert "launch the sweep again with wab sweep to resume it" in log
     # damage: random bytes for the finished run's record, half of the stopped run's latest checkpoint
     short.dir.final.write_bytes(os.urandom(64))
     rd.checkpoint.write_bytes(rd.checkpoint.read_bytes()[: rd.checkpoint.stat().st_size // 2])
