@@ -284,7 +284,9 @@ def test_wab_cancel_stops_a_sweep(tmp_path):
 
 def test_a_run_out_of_requeues_says_so_in_its_log(tmp_path):
     base = [*SLOW[:-1], "trainer.epochs=400", "device=cpu"]  # far longer than its time limit
-    spec = sweep(tmp_path, "budget", {"seed": [0]}, base=base, timeout_min=1, signal_delay_s=45, max_requeues=0)
+    # SLURM may send the signal up to 60 s before it is due: with 2 minutes and 45 s it comes at
+    # least 15 s into the job, once the run trains (with 1 minute it could come before the run started)
+    spec = sweep(tmp_path, "budget", {"seed": [0]}, base=base, timeout_min=2, signal_delay_s=45, max_requeues=0)
     (planned,) = plan(spec)
     launch(spec, "slurm")
     (row,) = wait(spec, lambda rows: rows[0].state == "dead", 300, every=1.0)
