@@ -222,6 +222,10 @@ class Trainer:
             for member in self.population.members:
                 member.compile()
         entries = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise ValueError(f"population.member_augment[{i}]={e!r} must be a mapping of overrides, e.g. "
+                                 "{mixup_alpha: 1.0, lr_scale: 0.5}")  # fmt: skip
         local = self.population.local_indices  # the members this process trains
         mine = [dict(entries[i % len(entries)]) if entries else {} for i in local]
         recipes = [{k: e.pop(k) for k in RECIPE_KEYS if k in e} for e in mine]  # the rest is augmentation
