@@ -57,6 +57,7 @@ def _reference(group: pd.DataFrame) -> pd.DataFrame | None:
 def aggregate(done: pd.DataFrame, metric: str = "metrics.final_acc") -> Aggregate | None:
     """The summary over the tasks of ``done`` (finished runs), or None with fewer than two tasks."""
     per_task: dict[str, dict[str, np.ndarray]] = {}
+    raw: dict[str, dict[str, float]] = {}  # task -> label -> mean final-model accuracy (the ranks)
     methods: dict[str, str] = {}
     left_out = []
     groups = [(key, g) for key, g in done.groupby(GROUP, sort=True) if int(key[2]) > 1]
@@ -69,13 +70,15 @@ def aggregate(done: pd.DataFrame, metric: str = "metrics.final_acc") -> Aggregat
             continue
         low = pd.to_numeric(ref["metrics.individual_mean"]).mean()
         high = pd.to_numeric(ref["metrics.ensemble_acc"]).mean()
-        if not np.isfinite(high - low) or abs(high - low) < 1e-9:
-            left_out.append(f"task {_task(key)}: its independent ensemble equals its members (nothing to normalise)")
+        if not np.isfinite(high - low) or high - low < 1e-6:
+            left_out.append(f"task {_task(key)}: its independent ensemble ({100 * high:.2f}%) does not beat its "
+                            f"members ({100 * low:.2f}%): no scale to normalise by")  # fmt: skip
             continue
         scores = {}
         for label, sub in group.groupby("variant", sort=False):
             scores[str(label)] = ((pd.to_numeric(sub[metric]) - low) / (high - low)).dropna().to_numpy(float)
             methods[str(label)] = str(sub["method"].iloc[0])
+            raw.setdefault(_task(key), {})[str(label)] = float(pd.to_numeric(sub[metric]).mean())
         per_task[_task(key)] = scores
     if len(per_task) < 2:
         left_out.append("fewer than two tasks can be normalised: no aggregate")
@@ -88,7 +91,7 @@ def aggregate(done: pd.DataFrame, metric: str = "metrics.final_acc") -> Aggregat
                 left_out.append(f"row {lab!r}: not in every task (only in {t} and maybe others)")
     left_out = list(dict.fromkeys(left_out))
     scores = {lab: [per_task[t][lab] for t in tasks] for lab in labels}
-    ranks = stats.mean_ranks({t: {lab: float(np.mean(per_task[t][lab])) for lab in labels} for t in tasks})
+    ranks = stats.mean_ranks({t: {lab: raw[t][lab] for lab in labels} for t in tasks})
     lines = []
     for lab in labels:
         iqm, (lo, hi) = stats.iqm_interval(scores[lab])
