@@ -167,8 +167,10 @@ def _verdicts(
 
 def _fronts(done: pd.DataFrame, out: Path) -> list[str]:
     """One figure of accuracy against bytes, FLOPs and time per (dataset, model), every N on it."""
-    lines = []
-    for (dataset, model), group in done.groupby(["dataset", "model"], sort=True) if len(done) else []:
+    lines: list[str] = []
+    if done.empty:
+        return lines
+    for (dataset, model), group in done.groupby(["dataset", "model"], sort=True):
         title = f"{dataset}, {model}"
         png = plots.save(plots.fronts(group, title), out / "figures", f"fronts_{dataset}_{model}")
         lines += ["", f"## Accuracy against cost: {title}", "", f"![fronts](figures/{png.name})", ""]

@@ -135,3 +135,25 @@ def test_a_failing_logger_never_stops_the_run(tiny, monkeypatch, caplog):
     rec = run(tiny("trainer.loggers=[tensorboard]", "trainer.epochs=2"))
     assert rec["status"] == "done" and rec["metrics"]["final_acc"] is not None
     assert "logger broken stopped (OSError: disk full); the run goes on without it" in caplog.text
+
+
+def test_an_interrupted_run_closes_its_loggers(tiny, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from wab import loggers
+    from wab.trainer import Interrupted, request_stop
+
+    closed = []
+
+    class Watched(loggers._TensorBoard):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+        def epoch(self, step, values):
+            super().epoch(step, values)
+            request_stop()  # stop at the next step boundary, with a checkpoint
+
+    monkeypatch.setitem(loggers._CLASSES, "tensorboard", Watched)
+    with pytest.raises(Interrupted):
+        run(tiny("trainer.loggers=[tensorboard]", "trainer.epochs=3"))
+    assert closed == [True]

@@ -158,9 +158,13 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
     except (Interrupted, KeyboardInterrupt) as e:
         log.info("run %s interrupted (%s); it resumes from its checkpoint when started again (the same wab train "
                  "command, or wab sweep for a sweep's run)", rd.path.name, type(e).__name__)  # fmt: skip
+        if trainer is not None:  # flush what the external loggers hold; the next life opens them again
+            trainer.loggers.close()
         raise
     except LeaseLost as e:
         log.error("%s", e)
+        if trainer is not None:
+            trainer.loggers.close()
         return {"status": "lost", "error": str(e)}
     except Diverged as e:
         log.warning("diverged: %s", e)
