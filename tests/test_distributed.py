@@ -35,21 +35,18 @@ def _torchrun(procs: int, *args: str) -> list[str]:
             f"--master_port={_port()}", *args]  # fmt: skip
 
 
-def _close(a, b, path=""):
-    """a == b, floats to a relative 1e-5 (the fused optimizer may round the last bit of an
-    element differently when the rows it steps are split among processes)."""
+def _same(a, b, path=""):
+    """a == b exactly, naming the first key that differs."""
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
+            _same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), path
+            _same(x, y, f"{path}[{i}]")
     else:
-        assert a == b, path
+        assert a == b, (path, a, b)
 
 
 def test_member_slices_are_contiguous_and_cover_the_population():
@@ -74,11 +71,11 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
             ref = json.loads(next((tmp_path / "local").glob(f"{run_dir.name}/final.json")).read_text())
             got = json.loads((run_dir / "final.json").read_text())  # the same run id: backend is not hashed
             assert got["status"] == "done", (method, got.get("error"))
-            _close(got["metrics"], ref["metrics"], method)
-            _close(got["method_report"], ref["method_report"], method)
+            _same(got["metrics"], ref["metrics"], method)
+            _same(got["method_report"], ref["method_report"], method)
             measured = got["comm"].pop("measured")
             ref["comm"].pop("measured", None)
-            _close(got["comm"], ref["comm"], method)  # the analytic ledger is the backend's business neither
+            _same(got["comm"], ref["comm"], method)  # the analytic ledger is the backend's business neither
             assert measured["processes"] == procs
             if ref["comm"]["elements_total"] > 0 and method not in ("soups", "twa"):
                 assert measured["bytes_per_member_per_step"] > 0, method
@@ -95,6 +92,65 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
         (table,) = summary_tables(df).values()  # the report shows the wire beside the ledger
         wash = table.rows.set_index("method").loc["wash (p=0.1)"]
         assert wash["wire bytes/step"] not in ("–", "0") and wash["bytes/step"] not in ("–", "0")
+
+
+def test_the_defaults_give_the_same_numbers_on_1_2_and_4_processes_over_hundreds_of_steps(tmp_path):
+    """The fused optimizer (the default) steps each member's row on its own, so splitting the
+    rows among processes cannot change its rounding; hundreds of steps would amplify any drift."""
+    args = ["data=digits", "model.width=8", "population.size=4", "trainer.epochs=4", "trainer.batch_size=16",
+            "trainer.eval_every=0", "trainer.progress=false", "device=cpu", "method=papa"]  # fmt: skip
+    train = ["-m", "wab.cli", "train", *args]
+    p = subprocess.run([sys.executable, *train, f"out_dir={tmp_path / 'p1'}"], env=ENV, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    (ref,) = [json.loads(f.read_text()) for f in (tmp_path / "p1").glob("papa-*/final.json")]
+    assert ref["steps"] >= 300
+    for procs in (2, 4):
+        out = tmp_path / f"p{procs}"
+        p = subprocess.run(_torchrun(procs, *train, "population.backend=distributed", f"out_dir={out}"), env=ENV,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert p.returncode == 0, p.stderr[-3000:]
+        (got,) = [json.loads(f.read_text()) for f in out.glob("papa-*/final.json")]
+        _same(got["metrics"], ref["metrics"], f"{procs} processes")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_on_one_process_ends_all_within_seconds_and_the_run_resumes(tmp_path, rank):
+    """No collective on the error path: the failing process records its error and exits, which
+    ends the other (torchrun stops it, or its collective sees a closed peer) long before the
+    process group's timeout; no done marker, so the same command resumes from the checkpoint."""
+    script = str(ROOT / "tests" / "fail_on_one_rank.py")
+    args = ["data=digits", "model.width=8", "population.size=4", "trainer.epochs=3", "trainer.batch_size=64",
+            "trainer.progress=false", "device=cpu", "population.backend=distributed", "population.timeout_min=5",
+            f"out_dir={tmp_path}"]  # fmt: skip
+    t0 = time.time()
+    p = subprocess.run(_torchrun(2, script, str(rank), "30", *args), env=ENV, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    took = time.time() - t0
+    assert p.returncode != 0
+    assert took < 120, f"{took:.0f} s: the other process waited for the timeout"
+    (run_dir,) = list(tmp_path.glob("test_fails_on_one_rank-*"))
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["status"] == "failed" and f"disk full on rank {rank} at step 30" in final["error"], final["error"]
+    assert final["steps"] >= 22 and not (run_dir / "done").exists()
+    again = subprocess.run(_torchrun(2, script, "-1", "0", *args), env=ENV, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "final.json").read_text())["status"] == "done"
+    assert not list(run_dir.glob("error.rank*"))
+
+
+def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):
+    train = ["-m", "wab.cli", "train", "data=digits", "device=cpu", "trainer.progress=false", f"out_dir={tmp_path}"]
+    p = subprocess.run(_torchrun(2, *train, "population.size=4"), env=ENV, capture_output=True, text=True, timeout=300)
+    # torchrun reports its workers' exit status 2 with a traceback of its own
+    assert p.returncode != 0 and "(WORLD_SIZE=2) but population.backend=local" in p.stderr, p.stderr[-2000:]
+    assert "add population.backend=distributed" in p.stderr and "wab/run.py" not in p.stderr
+    p = subprocess.run(_torchrun(2, *train, "population.size=1", "population.backend=distributed"), env=ENV,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode != 0 and "population.size=1 is smaller than the 2 processes" in p.stderr, p.stderr[-2000:]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(tmp_path):

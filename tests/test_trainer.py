@@ -44,6 +44,11 @@ def test_run_dir_depends_on_the_config_not_on_where_it_is_written(tiny, tmp_path
     assert run_dir_for(a).path.name != run_dir_for(b).path.name
     c = dict(a, out_dir=str(tmp_path / "elsewhere"), device="cuda")
     assert run_dir_for(c).path.name == run_dir_for(a).path.name
+    # another kernel rounds differently: off its default, it is part of the run's identity
+    assert run_dir_for(dict(a, optim={**a["optim"], "fused": True})).path.name == run_dir_for(a).path.name
+    assert run_dir_for(dict(a, optim={**a["optim"], "fused": False})).path.name != run_dir_for(a).path.name
+    compiled = dict(a, trainer={**a["trainer"], "compile": True})
+    assert run_dir_for(compiled).path.name != run_dir_for(a).path.name
 
 
 def test_members_have_their_own_data_order(tiny):

@@ -108,10 +108,33 @@ def _device_of_group() -> torch.device:
     return torch.device("cpu")
 
 
-def init(device: str) -> LocalComm:
+def launched_world() -> int:
+    """How many processes the launcher started for this run (torchrun's or submitit's
+    WORLD_SIZE; 1 without a launcher)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def launch_problems(backend: str, size: int) -> list[str]:
+    """What is wrong with launching a population of ``size`` members on this launcher's
+    processes, checked before anything (a run directory, a process group) is made."""
+    world = launched_world()
+    if backend != "distributed" and world > 1:
+        return [f"the launcher started {world} processes (WORLD_SIZE={world}) but population.backend={backend}: "
+                "every process would train every member; add population.backend=distributed"]  # fmt: skip
+    if backend == "distributed" and world > size:
+        return [f"population.size={size} is smaller than the {world} processes the launcher started: each "
+                f"process must hold a member (use at most {size} processes, or more members)"]  # fmt: skip
+    return []
+
+
+def init(device: str, timeout_min: float = 5.0) -> LocalComm:
     """Join the process group that the launcher described in the environment (``torchrun``:
     RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; SLURM tasks through submitit), with gloo on CPU
-    and NCCL on GPU, and return the communicator of this process."""
+    and NCCL on GPU, and return the communicator of this process. A collective that waits
+    longer than ``timeout_min`` (a process lost without a word) raises instead of hanging."""
     if not dist.is_initialized():
         missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
@@ -124,5 +147,5 @@ def init(device: str) -> LocalComm:
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
     return DistComm()

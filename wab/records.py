@@ -23,28 +23,42 @@ NOT_HASHED = (
     ("data", "root"),
     ("data", "download"),
     ("population", "backend"),
+    ("population", "timeout_min"),
     ("trainer", "progress"),
     ("trainer", "save_models"),
     ("trainer", "lmc_points"),
     ("trainer", "checkpoint_every"),
     ("trainer", "eval_batch_size"),
-    ("trainer", "compile"),
     ("trainer", "loggers"),
     ("trainer", "target_acc"),
-    ("optim", "fused"),
 )
+
+# Keys that change how results round (another kernel), hashed only when they differ from their
+# default, so that runs at the defaults keep their ids.
+HASHED_UNLESS_DEFAULT = {
+    ("optim", "fused"): True,
+    ("trainer", "compile"): False,
+}
 
 
 def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of a resolved config (a plain dict) without the keys in NOT_HASHED: what makes a run."""
     cfg = json.loads(json.dumps(cfg, default=str))
-    for path in NOT_HASHED:
+    defaults = [path for path, value in HASHED_UNLESS_DEFAULT.items() if _get(cfg, path) in (value, None)]
+    for path in (*NOT_HASHED, *defaults):
         node = cfg
         for key in path[:-1]:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return cfg
+
+
+def _get(cfg: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = cfg
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

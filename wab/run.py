@@ -26,10 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from wab.cost import run_flops, time_to_target
 from wab.distributed import LocalComm
 from wab.distributed import init as init_distributed
+from wab.distributed import launch_problems
 from wab.lease import Lease, LeaseLost, RunLeased
 from wab.provenance import provenance
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
+from wab.validate import InvalidConfig
 
 log = logging.getLogger("wab")
 
@@ -51,9 +53,15 @@ def run_dir_for(cfg: dict | DictConfig) -> RunDir:
 
 
 def process_group(cfg: dict[str, Any]) -> LocalComm:
-    """This process's communicator: joins the process group of a distributed run."""
-    if cfg["population"].get("backend", "local") == "distributed":
-        return init_distributed(str(cfg.get("device", "auto")))
+    """This process's communicator: joins the process group of a distributed run. A launch
+    that cannot work (torchrun without the distributed backend, more processes than members)
+    is refused first, with nothing made."""
+    pcfg = cfg["population"]
+    backend = pcfg.get("backend", "local")
+    if problems := launch_problems(backend, int(pcfg["size"])):
+        raise InvalidConfig(problems)
+    if backend == "distributed":
+        return init_distributed(str(cfg.get("device", "auto")), float(pcfg.get("timeout_min", 5)))
     return LocalComm()
 
 
@@ -142,10 +150,48 @@ def _run_log(rd: RunDir) -> Iterator[None]:
         handler.close()
 
 
+def _failed_alone(rd: RunDir, trainer: Trainer, record: dict[str, Any], main: bool, started: float) -> dict:
+    """The record of a distributed run that failed on this process, made and written without a
+    collective: the other processes may be inside one, or past it, and would never answer. This
+    process then exits (non-zero), which ends the others: torchrun stops the rest of its workers
+    (before the main one could write a word: so any failing process writes the record), srun
+    (``--kill-on-bad-exit``) the rest of the job's tasks, and a collective waiting on a closed
+    peer raises. A process other than the main one leaves a record written in this life
+    (``started``) alone: the first error is the cause, the others its echo. No ``done`` is
+    written: the run resumes from its last checkpoint."""
+    rank = trainer.group.rank
+    if not main:  # for the main process's record, if it lives to write one
+        atomic_write_text(rd.path / f"error.rank{rank}.txt", record["traceback"])
+    errors = sorted(rd.path.glob("error.rank*.txt")) if main else []
+    others = {p.stem.removeprefix("error."): p.read_text().strip().splitlines()[-1] for p in errors}
+    full = {
+        "status": "failed",
+        **trainer.record_base(),
+        "config": trainer.cfg,
+        "wall_time_s": trainer.wall_time(),
+        "steps": trainer.state.step,
+        "epochs": trainer.state.epoch,
+        "metrics": dict.fromkeys(METRIC_KEYS),
+        "error": f"on rank {rank} of {trainer.group.world}: {record['error']}"
+        + "".join(f"; on {r}: {line}" for r, line in others.items()),
+        "traceback": record["traceback"],
+        **provenance(),
+    }
+    if main or not (rd.final.exists() and rd.final.stat().st_mtime >= started):
+        atomic_write_json(rd.final, full)
+    for p in errors:
+        p.unlink(missing_ok=True)
+    return full
+
+
 def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = True) -> dict:
     t0 = time.perf_counter()
     trainer: Trainer | None = None
     record: dict[str, Any] = {"status": "done"}
+    started = time.time()
+    if main:  # the errors other processes left in an earlier life of a distributed run
+        for p in rd.path.glob("error.rank*.txt"):
+            p.unlink(missing_ok=True)
     try:
         prov = provenance()
         log.info(
@@ -174,6 +220,8 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         log.exception("run failed")
         record = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         metrics = {}
+        if trainer is not None and trainer.group.world > 1:
+            return _failed_alone(rd, trainer, record, main, started)
     wall = trainer.wall_time() if trainer else time.perf_counter() - t0
     base = (
         trainer.record_base()

@@ -207,9 +207,12 @@ class RunJob(submitit.helpers.Checkpointable):
             _link_job_logs(cfg)
         try:
             with job_signals(lambda: cfg):
-                return _run_unless_leased(cfg)
+                status = _run_unless_leased(cfg)
         except Interrupted:  # stopped by TERM with a checkpoint: said in train.log, no traceback in job.err
             return "interrupted"
+        if status in ("failed", "lost") and cfg["population"].get("backend") == "distributed":
+            raise SystemExit(1)  # a non-zero exit: srun ends the run's other tasks, which may wait in a collective
+        return status
 
 
 class PoolWorker(submitit.helpers.Checkpointable):
@@ -334,6 +337,7 @@ def make_executor(
         params["gpus_per_node"] = int(r["gpus_per_node"])
     if cluster == "slurm" and (int(r["nodes"]) > 1 or int(r["tasks_per_node"]) > 1):
         params["nodes"], params["tasks_per_node"] = int(r["nodes"]), int(r["tasks_per_node"])
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]  # a task that fails ends its run's other tasks
     if cluster == "slurm":
         params["slurm_signal_delay_s"] = int(r["signal_delay_s"])
         params["slurm_array_parallelism"] = int(r["array_parallelism"])

@@ -143,8 +143,11 @@ class Trainer:
         backend = pcfg.get("backend", "local")
         if backend not in BACKENDS:
             raise ValueError(f"population.backend must be one of {BACKENDS}, got {backend!r}")
+        timeout = pcfg.get("timeout_min", 5)
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"population.timeout_min={timeout} must be a number of minutes > 0, e.g. 5")
         distributed = backend == "distributed" and not dry
-        self.group = init_distributed(cfg.get("device", "auto")) if distributed else LocalComm()
+        self.group = init_distributed(cfg.get("device", "auto"), float(timeout)) if distributed else LocalComm()
         self.is_main = self.group.rank == 0  # the process that writes the run's records
         self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         if self.device.type == "cuda" and distributed:
