@@ -24,9 +24,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from wab.cost import run_flops, time_to_target
-from wab.distributed import LocalComm
+from wab.distributed import LocalComm, launch_problems
 from wab.distributed import init as init_distributed
-from wab.distributed import launch_problems
 from wab.lease import Lease, LeaseLost, RunLeased
 from wab.provenance import provenance
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
