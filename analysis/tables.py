@@ -31,6 +31,7 @@ COLUMNS = [
     ("comm_fraction", "comm/step / D", "sci"),
     ("comm.bytes_per_step", "bytes/step", "sci"),
     ("comm.measured.bytes_per_member_per_step", "wire bytes/step", "sci"),
+    ("comm.measured.ratio_to_ledger", "wire/ledger", "sci"),
     ("cost.train_flops", "train FLOPs", "sci"),
     ("cost.train_time_s", "train time (s)", "int"),
     ("wall_time_s", "time (s)", "int"),
@@ -62,6 +63,14 @@ class Table:
             "(train FLOPs: members x steps x one member's forward and backward, counted by torch's flop "
             "counter; train time: wall time without evaluation)."
         ]
+        if (self.rows.get("wire bytes/step", pd.Series(dtype=str)) != "–").any():
+            parts.append(
+                "Wire bytes/step (runs on several processes): the training bytes the processes handed to "
+                "torch.distributed collectives, per member and step (evaluation, checkpoint and control traffic "
+                "are apart, in each record's comm.measured); wire/ledger is its ratio to the ledger's bytes/step, "
+                "above 1 where an all-gather hands a process's rows to every other process, below 1 where rows "
+                "held by one process need not travel."
+            )
         if self.shared:
             parts.append(f"Every row: {self.shared}.")
         parts.append("Settings not shown are wab's defaults.")

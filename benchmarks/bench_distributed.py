@@ -62,10 +62,10 @@ def main() -> None:
     rows = []
     for name, (op, per_step, fn) in ops.items():
         ledger.ops.clear()
-        sent0 = comm.sent.get(op, 0.0)
+        sent0 = comm.traffic.get("train", {}).get(op, [0.0])[0]
         t = median_time(synced(fn), args.op_reps)
         calls = ledger.ops[op].calls
-        wire = (comm.sent.get(op, 0.0) - sent0) / calls / len(pop.members)  # bytes per member per call
+        wire = (comm.traffic["train"][op][0] - sent0) / calls / len(pop.members)  # bytes per member per call
         analytic = ledger.ops[op].bytes / calls
         rows.append((name, t, per_step, wire, analytic))
     if comm.rank == 0:

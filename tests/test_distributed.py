@@ -76,13 +76,22 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
             measured = got["comm"].pop("measured")
             ref["comm"].pop("measured", None)
             _same(got["comm"], ref["comm"], method)  # the analytic ledger is the backend's business neither
-            assert measured["processes"] == procs
             if ref["comm"]["elements_total"] > 0 and method not in ("soups", "twa"):
                 assert measured["bytes_per_member_per_step"] > 0, method
+            assert measured["processes"] == [procs]
+            for ops in measured["bytes"].values():  # what one process sends, the others receive
+                for op, v in ops.items():
+                    if op not in ("objects", "traffic"):  # pickled objects differ in size between processes
+                        # an all-reduce gets back what it gives; an all-gather or broadcast, from procs - 1 others
+                        assert v["received"] in (pytest.approx(v["sent"]), pytest.approx(v["sent"] * (procs - 1)))
+            assert measured["sent_by_phase"]["eval"] > 0 and measured["sent_by_phase"]["checkpoint"] > 0
+            assert measured["sent_by_phase"]["control"] > 0
             if method == "wash":  # only the shuffled values travel: N/(N-1) times what the ledger counts
                 analytic = got["comm"]["ops"]["permute_elements"]["bytes"] / got["steps"]
-                wire = measured["bytes_per_process"]["permute_elements"] * procs / 4 / got["steps"]
+                wire = measured["bytes"]["train"]["permute_elements"]["sent"] / 4 / got["steps"]
                 assert 1.0 <= wire / analytic <= 1.5
+                assert measured["ratio_to_ledger"] == pytest.approx(measured["bytes_per_member_per_step"] /
+                                                                    got["comm"]["bytes_per_step"])  # fmt: skip
                 assert wire < 0.2 * 4 * got["comm"]["model_elements"]  # far from a full exchange
             lines = (run_dir / "metrics.jsonl").read_text().splitlines()
             assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # written once, by the main process
@@ -92,6 +101,7 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
         (table,) = summary_tables(df).values()  # the report shows the wire beside the ledger
         wash = table.rows.set_index("method").loc["wash (p=0.1)"]
         assert wash["wire bytes/step"] not in ("–", "0") and wash["bytes/step"] not in ("–", "0")
+        assert 1.0 <= float(wash["wire/ledger"]) <= 1.5 and "wire/ledger is its ratio" in table.caption()
 
 
 def test_the_defaults_give_the_same_numbers_on_1_2_and_4_processes_over_hundreds_of_steps(tmp_path):
@@ -139,6 +149,24 @@ def test_an_error_on_one_process_ends_all_within_seconds_and_the_run_resumes(tmp
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "final.json").read_text())["status"] == "done"
     assert not list(run_dir.glob("error.rank*"))
+
+
+def test_the_measured_traffic_survives_a_resume_on_another_process_count(tmp_path):
+    """4 processes to the first checkpoint (then one fails), 2 to the end: the record sums both
+    lives, each process's every step (the loss check, 8 bytes per process and step)."""
+    script = str(ROOT / "tests" / "fail_on_one_rank.py")
+    args = ["data=digits", "model.width=8", "population.size=4", "trainer.epochs=3", "trainer.batch_size=64",
+            "trainer.progress=false", "device=cpu", "population.backend=distributed",
+            f"out_dir={tmp_path}"]  # fmt: skip
+    subprocess.run(_torchrun(4, script, "2", "30", *args), env=ENV, capture_output=True, timeout=600)
+    p = subprocess.run(_torchrun(2, script, "-1", "0", *args), env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (final,) = [json.loads(f.read_text()) for f in tmp_path.glob("*/final.json")]
+    measured, steps = final["comm"]["measured"], final["steps"]
+    first = steps // 3  # the checkpoint the second life resumed from: the end of epoch 1
+    assert measured["processes"] == [2, 4]
+    assert measured["bytes"]["control"]["loss_check"]["sent"] == 8 * (4 * first + 2 * (steps - first))
+    assert "train" not in measured["bytes"]  # this method sends nothing; no collective of the harness counts as its
 
 
 def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):

@@ -2,16 +2,20 @@
 ``torch.distributed`` (:class:`DistComm`: gloo on CPU, NCCL on GPU), each holding a contiguous
 slice of the members. Only :mod:`wab.population` calls these; it decides what travels.
 
-:class:`DistComm` counts the bytes each rank hands to every collective (its contribution: the
-tensor of an all-reduce, its rows of an all-gather, the tensor a broadcast sends from its owner),
-so a run can set what went over the wire beside the analytic ledger.
+:class:`DistComm` counts the bytes each rank hands to every collective and gets back from the
+others (an all-reduce: its tensor both ways; an all-gather: its rows out, the others' rows in; a
+broadcast: out from its owner, in everywhere else), per phase (training, evaluation,
+checkpoints, control flags) and operation, so a run can set what went over the wire beside the
+analytic ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections import defaultdict
+import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,11 +25,33 @@ from torch import Tensor
 BACKENDS = ("local", "distributed")
 
 
+PHASES = ("train", "eval", "checkpoint", "control")  # what a collective was for, counted apart
+
+
 class LocalComm:
-    """All members in this process: every collective is the identity."""
+    """All members in this process: every collective is the identity, and nothing is counted.
+    It still carries the traffic a run measured before it resumed here (``load_traffic``)."""
 
     rank = 0
     world = 1
+
+    def __init__(self) -> None:
+        self.phase = "train"
+        self._traffic: dict[str, dict[str, list[float]]] = {}
+
+    @contextlib.contextmanager
+    def counting(self, phase: str) -> Iterator[None]:
+        """Count the collectives inside as ``phase`` (one of PHASES) instead of training traffic."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown traffic phase {phase!r}; known: {', '.join(PHASES)}")
+        before, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = before
+
+    def _count(self, op: str, sent: float, received: float) -> None:
+        pass
 
     def all_reduce_sum(self, t: Tensor, op: str = "") -> Tensor:
         return t
@@ -36,7 +62,7 @@ class LocalComm:
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
         return t
 
-    def all_gather_objects(self, obj: Any) -> list[Any]:
+    def all_gather_objects(self, obj: Any, op: str = "objects") -> list[Any]:
         return [obj]
 
     def any_of(self, *flags: bool) -> tuple[bool, ...]:
@@ -44,62 +70,77 @@ class LocalComm:
         return flags
 
     @property
-    def sent(self) -> dict[str, float]:
-        return {}
+    def traffic(self) -> dict[str, dict[str, list[float]]]:
+        """{phase: {operation: [bytes sent, bytes received]}} of this process, since the run
+        began (with what :meth:`load_traffic` carried over)."""
+        return {ph: {op: list(v) for op, v in ops.items()} for ph, ops in self._traffic.items()}
 
-    def load_sent(self, state: dict[str, float]) -> None:
-        pass
+    def load_traffic(self, traffic: dict[str, dict[str, list[float]]]) -> None:
+        self._traffic = {ph: {op: list(v) for op, v in ops.items()} for ph, ops in traffic.items()}
 
 
 class DistComm(LocalComm):
-    """Collectives over the default ``torch.distributed`` process group, with bytes counted."""
+    """Collectives over the default ``torch.distributed`` process group, with every byte counted:
+    what this process hands to each collective (sent) and what it gets from the others
+    (received), per phase and operation (an unnamed one by its kind: ``all_gather``...)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
-        self._sent: dict[str, float] = defaultdict(float)
 
-    def _count(self, op: str, nbytes: int) -> None:
-        if op:
-            self._sent[op] += nbytes
+    def _count(self, op: str, sent: float, received: float) -> None:
+        entry = self._traffic.setdefault(self.phase, {}).setdefault(op, [0.0, 0.0])
+        entry[0] += sent
+        entry[1] += received
 
     def all_reduce_sum(self, t: Tensor, op: str = "") -> Tensor:
-        self._count(op, t.numel() * t.element_size())
+        nbytes = t.numel() * t.element_size()
+        self._count(op or "all_reduce", nbytes, nbytes)
         dist.all_reduce(t, dist.ReduceOp.SUM)
         return t
 
     def all_gather_rows(self, t: Tensor, counts: list[int], op: str = "") -> Tensor:
         """The rows of every rank, in rank order (rank r holds ``counts[r]`` rows)."""
-        self._count(op, t.numel() * t.element_size())
         rows = max(counts)
         padded = t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+        nbytes = padded.numel() * padded.element_size()
+        self._count(op or "all_gather", nbytes, nbytes * (self.world - 1))
         out = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(out, padded.contiguous())
         return torch.cat([o[:c] for o, c in zip(out, counts)])
 
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
-        if self.rank == src:
-            self._count(op, t.numel() * t.element_size())
+        nbytes = t.numel() * t.element_size()
+        self._count(op or "broadcast", nbytes if self.rank == src else 0, 0 if self.rank == src else nbytes)
         dist.broadcast(t, src)
         return t
 
-    def all_gather_objects(self, obj: Any) -> list[Any]:
+    def all_gather_objects(self, obj: Any, op: str = "objects") -> list[Any]:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
+        sizes = [len(pickle.dumps(o)) for o in out]  # what torch pickled and moved, give or take its padding
+        self._count(op, sizes[self.rank], sum(sizes) - sizes[self.rank])
         return out
 
     def any_of(self, *flags: bool) -> tuple[bool, ...]:
         t = torch.tensor([int(f) for f in flags], device=_device_of_group())
+        with self.counting("control"):
+            self._count("stop_flags", t.numel() * t.element_size(), t.numel() * t.element_size())
         dist.all_reduce(t, dist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
 
-    @property
-    def sent(self) -> dict[str, float]:
-        """Bytes this rank handed to collectives, per operation."""
-        return dict(self._sent)
 
-    def load_sent(self, state: dict[str, float]) -> None:
-        self._sent = defaultdict(float, state)
+def merge_traffic(parts: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    """The sum of several processes' :attr:`LocalComm.traffic`."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for part in parts:
+        for phase, ops in part.items():
+            for op, (sent, received) in ops.items():
+                entry = out.setdefault(phase, {}).setdefault(op, [0.0, 0.0])
+                entry[0] += sent
+                entry[1] += received
+    return out
 
 
 def _device_of_group() -> torch.device:

@@ -65,3 +65,32 @@ class CommLedger:
     def load_state_dict(self, state: dict) -> None:
         self.ops = {name: OpCount(float(v[0]), float(v[1]), int(v[2]), *(v[3:] or ["all_reduce"]))
                     for name, v in state.items()}  # fmt: skip
+
+
+def measured_summary(
+    traffic: dict[str, dict[str, list[float]]], processes: list[int], members: int, steps: int, ledger_per_step: float
+) -> dict:
+    """The ``comm.measured`` block: what a run's processes handed to collectives (sent) and got
+    back from the others (received), summed over every process of every life of the run, per
+    phase (``train``: the method's operations, what the ledger models; ``eval``, ``checkpoint``
+    and ``control`` apart) and operation. Per member and step it divides by N and by all the
+    run's steps, which holds when the process count changed on a resume. ``ratio_to_ledger`` is
+    the training bytes sent over the ledger's: above 1 where a collective hands more than the
+    ledger's ideal exchange (an all-gather sends its rows to every process), below where rows on
+    one process need not travel."""
+    per = 1.0 / (members * steps) if steps else 0.0
+    sent = {ph: sum(v[0] for v in ops.values()) for ph, ops in traffic.items()}
+    received = {ph: sum(v[1] for v in ops.values()) for ph, ops in traffic.items()}
+    train_sent = sent.get("train", 0.0) * per
+    return {
+        "processes": list(processes),
+        "bytes": {
+            ph: {op: {"sent": v[0], "received": v[1]} for op, v in sorted(ops.items())}
+            for ph, ops in sorted(traffic.items())
+        },  # fmt: skip
+        "sent_by_phase": sent,
+        "received_by_phase": received,
+        "bytes_per_member_per_step": train_sent,
+        "received_per_member_per_step": received.get("train", 0.0) * per,
+        "ratio_to_ledger": train_sent / ledger_per_step if ledger_per_step else None,
+    }

@@ -24,11 +24,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from wab.augment import Augment, Augmenter, Batch, Normalizer
 from wab.data import DataSplits, describe_data, load_data
 from wab.device import resolve_device, to_device
-from wab.distributed import BACKENDS, LocalComm
+from wab.distributed import BACKENDS, LocalComm, merge_traffic
 from wab.distributed import init as init_distributed
 from wab.evaluate import Evaluator
 from wab.lease import Lease, LeaseLost
-from wab.ledger import CommLedger
+from wab.ledger import CommLedger, measured_summary
 from wab.loggers import RunLoggers, logger_problems
 from wab.method import Method, RunState, get_finalizer, get_method, one_member_methods
 from wab.models import model_factory
@@ -119,7 +119,10 @@ def population_step(
     device only when ``check_finite``; a non-finite loss, on any process, skips the step)."""
     population.zero_grad()
     total = forward_backward(population, batches, autocast_dtype)
-    loss = population.comm.all_reduce_sum(total.double().view(1)).item() if check_finite else 0.0
+    loss = 0.0
+    if check_finite:
+        with population.comm.counting("control"):
+            loss = population.comm.all_reduce_sum(total.double().view(1), "loss_check").item()
     if np.isfinite(loss):
         lr = optimizer.param_groups[0]["lr"]
         if recipes is not None:
@@ -149,6 +152,7 @@ class Trainer:
         distributed = backend == "distributed" and not dry
         self.group = init_distributed(cfg.get("device", "auto"), float(timeout)) if distributed else LocalComm()
         self.is_main = self.group.rank == 0  # the process that writes the run's records
+        self.process_counts = [self.group.world]  # every life's, when a resume changed it
         self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         if self.device.type == "cuda" and distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
@@ -292,25 +296,25 @@ class Trainer:
         }
 
     def comm(self) -> dict:
-        """The ``comm`` block of the records: the analytic ledger and, with several processes, the
-        bytes each process handed to collectives (a collective itself: every process calls it)."""
+        """The ``comm`` block of the records: the analytic ledger and, when the run used several
+        processes, what went through its collectives (a collective itself: every process calls it)."""
         out = {
             **self.ledger.summary(self.state.step),
             "model_elements": self.population.num_params,
             "buffer_elements": self.population.num_buffers,
         }
-        if self.group.world > 1:
-            sent = self.group.all_gather_objects(self.group.sent)
-            ops = sorted({op for d in sent for op in d})
-            per_process = {op: sum(d.get(op, 0.0) for d in sent) / len(sent) for op in ops}
-            steps = max(self.state.step, 1)
-            out["measured"] = {
-                "processes": self.group.world,
-                "bytes_per_process": per_process,
-                "bytes_per_process_per_step": sum(per_process.values()) / steps,
-                "bytes_per_member_per_step": sum(per_process.values()) * len(sent) / self.population.size / steps,
-            }
+        traffic = self.traffic()
+        if traffic:
+            out["measured"] = measured_summary(traffic, self.process_counts, self.population.size,
+                                               self.state.step, out["bytes_per_step"])  # fmt: skip
         return out
+
+    def traffic(self) -> dict:
+        """Every process's collective traffic so far, summed (a collective)."""
+        if self.group.world == 1:
+            return self.group.traffic
+        with self.group.counting("control"):
+            return merge_traffic(self.group.all_gather_objects(self.group.traffic, "traffic"))
 
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
@@ -326,6 +330,10 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Every process gathers its members' state; the main process writes the checkpoint."""
         self._check_lease()
+        with self.group.counting("checkpoint"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         s = self.state
         pop = self.population
         ckpt = {
@@ -344,7 +352,8 @@ class Trainer:
             "member_rngs": pop.all_members([r.bit_generator.state for r in self.rngs]),
             "order_rng": self.order_rng.bit_generator.state if self.order_rng is not None else None,
             "perms": pop.all_members([p.cpu() for p in self.perms]) if self.perms is not None else None,
-            "comm_sent": self.group.all_gather_objects(self.group.sent),
+            "traffic": self.traffic(),
+            "process_counts": self.process_counts,
             "method_rng": s.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -391,9 +400,9 @@ class Trainer:
         if self.order_rng is not None:
             self.order_rng.bit_generator.state = ckpt["order_rng"]
         self.perms = ckpt["perms"][lo:hi] if ckpt["perms"] is not None else None  # on the device (map_location)
-        sent = ckpt.get("comm_sent") or []
-        if len(sent) == self.group.world:
-            self.group.load_sent(sent[self.group.rank])
+        if self.is_main:  # the run's traffic so far, summed over the processes it had (any number)
+            self.group.load_traffic(ckpt.get("traffic") or {})
+        self.process_counts = sorted({*ckpt.get("process_counts", []), self.group.world})
         s.rng.set_state(ckpt["method_rng"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt["cuda_rng"]:
@@ -434,10 +443,11 @@ class Trainer:
                 finals.update(fn(self.state))
         t_eval = time.perf_counter()  # what follows is evaluation; finalizing counts as training
         states: dict[str, dict] | None = {} if final and self.cfg["trainer"].get("save_models", True) else None
-        metrics = self.evaluator.evaluate(
-            self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
-            diagnose=final, lmc_points=int(self.cfg["trainer"].get("lmc_points", 5)),
-        )  # fmt: skip
+        with self.group.counting("eval"):
+            metrics = self.evaluator.evaluate(
+                self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
+                diagnose=final, lmc_points=int(self.cfg["trainer"].get("lmc_points", 5)),
+            )  # fmt: skip
         if states is not None and self.is_main:
             save_models(self.dir, states, self.model_meta(metrics["final_model"]))
         self.population.train()
