@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from wab.checkpoint import MemberRows
 from wab.method import Method, RunState, heldout_selection, register
 
 
@@ -105,8 +106,8 @@ class Aswa(Method):
     def state_dict(self) -> dict:
         pop = self.pop
         return {
-            "params": [pop.all_rows(a) for a in self.params],
-            "buffers": [pop.all_rows(b) for b in self.buffers],
+            "params": [MemberRows(a) for a in self.params],
+            "buffers": [MemberRows(b) for b in self.buffers],
             "n": pop.all_members(self.n),
             "acc": pop.all_members(self.acc),
             "decisions": pop.all_members(self.decisions),
@@ -115,7 +116,7 @@ class Aswa(Method):
     def load_state_dict(self, state: dict) -> None:
         pop = self.pop
         for a, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
-            a.copy_(pop.local_rows(v))
+            a.copy_(v.rows)
         lo, hi = pop.local_indices.start, pop.local_indices.stop
         self.n, self.acc = list(state["n"][lo:hi]), list(state["acc"][lo:hi])
         self.decisions = [list(d) for d in state["decisions"][lo:hi]]

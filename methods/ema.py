@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from wab.checkpoint import MemberRows
 from wab.method import Method, RunState, register
 
 
@@ -44,8 +45,8 @@ class Ema(Method):
         return {f"ema_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
 
     def state_dict(self) -> dict:
-        return {"averages": [self.pop.all_rows(a) for a in self.averages]}
+        return {"averages": [MemberRows(a) for a in self.averages]}
 
     def load_state_dict(self, state: dict) -> None:
         for a, s in zip(self.averages, state["averages"]):
-            a.copy_(self.pop.local_rows(s))
+            a.copy_(s.rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from wab.checkpoint import MemberRows
 from wab.method import Method, RunState, register
 
 
@@ -40,7 +41,7 @@ class Lawa(Method):
         return {"checkpoints_averaged": len(self.snapshots)}
 
     def state_dict(self) -> dict:
-        return {"snapshots": [[self.pop.all_rows(g) for g in s] for s in self.snapshots]}
+        return {"snapshots": [[MemberRows(g) for g in s] for s in self.snapshots]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.snapshots = [[self.pop.local_rows(g).clone() for g in s] for s in state["snapshots"]]
+        self.snapshots = [[g.rows.clone() for g in s] for s in state["snapshots"]]

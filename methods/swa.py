@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from wab.checkpoint import MemberRows
 from wab.method import Method, RunState, register
 
 
@@ -55,9 +56,9 @@ class Swa(Method):
         return {f"swa_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
 
     def state_dict(self) -> dict:
-        return {"averages": [self.pop.all_rows(a) for a in self.averages], "n": self.n}
+        return {"averages": [MemberRows(a) for a in self.averages], "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
         for a, s in zip(self.averages, state["averages"]):
-            a.copy_(self.pop.local_rows(s))
+            a.copy_(s.rows)
         self.n = int(state["n"])

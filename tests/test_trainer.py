@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wab.method import Method, register, unregister
-from wab.optim import lr_at
+from wab.optim import RowwiseFusedSGD, lr_at
 from wab.records import RunDir
 from wab.run import run, run_dir_for
 from wab.trainer import Interrupted, Trainer, request_stop
@@ -104,6 +104,29 @@ def test_an_interrupted_run_resumes_bit_for_bit(tiny, tmp_path, interrupter, sto
     assert ck["step"] == ref["steps"]
 
 
+def test_a_damaged_shard_falls_back_to_the_previous_checkpoint_and_old_shards_are_removed(tiny, tmp_path, interrupter):
+    """Each checkpoint's member rows are a DCP directory named by its checkpoint.pt; only the
+    latest two are kept, and one whose shard is damaged gives way to the previous one."""
+    overrides = ("method.name=test_interrupt_at", "trainer.epochs=3", "trainer.batch_size=256")  # 5 steps per epoch
+    ref = run(dict(tiny(*overrides), out_dir=str(tmp_path / "ref")))
+    cfg = dict(tiny(*overrides), out_dir=str(tmp_path / "damaged"))
+    interrupter["at"] = 12  # checkpoints at steps 5 and 10 (epoch ends) and 12 (the stop)
+    with pytest.raises(Interrupted):
+        run(cfg)
+    rd = run_dir_for(cfg)
+    latest = torch.load(rd.checkpoint, weights_only=True)
+    previous = torch.load(rd.previous_checkpoint, weights_only=True)
+    assert (latest["step"], previous["step"]) == (12, 10)
+    assert sorted(d.name for d in rd.path.glob("checkpoint-*.dcp")) == sorted([latest["shards"], previous["shards"]])
+    (shard,) = (rd.path / latest["shards"]).glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    interrupter["at"] = None
+    resumed = run(cfg)
+    assert "trying an older one" in rd.log.read_text() and "resumed from" in rd.log.read_text()
+    assert f"at step {previous['step']}" in rd.log.read_text().split("resumed from")[-1]
+    assert resumed["metrics"] == ref["metrics"]  # the older checkpoint resumes bit for bit too
+
+
 def test_a_non_finite_loss_is_recorded_as_diverged(tiny):
     @register("test_poison")
     class Poison(Method):
@@ -166,7 +189,7 @@ def test_speed_defaults_on_cpu(tiny):
     """auto: channels-last convolutions (faster with oneDNN) and no autocast; fused optimizer."""
     cfg = tiny()
     t = Trainer(cfg, run_dir_for(cfg))
-    assert t.population.channels_last and t.autocast_dtype is None and t.optimizer.defaults["fused"]
+    assert t.population.channels_last and t.autocast_dtype is None and isinstance(t.optimizer, RowwiseFusedSGD)
     conv = next(p for p in t.population.members[0].parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     cfg = tiny("trainer.channels_last=false", "optim.fused=false")

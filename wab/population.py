@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from wab.checkpoint import MemberRows
 from wab.device import to_device
 from wab.distributed import LocalComm
 from wab.ledger import CommLedger
@@ -173,10 +174,6 @@ class Population:
     def all_rows(self, local: Tensor, op: str = "") -> Tensor:
         """A tensor with one row per local member, as [N, ...] rows of every member."""
         return self.comm.all_gather_rows(local, self._counts, op)
-
-    def local_rows(self, full: Tensor) -> Tensor:
-        """The rows of this process's members, out of [N, ...] rows of every member."""
-        return full[self.local_indices.start : self.local_indices.stop]
 
     def all_members(self, values: list) -> list:
         """A list with one entry per local member, as the list over every member."""
@@ -415,41 +412,38 @@ class Population:
 
     # --------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
-        """Every member's state (gathered from every process): the same in any backend."""
-        other = [{k: b.clone() for k, b in m.named_buffers() if not b.is_floating_point()} for m in self.members]
+        """This process's members' state, as :class:`~wab.checkpoint.MemberRows` (a checkpoint
+        stores them per member: no process gathers another's)."""
+        named = [dict(m.named_buffers()) for m in self.members]
+        other = [k for k, b in named[0].items() if not b.is_floating_point()]
         return {
-            "params": [self.all_rows(p) for p in self.params],
-            "buffers": [self.all_rows(b) for b in self.buffers],
-            "other_buffers": self.all_members(other),
+            "params": [MemberRows(p) for p in self.params],
+            "buffers": [MemberRows(b) for b in self.buffers],
+            "other_buffers": {k: MemberRows(torch.stack([n[k] for n in named])) for k in other},
         }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Load every member's state; this process keeps its members' rows."""
-        lo, hi = self.local_indices.start, self.local_indices.stop
+        """Load the state of this process's members (:meth:`state_dict`, read on any number of processes)."""
         for flat, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
-            flat.copy_(v[lo:hi])
-        for member, other in zip(self.members, state["other_buffers"][lo:hi]):
-            named = dict(member.named_buffers())
-            for k, v in other.items():
-                named[k].copy_(v)
+            flat.copy_(v.rows)
+        for k, v in state["other_buffers"].items():
+            for member, row in zip(self.members, v.rows):
+                dict(member.named_buffers())[k].copy_(row)
 
     def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
-        """The optimizer's state with every member's rows (gathered)."""
+        """The optimizer's state, its per-member rows (momentum, Adam moments) as MemberRows."""
         sd = optimizer.state_dict()
-        sd["state"] = {k: dict(st) for k, st in sd["state"].items()}  # state_dict() shares the live tensors
         n_local = len(self.members)
-        for st in sd["state"].values():
-            for key, v in st.items():
-                if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == n_local and v.dim() == 2:
-                    st[key] = self.all_rows(v)
+        sd["state"] = {
+            k: {key: MemberRows(v) if torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == n_local else v
+                for key, v in st.items()}
+            for k, st in sd["state"].items()
+        }  # fmt: skip
         return sd
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, sd: dict) -> None:
-        """Load an optimizer state saved by :meth:`optimizer_state_dict`; keep this process's rows."""
-        lo, hi = self.local_indices.start, self.local_indices.stop
-        for st in sd["state"].values():
-            for key, v in st.items():
-                if torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == self._size:
-                    st[key] = v[lo:hi]
+        """Load an optimizer state saved by :meth:`optimizer_state_dict` (the rows of this process's members)."""
+        sd["state"] = {k: {key: v.rows if isinstance(v, MemberRows) else v for key, v in st.items()}
+                       for k, st in sd["state"].items()}  # fmt: skip
         optimizer.load_state_dict(sd)

@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wab.augment import Augment, Augmenter, Batch, Normalizer
+from wab.checkpoint import MemberRows, join_state, new_shard_dir, remove_unreferenced, split_state, write_shards
 from wab.data import DataSplits, describe_data, load_data
 from wab.device import resolve_device, to_device
 from wab.distributed import BACKENDS, LocalComm, merge_traffic
@@ -336,6 +338,16 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         s = self.state
         pop = self.population
+        name = new_shard_dir(self.dir.path, s.step).name if self.is_main else None
+        name = self.group.all_gather_objects(name, "checkpoint_name")[0]  # the main process's
+        per_member = {
+            "population": pop.state_dict(),
+            "optimizer": pop.optimizer_state_dict(self.optimizer),
+            "method": self.method.state_dict(),
+            "perms": MemberRows(torch.stack(self.perms)) if self.perms is not None else None,
+        }
+        skeleton, tensors = split_state(per_member, pop.local_indices)
+        write_shards(tensors, self.dir.path / name, self.group.world)  # each process its own members' rows
         ckpt = {
             "step": s.step,
             "epoch": s.epoch,
@@ -345,32 +357,46 @@ class Trainer:
             "eval_time_s": self.eval_time_total(),
             "threads": torch.get_num_threads(),
             "epoch_losses": self.epoch_losses,
-            "population": pop.state_dict(),
-            "optimizer": pop.optimizer_state_dict(self.optimizer),
-            "method": self.method.state_dict(),
+            "shards": name,
+            "state": skeleton,
             "ledger": self.ledger.state_dict(),
             "member_rngs": pop.all_members([r.bit_generator.state for r in self.rngs]),
             "order_rng": self.order_rng.bit_generator.state if self.order_rng is not None else None,
-            "perms": pop.all_members([p.cpu() for p in self.perms]) if self.perms is not None else None,
             "traffic": self.traffic(),
             "process_counts": self.process_counts,
             "method_rng": s.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        if self.is_main:
+        if self.is_main:  # the commit point: the shards are complete once every process has written
             atomic_torch_save(self.dir.checkpoint, ckpt, keep=self.dir.previous_checkpoint)
+            remove_unreferenced(self.dir.path, [name, self._shards_of(self.dir.previous_checkpoint)])
+
+    @staticmethod
+    def _shards_of(path: Path) -> str:
+        try:
+            return str(torch.load(path, map_location="cpu", weights_only=True).get("shards"))
+        except Exception:  # none, or damaged: nothing to keep for it
+            return ""
 
     def _read_checkpoint(self) -> dict | None:
-        """The newest readable checkpoint (the previous one when the latest is damaged), or None."""
+        """The newest checkpoint every process can read (the previous one when the latest, or one
+        of its shards, is damaged), with this process's members' rows; or None."""
         for path in (self.dir.checkpoint, self.dir.previous_checkpoint):
-            if not path.exists():
+            if not self.group.any_of(path.exists())[0]:
                 continue
+            ckpt, problem = None, ""
             try:
                 ckpt = torch.load(path, map_location=self.device, weights_only=True)
-            except Exception as e:  # truncated, or not a checkpoint at all
-                log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__,
-                            str(e)[:120])  # fmt: skip
+                if "shards" not in ckpt:
+                    raise ValueError("written by a wab before checkpoints were sharded by member")
+                ckpt["state"] = join_state(ckpt["state"], self.dir.path / ckpt["shards"],
+                                           self.population.local_indices, self.device)  # fmt: skip
+            except Exception as e:  # truncated, a shard missing or damaged, or not a checkpoint at all
+                ckpt, problem = None, f"{type(e).__name__}: {str(e)[:160]}"
+            if self.group.any_of(ckpt is None)[0]:  # every process falls back together
+                log.warning("checkpoint %s is unreadable%s; trying an older one", path,
+                            f" ({problem})" if problem else " on another process")  # fmt: skip
                 continue
             self.checkpoint_path = path
             return ckpt
@@ -391,15 +417,16 @@ class Trainer:
         self.epoch_losses = list(ckpt["epoch_losses"])
         pop = self.population
         lo, hi = pop.local_indices.start, pop.local_indices.stop
-        pop.load_state_dict(ckpt["population"])
-        pop.load_optimizer_state_dict(self.optimizer, ckpt["optimizer"])
-        self.method.load_state_dict(ckpt["method"])
+        state = ckpt["state"]
+        pop.load_state_dict(state["population"])
+        pop.load_optimizer_state_dict(self.optimizer, state["optimizer"])
+        self.method.load_state_dict(state["method"])
         self.ledger.load_state_dict(ckpt["ledger"])
         for rng, st in zip(self.rngs, ckpt["member_rngs"][lo:hi]):
             rng.bit_generator.state = st
         if self.order_rng is not None:
             self.order_rng.bit_generator.state = ckpt["order_rng"]
-        self.perms = ckpt["perms"][lo:hi] if ckpt["perms"] is not None else None  # on the device (map_location)
+        self.perms = list(state["perms"].rows) if state["perms"] is not None else None
         if self.is_main:  # the run's traffic so far, summed over the processes it had (any number)
             self.group.load_traffic(ckpt.get("traffic") or {})
         self.process_counts = sorted({*ckpt.get("process_counts", []), self.group.world})
@@ -490,6 +517,7 @@ class Trainer:
         ckpt = self._read_checkpoint()
         if ckpt is not None:
             self.load_checkpoint(ckpt)
+            del ckpt  # the rows are copied into the members and the optimizer: nothing keeps it alive
         else:  # a fresh start: no evaluation line of an earlier attempt may stay
             if self.is_main:
                 if self.dir.metrics.exists():
