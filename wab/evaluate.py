@@ -9,8 +9,9 @@ computed once per evaluation and serve every member and ensemble metric.
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -119,46 +120,40 @@ class Evaluator:
         recalibrating its own BatchNorm statistics (``members_recal``) and, with ``lmc_points``
         >= 2, the members' linear mode connectivity (:mod:`wab.lmc`)."""
         finals = finals or {}
-        n = population.size
+        n = len(population.members)  # this process's share of the per-member work
         extra = n + (1 + n) * max(lmc_points - 2, 0) if diagnose else 0
         bar = tqdm(total=n + 2 + len(finals) + extra, desc="evaluating", leave=False,
                    disable=None if progress else True)  # fmt: skip
         with bar:
             y = self.data.test.y
-            logits = []  # [N, M, C], computed once for every member and ensemble metric
-            for i, m in enumerate(population.members):
+            logits = []  # [n_local, M, C]: this process's members; every member and ensemble metric from them
+            for i, m in zip(population.local_indices, population.members):
                 bar.set_description(f"evaluating member {i}")
                 logits.append(self.logits(m))
                 bar.update()
-            logits = population.all_rows(torch.stack(logits))  # every member's, from every process
-            probs = logits.softmax(2)
-            members = [prob_metrics(p, y) for p in probs]
+            local = torch.stack(logits)
+            probs = local.softmax(2)
+            members = population.all_members([prob_metrics(p, y) for p in probs])
             accs = [m["acc"] for m in members]
-            ens_logit = logit_metrics(logits.mean(0), y)
-            ens_prob = prob_metrics(probs.mean(0), y)
-            preds = logits.argmax(2)
-            pairs = list(itertools.combinations(range(len(preds)), 2))
-            disagreement = (
-                sum((preds[i] != preds[j]).double().mean().item() for i, j in pairs) / len(pairs) if pairs else 0.0
-            )
-            bar.set_description("evaluating the average")
+            ens_logit = logit_metrics(population.mean_rows(local), y)
+            ens_prob = prob_metrics(population.mean_rows(probs), y)
+            disagreement = _disagreement(population, local.argmax(2), local.shape[2])
+            # single models: each evaluated by one process (in turn), the metrics shared
             avg_model = population.average_model()
-            avg = self.metrics(avg_model)
-            bar.update()
-            bar.set_description("recalibrating BN of the average")
-            avg_bn = self.metrics(self.recalibrate_bn(avg_model)) if has_batchnorm(avg_model) else avg  # in place
-            bar.update()
-            if keep is not None:
-                keep["avg_bn"] = avg_model.state_dict()
-            final = {}
+            jobs = {"avg": lambda: self._average(avg_model, bar)}
             for name, model in finals.items():
-                bar.set_description(f"evaluating {name}")
-                if recalibrate_finals:
-                    self.recalibrate_bn(model)
-                final[name] = self.metrics(model)
-                if keep is not None:
+                jobs[name] = lambda name=name, model=model: self._final(name, model, recalibrate_finals, bar)
+            done = _split_jobs(population, jobs)
+            if keep is not None:  # the delivered models, as their evaluator recalibrated them
+                _share_buffers(population, avg_model, _owner(population, 0))
+                keep["avg_bn"] = avg_model.state_dict()
+                for j, (name, model) in enumerate(finals.items(), 1):
+                    if recalibrate_finals:
+                        _share_buffers(population, model, _owner(population, j))
                     keep[name] = model.state_dict()
-                bar.update()
+            avg, avg_bn = done["avg"]
+            final = {name: done[name] for name in finals}
+            bar.update(2 + len(finals))
             diagnostics = self._diagnostics(population, avg_bn, lmc_points, bar) if diagnose else {}
         final_name = next(iter(final), "avg_bn")
         primary = final.get(final_name, avg_bn)
@@ -192,6 +187,20 @@ class Evaluator:
         }
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
+    def _average(self, model: nn.Module, bar: tqdm) -> tuple[dict, dict]:
+        """The average's metrics as it is, then after BN recalibration (in place)."""
+        bar.set_description("evaluating the average")
+        avg = self.metrics(model)
+        bar.set_description("recalibrating BN of the average")
+        avg_bn = self.metrics(self.recalibrate_bn(model)) if has_batchnorm(model) else avg
+        return avg, avg_bn
+
+    def _final(self, name: str, model: nn.Module, recalibrate: bool, bar: tqdm) -> dict:
+        bar.set_description(f"evaluating {name}")
+        if recalibrate:
+            self.recalibrate_bn(model)
+        return self.metrics(model)
+
     def _diagnostics(self, population: Population, avg_bn: dict, lmc_points: int, bar: tqdm) -> dict:
         """Each member after recalibrating its own BN statistics, and the LMC diagnostics."""
 
@@ -207,3 +216,33 @@ class Evaluator:
             bar.set_description("linear mode connectivity")
             out["lmc"] = connectivity(population, evaluate, lmc_points, members, avg_bn)
         return out
+
+
+def _owner(population: Population, job: int) -> int:
+    """The process that runs single-model evaluation ``job`` (0, 1, ...): in turn."""
+    return job % population.comm.world
+
+
+def _split_jobs(population: Population, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run each job on one process (:func:`_owner`) and give every process every result."""
+    mine = {name: fn() for j, (name, fn) in enumerate(jobs.items()) if _owner(population, j) == population.comm.rank}
+    return {k: v for part in population.comm.all_gather_objects(mine, "eval_results") for k, v in part.items()}
+
+
+def _share_buffers(population: Population, model: nn.Module, src: int) -> None:
+    """Copy the buffers (BatchNorm statistics) of ``model`` from the process that recalibrated it."""
+    for b in model.buffers():
+        population.comm.broadcast(b, src)
+
+
+def _disagreement(population: Population, preds: Tensor, classes: int) -> float:
+    """The members' mean pairwise disagreement from their predictions [n_local, M], without
+    gathering them: per example, with n_c members predicting class c, the pairs that disagree
+    are (N^2 - sum_c n_c^2) / 2 (integer counts, exact on any number of processes)."""
+    n = population.size
+    if n < 2:
+        return 0.0
+    counts = F.one_hot(preds, classes).sum(0, dtype=torch.float64)  # [M, C]
+    counts = population.comm.all_reduce_sum(counts)
+    disagreeing = (n * n - (counts * counts).sum(1)) / 2
+    return float(disagreeing.mean() / (n * (n - 1) / 2))

@@ -46,14 +46,21 @@ def connectivity(
     pop: Population, evaluate: Callable[[State], dict], points: int, members: list[dict], average: dict
 ) -> dict:
     """The LMC diagnostics of a population (``members``: each member's recalibrated evaluation,
-    ``average``: the recalibrated average's), ``points`` >= 2 per path."""
+    ``average``: the recalibrated average's), ``points`` >= 2 per path. Each process walks the
+    paths of its own members to the mean; the path between members 0 and 1 is walked by the
+    process holding member 0, which is sent member 1 when it does not hold it."""
     ts = [i / (points - 1) for i in range(points)]
-    states = [pop.member_state(i) for i in range(pop.size)]
     mean = pop.mean(include_buffers=True, record=False)
+    states = pop.local_states()
     out: dict = {"t": ts}
     if pop.size >= 2:
-        out["pair"] = path(evaluate, states[0], states[1], ts, (members[0], members[1]))
-    to_mean = [path(evaluate, s, mean, ts, (m, average)) for s, m in zip(states, members)]
+        second = pop.member_state(1) if pop.owner(1) != 0 else None  # to every process: one member, not N
+        pair = None
+        if pop.comm.rank == 0:
+            pair = path(evaluate, states[0], second or states[1], ts, (members[0], members[1]))
+        out["pair"] = pop.comm.all_gather_objects(pair, "lmc")[0]
+    local = zip(states, members[pop.local_indices.start : pop.local_indices.stop])
+    to_mean = pop.all_members([path(evaluate, s, mean, ts, (m, average)) for s, m in local])
     out["to_mean"] = {
         "loss_barrier": sum(p["loss_barrier"] for p in to_mean) / len(to_mean),
         "acc_barrier": sum(p["acc_barrier"] for p in to_mean) / len(to_mean),

@@ -226,6 +226,12 @@ class Population:
         total = self.comm.all_reduce_sum(row_sum64(flat), op)
         return (total / self._size).to(flat.dtype)
 
+    def mean_rows(self, local: Tensor) -> Tensor:
+        """The mean over every member of per-member values ([n_local, ...] rows on this process),
+        not counted as traffic (evaluation): exact float64 sums, the same on any number of processes."""
+        total = self.comm.all_reduce_sum(row_sum64(local.reshape(len(local), -1)))
+        return (total / self._size).to(local.dtype).view(local.shape[1:])
+
     @torch.no_grad()
     def average_into_members(self, include_buffers: bool = True) -> None:
         """Set every member to the uniform average (PAPA-all, DART)."""
