@@ -104,6 +104,37 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
         assert 1.0 <= float(wash["wire/ledger"]) <= 1.5 and "wire/ledger is its ratio" in table.caption()
 
 
+def test_a_plugin_written_against_the_documented_api_is_right_on_both_backends(tmp_path):
+    """tests/plugin_example.py knows only docs/methods.md: the same records on 1 and 2 processes,
+    through a checkpoint and a resume on another number of processes."""
+    script = str(ROOT / "tests" / "plugin_example.py")
+    args = ["data=digits", "model.width=8", "population.size=4", "trainer.epochs=2", "trainer.batch_size=64",
+            "trainer.progress=false", "device=cpu"]  # fmt: skip
+    local = subprocess.run([sys.executable, script, *args, f"out_dir={tmp_path / 'local'}"], env=ENV,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    out = tmp_path / "p2"
+    p = subprocess.run(_torchrun(2, script, *args, "population.backend=distributed", f"out_dir={out}"), env=ENV,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    (ref,) = [json.loads(f.read_text()) for f in (tmp_path / "local").glob("*/final.json")]
+    (got,) = [json.loads(f.read_text()) for f in out.glob("*/final.json")]
+    _same(got["metrics"], ref["metrics"])
+    _same(got["method_report"], ref["method_report"])
+    assert len(ref["method_report"]["average_sq_norms"]) == 4 and ref["metrics"]["final_model"] == "mean_of_averages"
+    # its final checkpoint, written by 2 processes, read by 4: finalize again from the loaded averages
+    (run_dir,) = list(out.glob("plugin_example-*"))
+    for name in ("done", "final.json", "metrics.jsonl"):
+        (run_dir / name).unlink()
+    p = subprocess.run(_torchrun(4, script, *args, "population.backend=distributed", f"out_dir={out}"), env=ENV,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    again = json.loads((run_dir / "final.json").read_text())
+    _same(again["metrics"], ref["metrics"])
+    _same(again["method_report"], ref["method_report"])
+
+
 def test_the_defaults_give_the_same_numbers_on_1_2_and_4_processes_over_hundreds_of_steps(tmp_path):
     """The fused optimizer (the default) steps each member's row on its own, so splitting the
     rows among processes cannot change its rounding; hundreds of steps would amplify any drift."""
