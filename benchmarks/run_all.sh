@@ -13,6 +13,9 @@ done
 echo "## OMP_NUM_THREADS=1 $py -m torch.distributed.run --nproc_per_node=2 -m benchmarks.bench_distributed"
 OMP_NUM_THREADS=1 $py -m torch.distributed.run --nproc_per_node=2 -m benchmarks.bench_distributed
 echo
+echo "## $py -m benchmarks.bench_scaling"
+$py -m benchmarks.bench_scaling
+echo
 if $py -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   for flags in "" "--compile"; do
     echo "## $py -m benchmarks.bench_gpu $flags  ($(date -u +%Y-%m-%dT%H:%MZ))"
