@@ -88,14 +88,12 @@ class Aswa(Method):
 
     def finalize(self, run: RunState) -> dict:
         pop = run.population
-        params, buffers = [pop.all_rows(a) for a in self.params], [pop.all_rows(b) for b in self.buffers]
-        n = pop.all_members(self.n)
-        return {
-            f"aswa_{i}": self._model(run, [a[i] for a in params], [b[i] for b in buffers])
-            if n[i]
-            else pop.model_from(*pop.member_state(i))
-            for i in range(pop.size)
-        }
+
+        def build(k: int) -> torch.nn.Module:  # the member's average, or the member itself if it has none
+            rows = (self.params, self.buffers) if self.n[k] else (pop.params, pop.buffers)
+            return self._model(run, [a[k] for a in rows[0]], [b[k] for b in rows[1]])
+
+        return pop.member_models("aswa", build)
 
     def report(self) -> dict:
         """Each member's decisions, and the held-out accuracy its average was accepted on."""

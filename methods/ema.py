@@ -41,8 +41,7 @@ class Ema(Method):
 
     def finalize(self, run: RunState) -> dict:
         pop = run.population
-        full = [pop.all_rows(a) for a in self.averages]
-        return {f"ema_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
+        return pop.member_models("ema", lambda k: pop.model_from([a[k] for a in self.averages]))
 
     def state_dict(self) -> dict:
         return {"averages": [MemberRows(a) for a in self.averages]}

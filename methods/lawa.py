@@ -34,8 +34,7 @@ class Lawa(Method):
     def finalize(self, run: RunState) -> dict:
         pop = run.population
         latest = [torch.stack([s[g] for s in self.snapshots]).mean(0) for g in range(len(pop.params))]
-        full = [pop.all_rows(a) for a in latest]
-        return {f"lawa_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
+        return pop.member_models("lawa", lambda k: pop.model_from([a[k] for a in latest]))
 
     def report(self) -> dict:
         return {"checkpoints_averaged": len(self.snapshots)}

@@ -46,31 +46,38 @@ class PapaAll(Method):
     def merge(self, run: RunState) -> None:
         pop = run.population
         weights = self.mixing(run)
-        parents = [pop.model_from(*pop.member_state(j)) for j in range(pop.size)] if self.repair else []
+        stats = self.parent_statistics(run) if self.repair else None
         if self.op == "average_into_members":
             pop.average_into_members(include_buffers=bool(self.cfg["include_buffers"]))
         else:
             pop.mix(weights, include_buffers=bool(self.cfg["include_buffers"]), op=self.op)
-        repaired = self.repair_children(run, weights, parents) if self.repair else 0
+        repaired = self.repair_children(run, weights, *stats) if stats else 0
         self.done.append({"epoch": run.epoch + 1, "repaired_convs": repaired})
 
-    def repair_children(self, run: RunState, weights: torch.Tensor, parents: list) -> int:
+    def parent_statistics(self, run: RunState) -> tuple[list, list[torch.Tensor]]:
+        """Every parent's conv channel statistics, each measured by the process that holds the
+        parent (small: two values per channel), and the batches they were measured on."""
         pop = run.population
         batches = self.repair_batches(run)
-        stats = [conv_statistics(p, batches) for p in parents]
+        local = [conv_statistics(pop.model_from(*state), batches) for state in pop.local_states()]
+        return pop.all_members(local), batches
+
+    def repair_children(self, run: RunState, weights: torch.Tensor, stats: list, batches: list) -> int:
+        """REPAIR each child this process holds (identical children, PAPA-all's, once)."""
+        pop = run.population
         channels = sum(int(m.numel()) * 2 for m, _ in stats[0]) if stats and stats[0] else 0
         if channels:
             run.ledger.record("repair_stats", channels, 4)
-        repaired: dict[tuple, tuple] = {}  # identical children (PAPA-all) are repaired once
+        repaired: dict[tuple, tuple] = {}
         count = 0
-        for i in range(pop.size):
+        for k, i in enumerate(pop.local_indices):
             key = tuple(weights[i].tolist())
             if key not in repaired:
-                child = pop.model_from(*pop.member_state(i))
+                child = pop.model_from([p[k] for p in pop.params], [b[k] for b in pop.buffers])
                 count = repair(child, mixed_goals(stats, weights[i].tolist()), batches)
                 repaired[key] = pop.state_of(child)
             pop.load_member(i, *repaired[key])
-        return count
+        return count  # the same for every child: the convs of the architecture
 
     def repair_batches(self, run: RunState) -> list[torch.Tensor]:
         """``repair_batches`` batches of plain training images, drawn from the method's stream."""

@@ -9,7 +9,8 @@ before the run starts), the aligned members are averaged (weights and buffers), 
 rescales the average's convolutions to the aligned members' mean channel statistics on 5 batches
 of 500 training images, as after PAPA's merges (a model without convolutions, the MLP, is left
 as averaged; its BatchNorm is recalibrated before evaluation like every final model).
-Communication: every member's weights gathered once (D per member, ``rebasin_gather``).
+Communication: every member's weights gathered once (D per member, ``rebasin_gather``); on several
+processes member 0 travels and the aligned average is an all-reduce.
 """
 
 from __future__ import annotations
@@ -48,27 +49,36 @@ def check(run: RunState) -> None:
 
 @register_finalizer("rebasin", check=check)
 def rebasin(run: RunState) -> dict[str, nn.Module]:
-    """Members aligned to member 0, averaged, then REPAIRed."""
+    """Members aligned to member 0, averaged, then REPAIRed. Each process aligns the members it
+    holds (member 0 is sent to every process) and measures their channel statistics; the average
+    of the aligned members is an exact all-reduce: no process holds N members."""
     pop = run.population
     run.ledger.record("rebasin_gather", pop.num_params, pop.params[0].element_size(), "all_gather")
-    models = [pop.model_from(*pop.member_state(i)) for i in range(pop.size)]
-    spec = _spec(run, models[0])
-    reference = models[0].state_dict()
-    moved = []
-    for i, model in enumerate(models[1:], start=1):
-        perms = weight_matching(spec, reference, model.state_dict(), seed=i)
-        model.load_state_dict(apply_permutation(spec, model.state_dict(), perms))
-        moved.append(sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms.values()))
-    states = [pop.state_of(m) for m in models]
-    mean = [torch.stack([s[0][g] for s in states]).mean(0) for g in range(len(pop.params))]
-    buffers = [torch.stack([s[1][g] for s in states]).mean(0) for g in range(len(pop.buffers))]
-    merged = pop.model_from(mean, buffers)
+    reference_model = pop.model_from(*pop.member_state(0))
+    spec = _spec(run, reference_model)
+    reference = reference_model.state_dict()
     train = run.data.train
     order = torch.randperm(len(train), generator=run.rng)[: REPAIR_BATCHES * REPAIR_BATCH_SIZE].to(train.x.device)
     batches = [run.evaluator.normalize(train.x[idx]) for idx in order.split(REPAIR_BATCH_SIZE)]
-    stats = [conv_statistics(m, batches) for m in models]
+    aligned_params = [torch.empty_like(p) for p in pop.params]
+    aligned_buffers = [torch.empty_like(b) for b in pop.buffers]
+    moved, stats = [], []
+    for k, i in enumerate(pop.local_indices):
+        model = pop.model_from([p[k] for p in pop.params], [b[k] for b in pop.buffers])
+        if i > 0:
+            perms = weight_matching(spec, reference, model.state_dict(), seed=i)
+            model.load_state_dict(apply_permutation(spec, model.state_dict(), perms))
+        moved.append(sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms.values())
+                     if i > 0 else None)  # fmt: skip
+        params, buffers = pop.state_of(model)
+        for flat, v in zip(aligned_params + aligned_buffers, params + buffers):
+            flat[k].copy_(v)
+        stats.append(conv_statistics(model, batches))
+    merged = pop.model_from([pop.mean_rows(a) for a in aligned_params], [pop.mean_rows(b) for b in aligned_buffers])
+    stats = pop.all_members(stats)
     repaired = repair(merged, mixed_goals(stats, [1.0 / pop.size] * pop.size), batches)
     units = sum(spec.sizes.values())
+    moved = [m for m in pop.all_members(moved) if m is not None]  # members 1..N-1
     run.reports["rebasin"] = {"groups": len(spec.sizes), "units": units, "units_moved": moved,
                               "repaired_convs": repaired}  # fmt: skip
     return {"rebasin": merged}

@@ -11,7 +11,9 @@ averaged over the same ingredients (``bn: average``, cheap) or recalibrated for 
 The soups are finalizers: the ``soups`` method trains independent members and returns
 ``greedy_soup`` and ``uniform_soup``, and any other method gets them with
 ``population.finalizers=[greedy_soup,uniform_soup]``. Communication: every member's weights are
-gathered once at the end (D per member, recorded as ``soup_gather``).
+gathered once at the end (D per member, recorded as ``soup_gather``); on several processes the
+candidates come one member at a time, so no process holds N members. Soups are means of float64
+sums, the same on any number of processes.
 """
 
 from __future__ import annotations
@@ -26,18 +28,26 @@ from wab.method import Method, RunState, heldout_selection, register, register_f
 Rows = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
-def _gather(run: RunState) -> Rows:
-    """Every member's weights and buffers, gathered once for however many soups are made of them
-    (recorded once as ``soup_gather``: D per member)."""
+def _record_gather(run: RunState) -> None:
+    """The ledger's count: every member's weights gathered once, however many soups are made of
+    them (``soup_gather``: D per member). On several processes no process holds them all: a
+    candidate's members come one at a time from the processes that hold them."""
     pop = run.population
     if "soup_gather" not in run.ledger.ops:
         run.ledger.record("soup_gather", pop.num_params, pop.params[0].element_size(), "all_gather")
-    return [pop.all_rows(p, "soup_gather") for p in pop.params], [pop.all_rows(b, "soup_gather") for b in pop.buffers]
 
 
-def _soup(run: RunState, rows: Rows, ingredients: list[int]) -> nn.Module:
-    idx = torch.tensor(ingredients, device=run.population.device)
-    return run.population.model_from([p[idx].mean(0) for p in rows[0]], [b[idx].mean(0) for b in rows[1]])
+def _add(total: Rows | None, member: Rows) -> Rows:
+    """Float64 running sums of members' (weights, buffers), in the order they are added."""
+    if total is None:
+        return [p.double() for p in member[0]], [b.double() for b in member[1]]
+    return [t + p for t, p in zip(total[0], member[0])], [t + b for t, b in zip(total[1], member[1])]
+
+
+def _soup(run: RunState, total: Rows, count: int) -> nn.Module:
+    pop = run.population
+    return pop.model_from([(t / count).to(p.dtype) for t, p in zip(total[0], pop.params)],
+                          [(t / count).to(b.dtype) for t, b in zip(total[1], pop.buffers)])  # fmt: skip
 
 
 def _heldout_accuracy(run: RunState, model: nn.Module, bn: str) -> float:
@@ -46,44 +56,49 @@ def _heldout_accuracy(run: RunState, model: nn.Module, bn: str) -> float:
     return run.evaluator.accuracy(model, "heldout")
 
 
-def _uniform(run: RunState, rows: Rows) -> dict[str, nn.Module]:
-    return {"uniform_soup": _soup(run, rows, list(range(run.population.size)))}
+def _uniform(run: RunState) -> dict[str, nn.Module]:
+    return {"uniform_soup": run.population.average_model()}  # exact float64 sums over every member
 
 
 @register_finalizer("uniform_soup")
 def uniform_soup(run: RunState) -> dict[str, nn.Module]:
     """The mean of every member."""
-    return _uniform(run, _gather(run))
+    _record_gather(run)
+    return _uniform(run)
 
 
-def greedy_ingredients(run: RunState, bn: str = "average", rows: Rows | None = None) -> tuple[list[int], list[float]]:
-    """The members greedy soup keeps, and the held-out accuracy of the soup after each candidate."""
+def greedy_ingredients(run: RunState, bn: str = "average") -> tuple[list[int], list[float], Rows]:
+    """The members greedy soup keeps, the held-out accuracy of the soup after each candidate, and
+    the float64 sums of the kept members. Each member's own held-out accuracy is measured by the
+    process that holds it; each candidate is sent to every process in turn (memory: one member)."""
     pop = run.population
-    rows = rows or _gather(run)
-    accs = [_heldout_accuracy(run, _soup(run, rows, [i]), bn) for i in range(pop.size)]
+    accs = pop.all_members([_heldout_accuracy(run, pop.model_from(*state), bn) for state in pop.local_states()])
     # as model-soups: an ascending (stable) sort, reversed, so ties go to the later member first
     order = sorted(range(pop.size), key=lambda i: accs[i])[::-1]
     chosen, best = [order[0]], accs[order[0]]
+    total = _add(None, pop.member_state(order[0]))
     trace = [best]
     for i in order[1:]:
-        acc = _heldout_accuracy(run, _soup(run, rows, [*chosen, i]), bn)
+        candidate = _add(total, pop.member_state(i))
+        acc = _heldout_accuracy(run, _soup(run, candidate, len(chosen) + 1), bn)
         if acc > best:
             chosen.append(i)
-            best = acc
+            best, total = acc, candidate
         trace.append(best)
-    return chosen, trace
+    return chosen, trace, total
 
 
-def _greedy(run: RunState, rows: Rows) -> dict[str, nn.Module]:
-    chosen, trace = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")), rows)
+def _greedy(run: RunState) -> dict[str, nn.Module]:
+    chosen, trace, total = greedy_ingredients(run, str(run.method_cfg.get("bn", "average")))
     run.reports["greedy_soup"] = {"ingredients": chosen, **heldout_selection(trace[-1], len(run.data.heldout))}
-    return {"greedy_soup": _soup(run, rows, chosen)}
+    return {"greedy_soup": _soup(run, total, len(chosen))}
 
 
 @register_finalizer("greedy_soup", needs_heldout=True)
 def greedy_soup(run: RunState) -> dict[str, nn.Module]:
     """Members added in order of held-out accuracy while the soup strictly improves."""
-    return _greedy(run, _gather(run))
+    _record_gather(run)
+    return _greedy(run)
 
 
 @register("soups")
@@ -93,5 +108,5 @@ class Soups(Method):
     needs_heldout = True
 
     def finalize(self, run: RunState) -> dict[str, nn.Module]:
-        rows = _gather(run)
-        return {**_greedy(run, rows), **_uniform(run, rows)}
+        _record_gather(run)
+        return {**_greedy(run), **_uniform(run)}

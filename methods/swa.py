@@ -51,9 +51,9 @@ class Swa(Method):
     def finalize(self, run: RunState) -> dict:
         pop = run.population
         if self.n == 0:  # never reached swa_start: the members themselves
-            return {f"swa_{i}": pop.model_from(*pop.member_state(i)) for i in range(pop.size)}
-        full = [pop.all_rows(a) for a in self.averages]
-        return {f"swa_{i}": pop.model_from([a[i] for a in full]) for i in range(pop.size)}
+            return pop.member_models("swa", lambda k: pop.model_from([p[k] for p in pop.params],
+                                                                      [b[k] for b in pop.buffers]))  # fmt: skip
+        return pop.member_models("swa", lambda k: pop.model_from([a[k] for a in self.averages]))
 
     def state_dict(self) -> dict:
         return {"averages": [MemberRows(a) for a in self.averages], "n": self.n}

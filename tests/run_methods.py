@@ -9,6 +9,7 @@ from wab.run import run
 TINY = ["data=digits", "model.width=4", "population.size=4", "trainer.epochs=2", "trainer.batch_size=128",
         "trainer.progress=false", "trainer.lmc_points=3", "device=cpu"]  # fmt: skip
 EXTRA = {
+    "independent": ["population.finalizers=[rebasin,greedy_soup]"],
     "dart": ["method.every_steps=5"],
     "papa": ["method.every=3"],
     "papa_all": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],

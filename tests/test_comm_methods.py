@@ -204,7 +204,7 @@ def test_lawa_averages_each_members_latest_k_epoch_checkpoints(tiny):
     models = m.finalize(state)
     expected = torch.stack(snaps[-3:]).mean(0)
     for i in range(2):
-        got = pop.state_of(models[f"lawa_{i}"])[0][0]
+        got = pop.state_of(models[f"lawa_{i}"].model)[0][0]
         torch.testing.assert_close(got, expected[i])
 
 

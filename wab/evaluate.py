@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from wab.augment import Normalizer
 from wab.data import DataSplits, ImageSet
 from wab.lmc import connectivity
-from wab.population import Population
+from wab.population import Held, Population
 
 ECE_BINS = 15
 
@@ -115,10 +115,12 @@ class Evaluator:
         lmc_points: int = 0,
     ) -> dict:
         """Every metric of one evaluation on the test split (see README, final.json). With ``keep``,
-        the state_dicts of the delivered models (``avg_bn`` and each final model, as evaluated)
-        are stored in it. ``diagnose`` (the final evaluation) also measures each member after
-        recalibrating its own BatchNorm statistics (``members_recal``) and, with ``lmc_points``
-        >= 2, the members' linear mode connectivity (:mod:`wab.lmc`)."""
+        the state_dicts of the delivered models this process writes are stored in it (``avg_bn``
+        and the shared final models, as evaluated, on the main process; a member's own model,
+        :class:`~wab.population.Held`, on the process holding it). ``diagnose`` (the final
+        evaluation) also measures each member after recalibrating its own BatchNorm statistics
+        (``members_recal``) and, with ``lmc_points`` >= 2, the members' linear mode connectivity
+        (:mod:`wab.lmc`)."""
         finals = finals or {}
         n = len(population.members)  # this process's share of the per-member work
         extra = n + (1 + n) * max(lmc_points - 2, 0) if diagnose else 0
@@ -138,19 +140,30 @@ class Evaluator:
             ens_logit = logit_metrics(population.mean_rows(local), y)
             ens_prob = prob_metrics(population.mean_rows(probs), y)
             disagreement = _disagreement(population, local.argmax(2), local.shape[2])
-            # single models: each evaluated by one process (in turn), the metrics shared
+            # single models: each evaluated by one process, the metrics shared; a member's own
+            # model (Held) by the process holding it, the others in turn
             avg_model = population.average_model()
+            world, rank = population.comm.world, population.comm.rank
+            owners = {"avg": 0, **{name: m.owner if isinstance(m, Held) else j % world
+                                   for j, (name, m) in enumerate(finals.items(), 1)}}  # fmt: skip
             jobs = {"avg": lambda: self._average(avg_model, bar)}
-            for name, model in finals.items():
+            for name, m in finals.items():
+                model = m.model if isinstance(m, Held) else m
                 jobs[name] = lambda name=name, model=model: self._final(name, model, recalibrate_finals, bar)
-            done = _split_jobs(population, jobs)
+            done = _split_jobs(population, jobs, owners)
             if keep is not None:  # the delivered models, as their evaluator recalibrated them
-                _share_buffers(population, avg_model, _owner(population, 0))
-                keep["avg_bn"] = avg_model.state_dict()
-                for j, (name, model) in enumerate(finals.items(), 1):
+                _share_buffers(population, avg_model, owners["avg"])
+                if rank == 0:
+                    keep["avg_bn"] = avg_model.state_dict()
+                for name, m in finals.items():
+                    if isinstance(m, Held):  # saved by the process holding it
+                        if m.owner == rank:
+                            keep[name] = m.model.state_dict()
+                        continue
                     if recalibrate_finals:
-                        _share_buffers(population, model, _owner(population, j))
-                    keep[name] = model.state_dict()
+                        _share_buffers(population, m, owners[name])
+                    if rank == 0:
+                        keep[name] = m.state_dict()
             avg, avg_bn = done["avg"]
             final = {name: done[name] for name in finals}
             bar.update(2 + len(finals))
@@ -218,14 +231,10 @@ class Evaluator:
         return out
 
 
-def _owner(population: Population, job: int) -> int:
-    """The process that runs single-model evaluation ``job`` (0, 1, ...): in turn."""
-    return job % population.comm.world
-
-
-def _split_jobs(population: Population, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Run each job on one process (:func:`_owner`) and give every process every result."""
-    mine = {name: fn() for j, (name, fn) in enumerate(jobs.items()) if _owner(population, j) == population.comm.rank}
+def _split_jobs(population: Population, jobs: dict[str, Callable[[], Any]], owners: dict[str, int]) -> dict[str, Any]:
+    """Run each job on its process (``owners``) and give every process every result."""
+    rank = population.comm.rank
+    mine = {name: fn() for name, fn in jobs.items() if owners[name] == rank}
     return {k: v for part in population.comm.all_gather_objects(mine, "eval_results") for k, v in part.items()}
 
 

@@ -55,6 +55,15 @@ class Segment:
         return flat.view(self.shape)
 
 
+@dataclass
+class Held:
+    """A final model of one member, built and evaluated by the process that holds the member
+    (``model`` is None on the others): the entries of :meth:`Population.member_models`."""
+
+    owner: int
+    model: nn.Module | None
+
+
 def row_sum64(x: Tensor) -> Tensor:
     """The float64 sum of the rows of x, in row order.
 
@@ -377,6 +386,16 @@ class Population:
                 for state in self.optimizer_state_rows(optimizer, g):
                     row = state[k].clone() if k is not None else torch.empty_like(state[0])
                     state.copy_(self.comm.broadcast(row, src).expand_as(state))
+
+    def member_models(self, prefix: str, build: Callable[[int], nn.Module]) -> dict[str, Held]:
+        """One final model per member, ``<prefix>_<i>`` for every member i of the population, each
+        built by ``build(k)`` (k: its index among this process's members) on the process that
+        holds it, which also evaluates and saves it: no process holds N models."""
+        out = {}
+        for i in range(self._size):
+            k = self._local(i)
+            out[f"{prefix}_{i}"] = Held(self.owner(i), build(k) if k is not None else None)
+        return out
 
     @torch.no_grad()
     def model_from(self, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> nn.Module:

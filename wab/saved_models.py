@@ -28,12 +28,17 @@ from wab.records import RunDir, atomic_torch_save, atomic_write_json
 MODELS_DIR = "models"
 
 
-def save_models(run_dir: RunDir, states: dict[str, dict[str, Tensor]], meta: dict) -> None:
-    """Write each state_dict (on CPU, contiguous) and meta.json into ``<run>/models/``."""
+def save_models(
+    run_dir: RunDir, states: dict[str, dict[str, Tensor]], meta: dict | None, names: list[str] | None = None
+) -> None:
+    """Write each state_dict (on CPU, contiguous) into ``<run>/models/``, and with ``meta``
+    meta.json listing ``names`` (every delivered model; default: those in ``states``). On several
+    processes each writes the models it holds and the main one the list."""
     out = run_dir.path / MODELS_DIR
     for name, state in states.items():
         atomic_torch_save(out / f"{name}.pt", {k: v.detach().cpu().contiguous() for k, v in state.items()})
-    atomic_write_json(out / "meta.json", {**meta, "models": sorted(states)})
+    if meta is not None:
+        atomic_write_json(out / "meta.json", {**meta, "models": sorted(names if names is not None else states)})
 
 
 def _meta(run: str | os.PathLike) -> dict:

@@ -475,8 +475,9 @@ class Trainer:
                 self.population, finals, self.method.recalibrate_outputs, progress=self.progress, keep=states,
                 diagnose=final, lmc_points=int(self.cfg["trainer"].get("lmc_points", 5)),
             )  # fmt: skip
-        if states is not None and self.is_main:
-            save_models(self.dir, states, self.model_meta(metrics["final_model"]))
+        if states is not None:  # each process writes the models it holds; the main one their list
+            names = ["avg_bn", *finals]
+            save_models(self.dir, states, self.model_meta(metrics["final_model"]) if self.is_main else None, names)
         self.population.train()
         self.eval_time += time.perf_counter() - t_eval
         return metrics
