@@ -16,7 +16,9 @@ member from ``snapshot_start`` on (``snapshots``), or both.
 
 Either way the buffers of the result are the members' mean and are recalibrated before the test
 evaluation. Not implemented: the journal's optional low-bit basis. Communication: the candidates
-are gathered once at the end (D per member, recorded as ``twa_gather``).
+are gathered once at the end (D per member, recorded as ``twa_gather``). On several processes
+each holds its members' snapshots; the candidates are gathered on the main process alone, which
+fits the coefficients and sends the result to the others.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from wab.checkpoint import MemberRows
 from wab.method import Method, RunState, heldout_selection, register
 from wab.population import Population
 
@@ -106,14 +109,17 @@ class Twa(Method):
         self.snapshots: list[Tensor] = []
 
     def after_epoch(self, run: RunState) -> None:
-        if self.source != "members" and run.epoch + 1 >= self.snapshot_start:
-            self.snapshots.extend(run.population.all_rows(run.population.params[0]).clone())
+        if self.source != "members" and run.epoch + 1 >= self.snapshot_start:  # each process, its members'
+            self.snapshots.append(run.population.params[0].detach().clone())
 
-    def candidates(self, run: RunState) -> Tensor:
+    def candidates(self, run: RunState) -> Tensor | None:
+        """The K candidates [K, D], on the main process only (None on the others): members, then
+        each epoch's snapshots of every member, in member order."""
         pop = run.population
-        members = list(pop.all_rows(pop.params[0])) if self.source != "snapshots" else []
-        snaps = self.snapshots if self.source != "members" else []
-        return torch.stack([*members, *snaps]) if members or snaps else pop.all_rows(pop.params[0]).clone()
+        parts = [pop.params[0]] if self.source != "snapshots" or not self.snapshots else []
+        parts += self.snapshots if self.source != "members" else []
+        rows = [pop.rows_on(p, 0, "twa_gather") for p in parts]
+        return torch.cat(rows) if pop.comm.rank == 0 else None
 
     def _batches(self, run: RunState, split: str, batch_size: int):
         """Full batches of a split in a fresh random order (at least one batch)."""
@@ -130,7 +136,10 @@ class Twa(Method):
         cands = self.candidates(run)
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()
-        theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
+        theta = torch.empty_like(pop.params[0][0])
+        if cands is not None:  # fitted once, by the main process, then sent to the others
+            theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
+        theta = pop.comm.broadcast(theta.contiguous(), 0, "twa_result")
         model = fm.to_module(theta)
         if self.variant == "v":  # fitted on the held-out split: say what that split can tell apart
             self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
@@ -186,7 +195,7 @@ class Twa(Method):
             return twa_v_weights(mean, basis, coeffs, block_of)
 
     def state_dict(self) -> dict:
-        return {"snapshots": self.snapshots}
+        return {"snapshots": [MemberRows(s) for s in self.snapshots]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.snapshots = list(state["snapshots"])
+        self.snapshots = [s.rows.clone() for s in state["snapshots"]]

@@ -15,7 +15,7 @@ EXTRA = {
     "papa_all": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
     "papa_2": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
     "swa": ["method.start=0.5"],
-    "twa": ["method.epochs=1"],
+    "twa": ["method.epochs=1", "method.candidates=both", "method.snapshot_start=0.5"],
     "wash": ["method.p=0.1"],
     "wash_opt": ["method.p=0.1"],
     "local_sgd": ["method.every_steps=3"],

@@ -59,6 +59,9 @@ class LocalComm:
     def all_gather_rows(self, t: Tensor, counts: list[int], op: str = "") -> Tensor:
         return t
 
+    def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
+        return t
+
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
         return t
 
@@ -109,6 +112,17 @@ class DistComm(LocalComm):
         out = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(out, padded.contiguous())
         return torch.cat([o[:c] for o, c in zip(out, counts)])
+
+    def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
+        """The rows of every rank, in rank order, on rank ``dst`` only (None elsewhere)."""
+        rows = max(counts)
+        padded = t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+        nbytes = padded.numel() * padded.element_size()
+        mine = self.rank == dst
+        self._count(op or "gather", 0 if mine else nbytes, nbytes * (self.world - 1) if mine else 0)
+        out = [torch.empty_like(padded) for _ in range(self.world)] if mine else None
+        dist.gather(padded.contiguous(), out, dst=dst)
+        return torch.cat([o[:c] for o, c in zip(out, counts)]) if mine else None
 
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
         nbytes = t.numel() * t.element_size()

@@ -184,6 +184,11 @@ class Population:
         """A tensor with one row per local member, as [N, ...] rows of every member."""
         return self.comm.all_gather_rows(local, self._counts, op)
 
+    def rows_on(self, local: Tensor, dst: int = 0, op: str = "") -> Tensor | None:
+        """Rows of every member [N, ...] on process ``dst`` alone (None on the others): for work
+        done once, whose result is then broadcast (TWA's fit)."""
+        return self.comm.gather_rows(local, self._counts, dst, op)
+
     def all_members(self, values: list) -> list:
         """A list with one entry per local member, as the list over every member."""
         return [v for part in self.comm.all_gather_objects(list(values)) for v in part]
