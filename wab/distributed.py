@@ -62,6 +62,10 @@ class LocalComm:
     def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
         return t
 
+    def exchange(self, sends: list[tuple[Tensor, int]], recvs: list[tuple[Tensor, int]], op: str = "") -> None:
+        """Point-to-point: send each (tensor, to rank) and receive into each (tensor, from rank);
+        every process lists the transfers between any two processes in the same order."""
+
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
         return t
 
@@ -123,6 +127,15 @@ class DistComm(LocalComm):
         out = [torch.empty_like(padded) for _ in range(self.world)] if mine else None
         dist.gather(padded.contiguous(), out, dst=dst)
         return torch.cat([o[:c] for o, c in zip(out, counts)]) if mine else None
+
+    def exchange(self, sends: list[tuple[Tensor, int]], recvs: list[tuple[Tensor, int]], op: str = "") -> None:
+        ops = [dist.P2POp(dist.isend, t.contiguous(), peer) for t, peer in sends]
+        ops += [dist.P2POp(dist.irecv, t, peer) for t, peer in recvs]
+        self._count(op or "exchange", sum(t.numel() * t.element_size() for t, _ in sends),
+                    sum(t.numel() * t.element_size() for t, _ in recvs))  # fmt: skip
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
 
     def broadcast(self, t: Tensor, src: int, op: str = "") -> Tensor:
         nbytes = t.numel() * t.element_size()

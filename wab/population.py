@@ -269,24 +269,50 @@ class Population:
     @torch.no_grad()
     def mix(self, weights: Tensor, include_buffers: bool = True, op: str = "mix", peers: float | None = None) -> None:
         """theta <- W theta: member i becomes sum_j W[i, j] theta_j (e.g. PAPA-2's pair midpoints,
-        gossip). The ledger counts an all-gather, or with ``peers`` a neighbour exchange in which
-        each member sends its state to ``peers`` members on average (gossip's degree)."""
+        gossip). Each process receives only the rows its members mix from. The ledger counts an
+        all-gather, or with ``peers`` a neighbour exchange in which each member sends its state to
+        ``peers`` members on average (gossip's degree)."""
         n = self.size
         if tuple(weights.shape) != (n, n):
             raise ValueError(f"mixing matrix must be {n}x{n}, got shape {tuple(weights.shape)}")
         w = weights.double().tolist()
+        needs = self._rows_needed(w)
         for flat in self.params + (self.buffers if include_buffers else []):
-            full = self.all_rows(flat, op)  # every member's row, to mix from
+            rows = self._fetch_rows(flat, needs, op)  # the other members' rows this process mixes from
             out = torch.zeros(flat.shape, dtype=torch.float64, device=flat.device)
             for k, i in enumerate(self.local_indices):  # float64, members in order: the same in any backend
                 for j in range(n):
                     if w[i][j]:
-                        out[k].add_(full[j].double(), alpha=w[i][j])
+                        row = flat[self._local(j)] if j in self.local_indices else rows[j]
+                        out[k].add_(row.double(), alpha=w[i][j])
             flat.copy_(out.to(flat.dtype))
         if peers is None:
             self._record(op, include_buffers, pattern="all_gather")
         elif peers > 0:
             self._record(op, include_buffers, times=peers, pattern="neighbour")
+
+    def _rows_needed(self, w: list[list[float]]) -> list[list[int]]:
+        """Per process, the members held elsewhere whose rows its members mix from."""
+        needs = []
+        for r in range(self.comm.world):
+            mine = member_slice(self._size, r, self.comm.world)
+            needs.append(sorted({j for i in mine for j in range(self._size) if w[i][j] and j not in mine}))
+        return needs
+
+    def _fetch_rows(self, flat: Tensor, needs: list[list[int]], op: str) -> dict[int, Tensor]:
+        """The rows of ``flat`` this process needs (``needs[rank]``), each sent by its holder
+        alone to the processes that need it: a pair average moves one row, not N."""
+        sends, recvs, rows = [], [], {}
+        for r, wanted in enumerate(needs):
+            for j in wanted:
+                src = self.owner(j)
+                if src == self.comm.rank:
+                    sends.append((flat[self._local(j)], r))
+                elif r == self.comm.rank:
+                    rows[j] = torch.empty_like(flat[0])
+                    recvs.append((rows[j], src))
+        self.comm.exchange(sends, recvs, op)
+        return rows
 
     def optimizer_state_rows(self, optimizer: torch.optim.Optimizer, group: int) -> list[Tensor]:
         """The optimizer's per-element state for one flat parameter group (momentum, Adam moments)."""
