@@ -17,8 +17,8 @@ import yaml
 
 from wab.records import RunDir
 from wab.run import run
-from wab.status import directory_status
-from wab.sweep import launch, load_sweep, plan
+from wab.status import directory_status, is_launch_job, slurm_jobs
+from wab.sweep import cancel, launch, load_sweep, plan
 
 
 def _cluster_problem() -> str | None:
@@ -314,3 +314,57 @@ def test_a_distributed_run_spans_two_slurm_tasks(tmp_path):
     final["comm"].pop("measured")
     _close(final["metrics"], reference["metrics"])
     _close(final["comm"], reference["comm"])
+
+
+def test_a_job_id_now_another_jobs_is_never_shown_waited_on_or_cancelled(tmp_path):
+    """After a cluster restart ids start again: the sweep's old id may name another job. Status,
+    relaunch and cancel verify a job is the sweep's (name, working directory, submit time)."""
+    spec = sweep(tmp_path, "reuse", {"seed": [0]})
+    result = launch(spec, "slurm")
+    la = result.manifest["launches"][-1]
+    alive = {j: info for j, info in (slurm_jobs() or {}).items() if j in la["jobs"].values()}
+    assert alive and all(is_launch_job(info, la) for info in alive.values())  # its own jobs are recognised
+    wait(spec, finished, 600)
+    other = subprocess.run(["sbatch", "--parsable", "-J", "not-wab", "--wrap", "sleep 300"], capture_output=True,
+                           text=True, check=True).stdout.strip().split(";")[0]  # fmt: skip
+    try:
+        manifest = json.loads((spec.out_dir / "manifest.json").read_text())
+        (entry,) = manifest["runs"]
+        entry["job_id"] = manifest["launches"][-1]["jobs"][entry["run_id"]] = other
+        (spec.out_dir / "manifest.json").write_text(json.dumps(manifest))
+        shutil.rmtree(spec.out_dir / entry["run_id"])  # the run is lost: it is dead, not queued behind `other`
+        (row,) = directory_status(spec.out_dir)
+        assert row.state == "dead" and "left the queue" in row.detail, (row.state, row.detail)
+        assert cancel(spec.out_dir) == []
+        again = launch(spec, "slurm")
+        assert again.manifest["launches"][-1]["waited_for"] == []  # not chained after the other job
+        wait(spec, finished, 600)
+        assert other in (slurm_jobs() or {})  # never cancelled
+    finally:
+        subprocess.run(["scancel", other], check=False)
+
+
+def test_a_job_that_runs_on_after_its_run_finished_is_flagged_and_cancel_stale_ends_it(tmp_path):
+    """A killed slurmstepd leaves the job RUNNING while its run is done (stood in for here by a
+    job of the sweep's name that sleeps): status flags it, ``wab cancel --stale`` ends it alone."""
+    spec = sweep(tmp_path, "stale", {"seed": [0]})
+    launch(spec, "slurm")
+    wait(spec, finished, 600)
+    stuck = subprocess.run(["sbatch", "--parsable", "-J", "wab-stale", "--wrap", "sleep 300"], capture_output=True,
+                           text=True, check=True).stdout.strip().split(";")[0]  # fmt: skip
+    try:
+        manifest = json.loads((spec.out_dir / "manifest.json").read_text())
+        (entry,) = manifest["runs"]
+        entry["job_id"] = manifest["launches"][-1]["jobs"][entry["run_id"]] = stuck
+        (spec.out_dir / "manifest.json").write_text(json.dumps(manifest))
+        (row,) = wait(spec, lambda rows: rows[0].stale, 120)
+        assert row.state == "done" and "wab cancel --stale" in row.detail
+        out = subprocess.run([sys.executable, "-m", "wab.cli", "cancel", "--stale", str(spec.out_dir)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"stale job {stuck}" in out
+        deadline = time.time() + 60
+        while stuck in (slurm_jobs() or {}) and time.time() < deadline:
+            time.sleep(1)
+        assert stuck not in (slurm_jobs() or {})
+    finally:
+        subprocess.run(["scancel", stuck], check=False)

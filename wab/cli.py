@@ -286,6 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     only.add_argument("--skip-failed", action="store_true", help="submit every unfinished run but the failed ones")
     cancel = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs (running runs checkpoint first)")
     cancel.add_argument("directory", help="the sweep's out_dir")
+    cancel.add_argument(
+        "--stale", action="store_true", help="only jobs SLURM says run while their run is finished or its lease expired"
+    )
     compare = sub.add_parser("compare", help="compare the finished runs of two results directories, run id by run id")
     compare.add_argument("reference", help="e.g. results/reference (the committed study)")
     compare.add_argument("other", help="e.g. a retrained copy (scripts/reference_study.sh --retrain DIR)")
@@ -341,8 +344,9 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "cancel":
         from wab.sweep import cancel
 
-        cancelled = cancel(args.directory)
-        print("cancelled: " + ", ".join(cancelled) if cancelled else "nothing to cancel: no job is queued or running")
+        cancelled = cancel(args.directory, stale=args.stale)
+        nothing = "no stale job" if args.stale else "no job is queued or running"
+        print("cancelled: " + ", ".join(cancelled) if cancelled else f"nothing to cancel: {nothing}")
         return 0
     if args.command == "status":
         return status_main(args.directory)

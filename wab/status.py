@@ -42,21 +42,59 @@ class RunStatus:
     overrides: str = ""
     job: str | None = None
     detail: str = ""  # the error, the lease holder, the scheduler's state
+    stale: bool = False  # SLURM says its job runs, but the run is finished or its lease expired
 
 
-def slurm_jobs() -> dict[str, str] | None:
-    """{job id: state} of this user's SLURM jobs (array tasks as ``<array>_<task>``), or None when
-    no scheduler answers."""
+@dataclass(frozen=True)
+class SlurmJob:
+    """What squeue says of one job: enough to tell whether it is a sweep's own."""
+
+    state: str
+    name: str = ""
+    submitted: float | None = None  # epoch seconds
+    workdir: str = ""
+
+
+def slurm_jobs() -> dict[str, SlurmJob] | None:
+    """{job id: SlurmJob} of this user's SLURM jobs (array tasks as ``<array>_<task>``), or None
+    when no scheduler answers."""
     if not shutil.which("squeue"):
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%j|%V|%Z"],
                              capture_output=True, text=True, timeout=30)  # fmt: skip
     except (subprocess.TimeoutExpired, OSError):
         return None
     if out.returncode != 0:
         return None
-    return dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    jobs = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 5:
+            jobs[parts[0]] = SlurmJob(parts[1], parts[2], _epoch(parts[3]), parts[4])
+    return jobs
+
+
+def _epoch(stamp: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+SUBMIT_SLACK_S = 300  # a scheduler's clock may run behind the launching host's
+
+
+def is_launch_job(job: SlurmJob, launch: dict) -> bool:
+    """Whether a job squeue lists under a launch's job id is that launch's: the name, the working
+    directory and a submit time no earlier than the launch (what the launch recorded of them).
+    Ids restart after a cluster restart and wrap, so an id alone names another job in time."""
+    if launch.get("job_name") and job.name != launch["job_name"]:
+        return False
+    if launch.get("cwd") and job.workdir and job.workdir != launch["cwd"]:
+        return False
+    t = launch.get("t")
+    return not (t is not None and job.submitted is not None and job.submitted < t - SUBMIT_SLACK_S)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -69,13 +107,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def launch_job_states(launch: dict, slurm: dict[str, str] | None) -> dict[str, str | None]:
-    """{job id: scheduler state, "GONE" once it left the queue, or None when it cannot be asked
-    from here} for one launch's jobs (SLURM array tasks, or local workers' pids)."""
+def launch_job_states(launch: dict, slurm: dict[str, SlurmJob] | None) -> dict[str, str | None]:
+    """{job id: scheduler state, "GONE" once it left the queue (or its id names another job now),
+    or None when it cannot be asked from here} for one launch's jobs (SLURM array tasks, or
+    local workers' pids)."""
     cluster = launch.get("cluster")
     ids = [*launch.get("jobs", {}).values(), *launch.get("workers", [])]
     if cluster == "slurm":
-        return {j: None if slurm is None else slurm.get(j, "GONE") for j in ids}
+        if slurm is None:
+            return dict.fromkeys(ids)
+        return {j: slurm[j].state if j in slurm and is_launch_job(slurm[j], launch) else "GONE" for j in ids}
     if cluster == "local" and launch.get("host") == socket.gethostname():
         return {j: "RUNNING" if _pid_alive(int(j)) else "GONE" for j in ids}
     return dict.fromkeys(ids)
@@ -93,7 +134,10 @@ def run_status(
     detail = ""
     if holder is not None and holder.is_live() and state not in FINISHED:
         state, detail = "running", holder.describe()
-    elif state in FINISHED:
+    elif state == "diverged":
+        error = ((rd.read_final() or {}).get("error") or "").strip().splitlines()
+        detail = error[0][:100] if error else ""
+    elif state == "done":
         pass
     elif submitted_at is not None and job_state in _ALIVE and not (state in ("failed", "corrupt") and recorded_after):
         state, detail = "queued", f"job {job} {job_state.lower()}"
@@ -107,11 +151,15 @@ def run_status(
     elif submitted_at is not None and job_state is not None:
         gone = "ended" if job == "debug" else "left the queue" if job_state == "GONE" else job_state.lower()
         state, detail = "dead", f"job {job} {gone}"
+    stale = job_state == "RUNNING" and (state in FINISHED or (holder is not None and not holder.is_live()))
+    if stale:  # e.g. a killed slurmstepd: the job holds its slot and blocks the arrays chained after it
+        why = "the run is finished" if state in FINISHED else "its lease expired"
+        detail += f"{'; ' if detail else ''}stale: SLURM says job {job} runs but {why} (wab cancel --stale ends it)"
     if state in ("running", "incomplete", "dead") and rd.metrics.exists():
         detail += f"{'; ' if detail else ''}last progress {_ago(rd.metrics.stat().st_mtime)} ago"
     if state not in FINISHED and (rd.path / "job.err").is_symlink():
         detail += f"{'; ' if detail else ''}log {rd.path / 'job.err'}"
-    return RunStatus(rd.path.name, rd.path, state, job=job, detail=detail)
+    return RunStatus(rd.path.name, rd.path, state, job=job, detail=detail, stale=stale)
 
 
 def _ago(t: float) -> str:
@@ -154,6 +202,8 @@ def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
             elif job:
                 job_state = states.get(job)
         status = run_status(RunDir(directory / r["run_id"]), job, job_state, at)
+        if job_state is None and job and slurm is None and at is not None and status.state not in FINISHED + BUSY[:1]:
+            status.detail += f"{'; ' if status.detail else ''}the scheduler did not answer: job {job} unknown"
         status.overrides = " ".join(r["overrides"])
         rows.append(status)
     return rows
@@ -166,6 +216,10 @@ def format_status(rows: list[RunStatus]) -> str:
         extra = f"  ({r.detail})" if r.detail else ""
         lines.append(f"{r.run_id:<{width}}  {r.state:<12}  {r.job or '-':<10}  {r.overrides}{extra}")
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    if any("the scheduler did not answer" in r.detail for r in rows):
+        lines.append("")
+        lines.append("SLURM did not answer (squeue failed or timed out): these states come from the run files alone; "
+                     "a job may still be waiting. Run wab status again once the controller is back.")  # fmt: skip
     lines.append("")
     lines.append(
         ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("done", "failed")) + f" ({len(rows)} runs)"

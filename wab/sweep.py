@@ -36,7 +36,7 @@ from wab.errors import UserError, did_you_mean, directory_problem
 from wab.lease import RunLeased
 from wab.records import RunDir, atomic_write_json, run_id
 from wab.run import run, run_dir_for
-from wab.status import BUSY, FINISHED, MANIFEST, directory_status, read_manifest, slurm_jobs
+from wab.status import BUSY, FINISHED, MANIFEST, directory_status, is_launch_job, read_manifest, slurm_jobs
 from wab.status import STATES as STATUS_STATES
 from wab.trainer import Interrupted, clear_stop, request_stop
 from wab.validate import InvalidConfig, check_config, compose_checked
@@ -367,11 +367,15 @@ def max_array_size() -> int | None:
 
 
 def _alive_arrays(manifest: dict) -> list[str]:
-    """The sweep's job arrays (of earlier launches) that still have a task queued or running."""
-    arrays = {j.split("_")[0] for la in manifest.get("launches", []) if la.get("cluster") == "slurm"
-              for j in la.get("jobs", {}).values()}  # fmt: skip
+    """The sweep's job arrays (of earlier launches) that still have a task queued or running:
+    tasks squeue lists under their ids that are still the launch's own (:func:`is_launch_job`),
+    never another job that reuses an id."""
     alive = slurm_jobs() or {}
-    return sorted(a for a in arrays if any(j.split("_")[0] == a for j in alive))
+    out = set()
+    for la in manifest.get("launches", []):
+        if la.get("cluster") == "slurm":
+            out |= {j.split("_")[0] for j in la.get("jobs", {}).values() if j in alive and is_launch_job(alive[j], la)}
+    return sorted(out)
 
 
 def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threads: int) -> dict[str, Any]:
@@ -477,6 +481,7 @@ def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
     now = time.time()
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "t": now, "cluster": cluster, "host": socket.gethostname(),
+        "job_name": f"wab-{spec.name}", "cwd": os.getcwd(),
         "submitted": len(todo), "left_alone": {s: sum(v == s for v in states.values()) for s in BUSY}, "jobs": {},
     }  # fmt: skip
     if todo and cluster == "local":
@@ -516,12 +521,19 @@ def _manifest(
     }
 
 
-def cancel(out_dir: str | Path) -> list[str]:
+def cancel(out_dir: str | Path, stale: bool = False) -> list[str]:
     """Cancel every job of a sweep that is still queued or running (SLURM arrays, local workers);
-    a run that trains saves a checkpoint first (TERM). Returns what was cancelled."""
+    a run that trains saves a checkpoint first (TERM). With ``stale``, only the SLURM tasks that
+    still run although their run is finished or its lease expired (:func:`wab.status.run_status`).
+    Only jobs that are still the sweep's own are touched. Returns what was cancelled."""
     manifest = read_manifest(Path(out_dir))
     if manifest is None:
         raise UserError(f"{out_dir} has no readable {MANIFEST}: is it a sweep directory (made by wab sweep)?")
+    if stale:
+        tasks = sorted({r.job for r in directory_status(out_dir) if r.stale and r.job})
+        if tasks:
+            subprocess.run(["scancel", *tasks], check=True, timeout=60)
+        return [f"stale job {t}" for t in tasks]
     cancelled = []
     arrays = _alive_arrays(manifest)
     if arrays:
