@@ -153,8 +153,32 @@ def test_the_hydra_launcher_path_gives_the_same_run_directories(tmp_path):
            "hydra/launcher=slurm", *TINY, "trainer.progress=false", f"out_dir={out}"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "Bypassing sacct error" not in p.stdout + p.stderr  # submitit's polling, when sacct has no database
     spec = sweep(tmp_path, "same", {"method": ["wash", "independent"], "seed": [1, 0]})  # another order
     assert {d.name for d in out.iterdir() if (d / "done").exists()} == {r.run_id for r in plan(spec)}
+
+
+def test_the_hydra_path_names_its_jobs_and_a_term_is_one_line(tmp_path):
+    """wab status names a hydra job and links its log; scancel (TERM) checkpoints and the job's
+    log ends in wab train's one line, not a traceback."""
+    out = tmp_path / "hydra"
+    long = [a.replace("trainer.epochs=1", "trainer.epochs=400") for a in TINY]
+    cmd = [sys.executable, "-m", "wab.cli", "train", "-m", "seed=0", "hydra/launcher=slurm", *long,
+           "trainer.progress=false", f"out_dir={out}"]  # fmt: skip
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(out.glob("*/metrics.jsonl")):
+            time.sleep(1)
+        (row,) = [r for r in directory_status(out) if r.state == "running"]
+        assert row.job in (slurm_jobs() or {}) and "log " in row.detail
+        subprocess.run(["scancel", row.job], check=True)
+        launcher.wait(timeout=300)
+    finally:
+        launcher.kill()
+    log = (row.path / "job.err").read_text()
+    assert "interrupted: stopped at step" in log and "Traceback" not in log, log[-2000:]
+    assert RunDir(row.path).checkpoint.exists()
 
 
 def test_no_reachable_controller_is_one_line_and_nothing_is_submitted(tmp_path):

@@ -140,7 +140,8 @@ def train_multirun(overrides: list[str]) -> int:
     def app(cfg: DictConfig) -> None:
         from wab.lease import RunLeased
         from wab.run import plain_config, run, run_dir_for
-        from wab.sweep import job_signals, set_threads
+        from wab.sweep import job_signals, link_job_logs, set_threads
+        from wab.trainer import Interrupted
         from wab.validate import check_config
 
         cfg = plain_config(cfg)
@@ -151,11 +152,17 @@ def train_multirun(overrides: list[str]) -> int:
             print("invalid config: " + "; ".join(problems), file=sys.stderr)
             return
         set_threads(0)
+        link_job_logs(cfg)  # job.out and job.err in the run directory, as a sweep's jobs do
         try:
             with job_signals(lambda: cfg):
                 record = run(cfg)
         except RunLeased as e:
             print(e, file=sys.stderr)
+            return
+        except Interrupted as e:  # TERM or USR2: a checkpoint is saved; one line, as wab train prints
+            _last_status.append("interrupted")
+            print(f"interrupted: {e} in {run_dir_for(cfg).path}; run the same command again to resume",
+                  file=sys.stderr)  # fmt: skip
             return
         _last_status.append(record["status"])
         print(f"{record['status']}: {run_dir_for(cfg).path}")
@@ -163,7 +170,9 @@ def train_multirun(overrides: list[str]) -> int:
             print(record.get("error"), file=sys.stderr)
 
     _check_multirun(overrides)
-    logging.getLogger("submitit").setLevel(logging.ERROR)  # its polling warns when sacct is missing
+    import submitit  # noqa: F401  (configures its logger on import: before ours, not after)
+
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its polling warns twice a poll when sacct is missing
     _last_status.clear()
     t0 = time.time()
     argv = sys.argv

@@ -130,6 +130,8 @@ def run_status(
     unknown, "GONE": it left the queue)."""
     state = rd.state()
     holder = read_lease(rd.path) if rd.path.exists() else None
+    if job is None and (rd.path / "job.err").is_symlink():  # no manifest (the hydra path): its log names the job
+        job = Path(os.readlink(rd.path / "job.err")).name.removesuffix("_log.err").rsplit("_", 1)[0]
     recorded_after = submitted_at is not None and rd.final.exists() and rd.final.stat().st_mtime > submitted_at
     detail = ""
     if holder is not None and holder.is_live() and state not in FINISHED:

@@ -179,7 +179,7 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _link_job_logs(cfg: dict[str, Any]) -> None:
+def link_job_logs(cfg: dict[str, Any]) -> None:
     """``job.out`` and ``job.err`` in the run directory point at this job's submitit logs."""
     try:
         paths = submitit.JobEnvironment().paths
@@ -204,7 +204,7 @@ class RunJob(submitit.helpers.Checkpointable):
         if cfg["population"].get("backend") == "distributed":  # one task per process of the run
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if int(os.environ.get("RANK", 0)) == 0:
-            _link_job_logs(cfg)
+            link_job_logs(cfg)
         try:
             with job_signals(lambda: cfg):
                 status = _run_unless_leased(cfg)
@@ -228,7 +228,7 @@ class PoolWorker(submitit.helpers.Checkpointable):
             with job_signals(lambda: current[0]):
                 for cfg in cfgs:
                     current[0] = cfg
-                    _link_job_logs(cfg)
+                    link_job_logs(cfg)
                     out.append(_run_unless_leased(cfg))
         except Interrupted:  # stopped by TERM with a checkpoint: the worker ends, the rest waits for a relaunch
             out.append("interrupted")
