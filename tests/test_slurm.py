@@ -17,7 +17,7 @@ import yaml
 
 from wab.records import RunDir
 from wab.run import run
-from wab.status import directory_status, is_launch_job, slurm_jobs
+from wab.status import SlurmJob, directory_status, is_launch_job, slurm_jobs
 from wab.sweep import cancel, launch, load_sweep, plan
 
 
@@ -392,3 +392,31 @@ def test_a_job_that_runs_on_after_its_run_finished_is_flagged_and_cancel_stale_e
         assert stuck not in (slurm_jobs() or {})
     finally:
         subprocess.run(["scancel", stuck], check=False)
+
+
+def test_log_links_name_the_job_that_trains_even_after_a_lost_manifest_or_an_early_kill(tmp_path):
+    """A duplicate job (the manifest was lost, the sweep launched again) finds the run trained by
+    another and leaves its log links alone; a job killed before it could link its log still has
+    its log named in status."""
+    long = [a.replace("trainer.epochs=1", "trainer.epochs=400") for a in TINY]
+    spec = sweep(tmp_path, "links", {"seed": [0]}, base=long)
+    first = launch(spec, "slurm").manifest["launches"][-1]["jobs"]
+    (row,) = wait(spec, lambda rows: rows[0].state == "running" and (rows[0].path / "job.err").is_symlink(), 300)
+    target = os.readlink(row.path / "job.err")
+    (spec.out_dir / "manifest.json").unlink()
+    second = launch(spec, "slurm").manifest["launches"][-1]["jobs"]
+    assert second and set(second.values()) != set(first.values())
+    deadline = time.time() + 300
+    while time.time() < deadline and set(second.values()) & set(slurm_jobs() or {}):
+        time.sleep(1)  # the duplicate finds the run leased and returns
+    assert os.readlink(row.path / "job.err") == target
+    subprocess.run(["scancel", *first.values()], check=True)
+    # a job killed (KILL, no handler runs) as soon as it starts: its log is still named
+    spec2 = sweep(tmp_path, "early", {"seed": [1]}, base=long)
+    (job,) = launch(spec2, "slurm").manifest["launches"][-1]["jobs"].values()
+    deadline = time.time() + 120
+    while time.time() < deadline and (slurm_jobs() or {}).get(job, SlurmJob("")).state != "RUNNING":
+        time.sleep(0.2)
+    subprocess.run(["scancel", "-s", "KILL", job], check=True)
+    (row,) = wait(spec2, lambda rows: rows[0].state in ("dead", "not launched", "incomplete"), 120)
+    assert f".submitit/{job}/{job}_0_log.err" in row.detail, (row.state, row.detail)

@@ -204,6 +204,9 @@ def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
             elif job:
                 job_state = states.get(job)
         status = run_status(RunDir(directory / r["run_id"]), job, job_state, at)
+        log = directory / ".submitit" / str(job) / f"{job}_0_log.err"
+        if status.state not in FINISHED and "log " not in status.detail and job and log.exists():
+            status.detail += f"{'; ' if status.detail else ''}log {log}"  # killed before it could link its log
         if job_state is None and job and slurm is None and at is not None and status.state not in FINISHED + BUSY[:1]:
             status.detail += f"{'; ' if status.detail else ''}the scheduler did not answer: job {job} unknown"
         status.overrides = " ".join(r["overrides"])

@@ -33,7 +33,7 @@ import yaml
 from wab import CONFIG_DIR
 from wab.config import format_value
 from wab.errors import UserError, did_you_mean, directory_problem
-from wab.lease import RunLeased
+from wab.lease import RunLeased, read_lease
 from wab.records import RunDir, atomic_write_json, run_id
 from wab.run import run, run_dir_for
 from wab.status import BUSY, FINISHED, MANIFEST, directory_status, is_launch_job, read_manifest, slurm_jobs
@@ -180,12 +180,17 @@ def set_threads(threads: int) -> None:
 
 
 def link_job_logs(cfg: dict[str, Any]) -> None:
-    """``job.out`` and ``job.err`` in the run directory point at this job's submitit logs."""
+    """``job.out`` and ``job.err`` in the run directory point at this job's submitit logs, unless
+    the run is finished or another live process trains it (a duplicate job, e.g. after a lost
+    manifest, does nothing and must not take the links)."""
     try:
         paths = submitit.JobEnvironment().paths
     except RuntimeError:  # not inside a submitit job (the debug cluster)
         return
     rd = run_dir_for(cfg)
+    holder = read_lease(rd.path) if rd.path.exists() else None
+    if rd.state() in FINISHED or (holder is not None and holder.is_live()):
+        return
     rd.path.mkdir(parents=True, exist_ok=True)
     for name, target in (("job.out", paths.stdout), ("job.err", paths.stderr)):
         tmp = rd.path / f".{name}.{os.getpid()}"
