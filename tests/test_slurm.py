@@ -276,7 +276,10 @@ def test_a_killed_job_shows_as_dead_and_a_relaunch_finishes_it(tmp_path):
     assert json.loads(planned.dir.final.read_text())["metrics"] == reference["metrics"]
 
 
-def test_a_sweep_larger_than_max_array_size_goes_out_in_chained_arrays(tmp_path):
+def test_a_sweep_larger_than_max_array_size_goes_out_as_a_pool_that_keeps_every_slot_busy(tmp_path):
+    """More runs than one array may hold: one array of array_parallelism workers, each taking the
+    next run no other holds, instead of arrays chained one after another (whose last runs leave
+    slots idle while the next array waits)."""
     from wab.sweep import max_array_size
 
     limit = max_array_size()
@@ -285,13 +288,14 @@ def test_a_sweep_larger_than_max_array_size_goes_out_in_chained_arrays(tmp_path)
     spec = load_sweep("local_cluster")  # the README's example, as printed, into a temporary directory
     spec.out_dir = tmp_path / "local_cluster"
     spec.base = [*spec.base, "trainer.epochs=1", "population.size=2"]
+    spec.resources = {**spec.resources, "array_parallelism": 2}
     result = launch(spec, "slurm")
-    arrays = result.manifest["launches"][-1]["arrays"]
-    assert len(result.submitted) == 6 and len(arrays) == -(-6 // limit)
-    deps = subprocess.run(["scontrol", "show", "job", arrays[1]], capture_output=True, text=True).stdout
-    assert f"afterany:{arrays[0]}" in deps  # the next array waits: array_parallelism holds across arrays
+    la = result.manifest["launches"][-1]
+    assert len(result.submitted) == 6 > limit and len(la["arrays"]) == 1 and len(la["workers"]) == 2
     rows = wait(spec, finished, 600)
     assert [r.state for r in rows] == ["done"] * 6
+    workers = {os.readlink(r.path / "job.out").split("/")[-2] for r in rows}  # .submitit/<job>/ of who trained it
+    assert workers == set(la["workers"])  # both slots worked
     cmd = [sys.executable, "-m", "wab.cli", "status", str(spec.out_dir)]
     assert "6 done, 0 failed (6 runs)" in subprocess.run(cmd, capture_output=True, text=True).stdout
 

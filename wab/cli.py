@@ -138,9 +138,9 @@ def train_multirun(overrides: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def app(cfg: DictConfig) -> None:
+        from wab.jobs import job_signals, link_job_logs, set_threads
         from wab.lease import RunLeased
         from wab.run import plain_config, run, run_dir_for
-        from wab.sweep import job_signals, link_job_logs, set_threads
         from wab.trainer import Interrupted
         from wab.validate import check_config
 

@@ -123,11 +123,16 @@ def launch_job_states(launch: dict, slurm: dict[str, SlurmJob] | None) -> dict[s
 
 
 def run_status(
-    rd: RunDir, job: str | None = None, job_state: str | None = None, submitted_at: float | None = None
+    rd: RunDir,
+    job: str | None = None,
+    job_state: str | None = None,
+    submitted_at: float | None = None,
+    own_job: bool = True,
 ) -> RunStatus:
     """The state of one run directory. ``job`` is the latest job a launch sent it to (at
     ``submitted_at``, epoch seconds), ``job_state`` what the scheduler says of that job (None:
-    unknown, "GONE": it left the queue)."""
+    unknown, "GONE": it left the queue); ``own_job`` false for a pool's workers, which go on to
+    other runs (never stale for one run's end)."""
     state = rd.state()
     holder = read_lease(rd.path) if rd.path.exists() else None
     if job is None and (rd.path / "job.err").is_symlink():  # no manifest (the hydra path): its log names the job
@@ -153,7 +158,7 @@ def run_status(
     elif submitted_at is not None and job_state is not None:
         gone = "ended" if job == "debug" else "left the queue" if job_state == "GONE" else job_state.lower()
         state, detail = "dead", f"job {job} {gone}"
-    stale = job_state == "RUNNING" and (state in FINISHED or (holder is not None and not holder.is_live()))
+    stale = own_job and job_state == "RUNNING" and (state in FINISHED or (holder is not None and not holder.is_live()))
     if stale:  # e.g. a killed slurmstepd: the job holds its slot and blocks the arrays chained after it
         why = "the run is finished" if state in FINISHED else "its lease expired"
         detail += f"{'; ' if detail else ''}stale: SLURM says job {job} runs but {why} (wab cancel --stale ends it)"
@@ -192,18 +197,19 @@ def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
     rows = []
     for r in manifest["runs"]:
         job, job_state, at = r.get("job_id"), None, r.get("submitted_at")
-        i = r.get("launch")
+        i, own_job = r.get("launch"), True
         if i is not None and at is not None and 0 <= i < len(launches):
             la, states = launches[i], job_states[i]
             if la.get("cluster") == "debug":  # it ran in the launching process, which has returned
                 job, job_state = "debug", "GONE"
-            elif la.get("workers"):  # a local pool: alive while any of its workers is
+            elif la.get("workers"):  # a pool (local, or SLURM past MaxArraySize): alive while a worker is
                 alive = [states[w] for w in la["workers"]]
-                job = ",".join(la["workers"])
-                job_state = "RUNNING" if "RUNNING" in alive else None if None in alive else "GONE"
+                job = ",".join(la["workers"]) if la.get("cluster") == "local" else la["workers"][0].split("_")[0]
+                live, own_job = [a for a in alive if a in _ALIVE], False
+                job_state = "RUNNING" if "RUNNING" in live else live[0] if live else None if None in alive else "GONE"
             elif job:
                 job_state = states.get(job)
-        status = run_status(RunDir(directory / r["run_id"]), job, job_state, at)
+        status = run_status(RunDir(directory / r["run_id"]), job, job_state, at, own_job)
         log = directory / ".submitit" / str(job) / f"{job}_0_log.err"
         if status.state not in FINISHED and "log " not in status.detail and job and log.exists():
             status.detail += f"{'; ' if status.detail else ''}log {log}"  # killed before it could link its log

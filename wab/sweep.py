@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,10 @@ import yaml
 from wab import CONFIG_DIR
 from wab.config import format_value
 from wab.errors import UserError, did_you_mean, directory_problem
-from wab.lease import RunLeased, read_lease
+from wab.jobs import PoolWorker, RunJob, run_unless_leased
 from wab.records import RunDir, atomic_write_json, run_id
-from wab.run import run, run_dir_for
 from wab.status import BUSY, FINISHED, MANIFEST, directory_status, is_launch_job, read_manifest, slurm_jobs
 from wab.status import STATES as STATUS_STATES
-from wab.trainer import Interrupted, clear_stop, request_stop
 from wab.validate import InvalidConfig, check_config, compose_checked
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -172,133 +169,6 @@ class InvalidSweep(UserError):
         super().__init__("\n".join(lines))
 
 
-def set_threads(threads: int) -> None:
-    """Use the CPUs the job asked for (``cpus_per_task``), not every core of the node."""
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def link_job_logs(cfg: dict[str, Any]) -> None:
-    """``job.out`` and ``job.err`` in the run directory point at this job's submitit logs, unless
-    the run is finished or another live process trains it (a duplicate job, e.g. after a lost
-    manifest, does nothing and must not take the links)."""
-    try:
-        paths = submitit.JobEnvironment().paths
-    except RuntimeError:  # not inside a submitit job (the debug cluster)
-        return
-    rd = run_dir_for(cfg)
-    holder = read_lease(rd.path) if rd.path.exists() else None
-    if rd.state() in FINISHED or (holder is not None and holder.is_live()):
-        return
-    rd.path.mkdir(parents=True, exist_ok=True)
-    for name, target in (("job.out", paths.stdout), ("job.err", paths.stderr)):
-        tmp = rd.path / f".{name}.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        os.symlink(os.path.abspath(target), tmp)
-        os.replace(tmp, rd.path / name)
-
-
-class RunJob(submitit.helpers.Checkpointable):
-    """The callable each array task runs: one run, resumed from its checkpoint if it has one
-    (see :func:`job_signals` for what a signal does). A run another live process holds (a
-    relaunch raced a running job) is left to it."""
-
-    def __call__(self, cfg: dict[str, Any], threads: int = 0) -> str:
-        set_threads(threads)
-        if cfg["population"].get("backend") == "distributed":  # one task per process of the run
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        if int(os.environ.get("RANK", 0)) == 0:
-            link_job_logs(cfg)
-        try:
-            with job_signals(lambda: cfg):
-                status = _run_unless_leased(cfg)
-        except Interrupted:  # stopped by TERM with a checkpoint: said in train.log, no traceback in job.err
-            return "interrupted"
-        if status in ("failed", "lost") and cfg["population"].get("backend") == "distributed":
-            raise SystemExit(1)  # a non-zero exit: srun ends the run's other tasks, which may wait in a collective
-        return status
-
-
-class PoolWorker(submitit.helpers.Checkpointable):
-    """One of the ``array_parallelism`` workers of a local sweep: goes through the runs in order
-    and trains each one that is not finished and that no other worker holds (the run's lease
-    decides), so at most that many runs train at once and none twice."""
-
-    def __call__(self, cfgs: list[dict[str, Any]], threads: int = 0) -> list[str]:
-        set_threads(threads)
-        current: list[dict[str, Any]] = [{}]
-        out = []
-        try:
-            with job_signals(lambda: current[0]):
-                for cfg in cfgs:
-                    current[0] = cfg
-                    link_job_logs(cfg)
-                    out.append(_run_unless_leased(cfg))
-        except Interrupted:  # stopped by TERM with a checkpoint: the worker ends, the rest waits for a relaunch
-            out.append("interrupted")
-        return out
-
-
-def _run_unless_leased(cfg: dict[str, Any]) -> str:
-    rd = run_dir_for(cfg)
-    if rd.state() in FINISHED:
-        return rd.state()
-    try:
-        return run(cfg)["status"]
-    except RunLeased:
-        return "leased"
-
-
-@contextlib.contextmanager
-def job_signals(current_cfg: Callable[[], dict[str, Any]]) -> Iterator[None]:
-    """What a job does on a signal, while it runs a run (``current_cfg()``):
-
-    - USR2 (submitit asks SLURM for it ``signal_delay_s`` before the time limit; sites that set
-      ``send_user_signal`` send it on preemption): the trainer saves a checkpoint at the next step
-      boundary, then submitit requeues the job, at most ``max_requeues`` times after time limits
-      (a run that gives up says so in its train.log);
-    - TERM (``scancel``, ``scontrol requeue``, preemption on most sites): the trainer saves a
-      checkpoint at the next step boundary and the job exits; SLURM itself requeues a job it
-      requeued or preempted, and a cancelled run resumes when the sweep is launched again.
-    """
-    submitit_usr2 = signal.getsignal(signal.SIGUSR2)
-    previous_term = signal.getsignal(signal.SIGTERM)
-    received: list[int] = []
-
-    def stop(signum, frame):
-        received.append(signum)
-        request_stop()
-
-    clear_stop()
-    signal.signal(signal.SIGUSR2, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    except Interrupted:
-        if received and received[-1] == signal.SIGUSR2 and callable(submitit_usr2):
-            try:
-                submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
-            except submitit.core.utils.UncompletedJobError as e:
-                _note(current_cfg(), f"the job gives up: {e} Launch the sweep again to continue from the checkpoint.")
-                raise
-        elif received:
-            _note(current_cfg(), f"{signal.Signals(received[-1]).name} received: checkpoint saved; the job exits "
-                                 "(launch the sweep again with wab sweep to resume it)")  # fmt: skip
-        raise
-    finally:
-        clear_stop()
-        signal.signal(signal.SIGUSR2, submitit_usr2)
-        signal.signal(signal.SIGTERM, previous_term)
-
-
-def _note(cfg: dict[str, Any], message: str) -> None:
-    """A line in the run's train.log, after its own logging ended."""
-    if cfg:
-        with open(run_dir_for(cfg).log, "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {message}\n")
-
-
 @dataclass
 class Launch:
     """What one launch did."""
@@ -379,27 +249,45 @@ def _alive_arrays(manifest: dict) -> list[str]:
     out = set()
     for la in manifest.get("launches", []):
         if la.get("cluster") == "slurm":
-            out |= {j.split("_")[0] for j in la.get("jobs", {}).values() if j in alive and is_launch_job(alive[j], la)}
+            ids = [*la.get("jobs", {}).values(), *la.get("workers", [])]
+            out |= {j.split("_")[0] for j in ids if j in alive and is_launch_job(alive[j], la)}
     return sorted(out)
 
 
 def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threads: int) -> dict[str, Any]:
-    """One job array per ``MaxArraySize`` runs; each array waits for the one before it (and for
-    the sweep's arrays still alive from earlier launches), so ``array_parallelism`` caps the
-    runs at once across chunks and relaunches."""
-    size = max_array_size() or len(todo)
-    waited_for = wait_for = _alive_arrays(previous)
-    jobs: dict[str, str] = {}
-    arrays = []
-    for a in range(0, len(todo), size):
-        part = todo[a : a + size]
-        executor = make_executor(spec, "slurm", dependency=wait_for)
-        with executor.batch():
-            submitted = [executor.submit(RunJob(), p.config, threads) for p in part]
-        jobs.update({p.run_id: j.job_id for p, j in zip(part, submitted)})
-        arrays.append(submitted[0].job_id.split("_")[0])
-        wait_for = [arrays[-1]]
-    return {"jobs": jobs, "arrays": arrays, "waited_for": waited_for}
+    """One job array with a task per run (waiting for the sweep's arrays still alive from earlier
+    launches, so ``array_parallelism`` caps the runs at once across relaunches). More runs than
+    ``MaxArraySize``: a pool (:func:`_submit_slurm_pool`)."""
+    size = max_array_size()
+    waited_for = _alive_arrays(previous)
+    if size is not None and len(todo) > size:
+        return _submit_slurm_pool(spec, todo, waited_for, threads, size)
+    executor = make_executor(spec, "slurm", dependency=waited_for)
+    with executor.batch():
+        submitted = [executor.submit(RunJob(), p.config, threads) for p in todo]
+    jobs = {p.run_id: j.job_id for p, j in zip(todo, submitted)}
+    return {"jobs": jobs, "arrays": [submitted[0].job_id.split("_")[0]], "waited_for": waited_for}
+
+
+def _submit_slurm_pool(
+    spec: SweepSpec, todo: list[PlannedRun], waited_for: list[str], threads: int, size: int
+) -> dict[str, Any]:
+    """More runs than one array may hold: one array of ``array_parallelism`` workers, each going
+    through every run (from its own starting point) and training those no other worker holds,
+    as the local pool does. Chained arrays would leave slots idle at each array's end while its
+    last runs finish; a pool keeps every slot busy until no run is left. A worker's time limit
+    is the runs' ``timeout_min`` times its share of the runs; USR2 near it checkpoints the run in
+    hand and requeues the worker, which goes on where it was."""
+    r = spec.resources
+    workers = min(int(r["array_parallelism"]), len(todo), size)
+    share = math.ceil(len(todo) / workers)
+    executor = make_executor(spec, "slurm", dependency=waited_for, timeout_min=float(r["timeout_min"]) * share)
+    cfgs = [p.config for p in todo]
+    with executor.batch():
+        submitted = [executor.submit(PoolWorker(), cfgs[w * share :] + cfgs[: w * share], threads)
+                     for w in range(workers)]  # fmt: skip
+    return {"jobs": {}, "workers": [j.job_id for j in submitted], "arrays": [submitted[0].job_id.split("_")[0]],
+            "waited_for": waited_for}  # fmt: skip
 
 
 def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict[str, Any]:
@@ -497,7 +385,7 @@ def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
     atomic_write_json(spec.out_dir / MANIFEST, manifest)
     if cluster == "debug":
         for p in todo:
-            _run_unless_leased(p.config)
+            run_unless_leased(p.config)
     return Launch(manifest, runs, states, sorted(p.run_id for p in todo))
 
 
