@@ -344,6 +344,22 @@ def test_a_distributed_run_spans_two_slurm_tasks(tmp_path):
     _same(final["comm"], reference["comm"])
 
 
+def _sleeping_job(name: str) -> str:
+    """Another job of this user (sleeping 5 minutes), its id."""
+    out = subprocess.run(["sbatch", "--parsable", "-J", name, "--wrap", "sleep 300"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return out.strip().split(";")[0]
+
+
+def _give_the_run_job(spec, job: str):
+    """Make the manifest say the sweep's one run was sent to ``job``; returns the run's directory."""
+    manifest = json.loads((spec.out_dir / "manifest.json").read_text())
+    (entry,) = manifest["runs"]
+    entry["job_id"] = manifest["launches"][-1]["jobs"][entry["run_id"]] = job
+    (spec.out_dir / "manifest.json").write_text(json.dumps(manifest))
+    return spec.out_dir / entry["run_id"]
+
+
 def test_a_job_id_now_another_jobs_is_never_shown_waited_on_or_cancelled(tmp_path):
     """After a cluster restart ids start again: the sweep's old id may name another job. Status,
     relaunch and cancel verify a job is the sweep's (name, working directory, submit time)."""
@@ -353,14 +369,10 @@ def test_a_job_id_now_another_jobs_is_never_shown_waited_on_or_cancelled(tmp_pat
     alive = {j: info for j, info in (slurm_jobs() or {}).items() if j in la["jobs"].values()}
     assert alive and all(is_launch_job(info, la) for info in alive.values())  # its own jobs are recognised
     wait(spec, finished, 600)
-    other = subprocess.run(["sbatch", "--parsable", "-J", "not-wab", "--wrap", "sleep 300"], capture_output=True,
-                           text=True, check=True).stdout.strip().split(";")[0]  # fmt: skip
+    other = _sleeping_job("not-wab")
     try:
-        manifest = json.loads((spec.out_dir / "manifest.json").read_text())
-        (entry,) = manifest["runs"]
-        entry["job_id"] = manifest["launches"][-1]["jobs"][entry["run_id"]] = other
-        (spec.out_dir / "manifest.json").write_text(json.dumps(manifest))
-        shutil.rmtree(spec.out_dir / entry["run_id"])  # the run is lost: it is dead, not queued behind `other`
+        run_dir = _give_the_run_job(spec, other)
+        shutil.rmtree(run_dir)  # the run is lost: it is dead, not queued behind `other`
         (row,) = directory_status(spec.out_dir)
         assert row.state == "dead" and "left the queue" in row.detail, (row.state, row.detail)
         assert cancel(spec.out_dir) == []
@@ -378,13 +390,9 @@ def test_a_job_that_runs_on_after_its_run_finished_is_flagged_and_cancel_stale_e
     spec = sweep(tmp_path, "stale", {"seed": [0]})
     launch(spec, "slurm")
     wait(spec, finished, 600)
-    stuck = subprocess.run(["sbatch", "--parsable", "-J", "wab-stale", "--wrap", "sleep 300"], capture_output=True,
-                           text=True, check=True).stdout.strip().split(";")[0]  # fmt: skip
+    stuck = _sleeping_job("wab-stale")
     try:
-        manifest = json.loads((spec.out_dir / "manifest.json").read_text())
-        (entry,) = manifest["runs"]
-        entry["job_id"] = manifest["launches"][-1]["jobs"][entry["run_id"]] = stuck
-        (spec.out_dir / "manifest.json").write_text(json.dumps(manifest))
+        _give_the_run_job(spec, stuck)
         (row,) = wait(spec, lambda rows: rows[0].stale, 120)
         assert row.state == "done" and "wab cancel --stale" in row.detail
         out = subprocess.run([sys.executable, "-m", "wab.cli", "cancel", "--stale", str(spec.out_dir)],
