@@ -46,12 +46,12 @@ class PapaAll(Method):
     def merge(self, run: RunState) -> None:
         pop = run.population
         weights = self.mixing(run)
-        stats = self.parent_statistics(run) if self.repair else None
+        stats, batches = self.parent_statistics(run) if self.repair else (None, None)
         if self.op == "average_into_members":
             pop.average_into_members(include_buffers=bool(self.cfg["include_buffers"]))
         else:
             pop.mix(weights, include_buffers=bool(self.cfg["include_buffers"]), op=self.op)
-        repaired = self.repair_children(run, weights, *stats) if stats else 0
+        repaired = self.repair_children(run, weights, stats, batches) if self.repair else 0
         self.done.append({"epoch": run.epoch + 1, "repaired_convs": repaired})
 
     def parent_statistics(self, run: RunState) -> tuple[list, list[torch.Tensor]]:

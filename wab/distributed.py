@@ -109,8 +109,7 @@ class DistComm(LocalComm):
 
     def all_gather_rows(self, t: Tensor, counts: list[int], op: str = "") -> Tensor:
         """The rows of every rank, in rank order (rank r holds ``counts[r]`` rows)."""
-        rows = max(counts)
-        padded = t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+        padded = _padded(t, counts)
         nbytes = padded.numel() * padded.element_size()
         self._count(op or "all_gather", nbytes, nbytes * (self.world - 1))
         out = [torch.empty_like(padded) for _ in range(self.world)]
@@ -119,8 +118,7 @@ class DistComm(LocalComm):
 
     def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
         """The rows of every rank, in rank order, on rank ``dst`` only (None elsewhere)."""
-        rows = max(counts)
-        padded = t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+        padded = _padded(t, counts)
         nbytes = padded.numel() * padded.element_size()
         mine = self.rank == dst
         self._count(op or "gather", 0 if mine else nbytes, nbytes * (self.world - 1) if mine else 0)
@@ -156,6 +154,12 @@ class DistComm(LocalComm):
             self._count("stop_flags", t.numel() * t.element_size(), t.numel() * t.element_size())
         dist.all_reduce(t, dist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
+
+
+def _padded(t: Tensor, counts: list[int]) -> Tensor:
+    """``t`` with zero rows added up to the most rows any rank holds (collectives want equal shapes)."""
+    rows = max(counts)
+    return t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
 def merge_traffic(parts: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:

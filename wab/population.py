@@ -230,27 +230,24 @@ class Population:
         ``record=False`` is for evaluation, which is not part of a method's communication.
         """
         op = "mean" if record else ""
-        params = [self._mean(p, op) for p in self.params]
-        buffers = [self._mean(b, op) for b in self.buffers] if include_buffers else []
+        params = [self.mean_rows(p, op) for p in self.params]
+        buffers = [self.mean_rows(b, op) for b in self.buffers] if include_buffers else []
         if record:
             self._record("mean", include_buffers)
         return params, buffers
 
-    def _mean(self, flat: Tensor, op: str) -> Tensor:
-        total = self.comm.all_reduce_sum(row_sum64(flat), op)
-        return (total / self._size).to(flat.dtype)
-
-    def mean_rows(self, local: Tensor) -> Tensor:
-        """The mean over every member of per-member values ([n_local, ...] rows on this process),
-        not counted as traffic (evaluation): exact float64 sums, the same on any number of processes."""
-        total = self.comm.all_reduce_sum(row_sum64(local.reshape(len(local), -1)))
+    def mean_rows(self, local: Tensor, op: str = "") -> Tensor:
+        """The mean over every member of per-member values ([n_local, ...] rows on this process):
+        exact float64 sums, the same on any number of processes. ``op`` names the collective in
+        the measured traffic (the ledger records a method's operations itself)."""
+        total = self.comm.all_reduce_sum(row_sum64(local.reshape(len(local), -1)), op)
         return (total / self._size).to(local.dtype).view(local.shape[1:])
 
     @torch.no_grad()
     def average_into_members(self, include_buffers: bool = True) -> None:
         """Set every member to the uniform average (PAPA-all, DART)."""
-        params = [self._mean(p, "average_into_members") for p in self.params]
-        buffers = [self._mean(b, "average_into_members") for b in self.buffers] if include_buffers else []
+        params = [self.mean_rows(p, "average_into_members") for p in self.params]
+        buffers = [self.mean_rows(b, "average_into_members") for b in self.buffers] if include_buffers else []
         for flat, m in zip(self.params + self.buffers, params + buffers):
             flat.copy_(m.expand_as(flat))
         self._record("average_into_members", include_buffers)
@@ -260,8 +257,8 @@ class Population:
         """theta_i <- theta_i + weight * (mean - theta_i) for every member (PAPA's pull)."""
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"lerp weight must be in [0, 1], got {weight}")
-        params = [self._mean(p, "lerp_toward_mean") for p in self.params]
-        buffers = [self._mean(b, "lerp_toward_mean") for b in self.buffers] if include_buffers else []
+        params = [self.mean_rows(p, "lerp_toward_mean") for p in self.params]
+        buffers = [self.mean_rows(b, "lerp_toward_mean") for b in self.buffers] if include_buffers else []
         for flat, m in zip(self.params + self.buffers, params + buffers):
             flat.lerp_(m.expand_as(flat), weight)
         self._record("lerp_toward_mean", include_buffers)

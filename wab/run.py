@@ -149,38 +149,27 @@ def _run_log(rd: RunDir) -> Iterator[None]:
         handler.close()
 
 
-def _failed_alone(rd: RunDir, trainer: Trainer, record: dict[str, Any], main: bool, started: float) -> dict:
-    """The record of a distributed run that failed on this process, made and written without a
-    collective: the other processes may be inside one, or past it, and would never answer. This
+def _write_failed_alone(rd: RunDir, rank: int, world: int, record: dict[str, Any], main: bool, started: float) -> dict:
+    """Write the record of a distributed run that failed on this process (made without a
+    collective: the other processes may be inside one, or past it, and would never answer). This
     process then exits (non-zero), which ends the others: torchrun stops the rest of its workers
     (before the main one could write a word: so any failing process writes the record), srun
     (``--kill-on-bad-exit``) the rest of the job's tasks, and a collective waiting on a closed
-    peer raises. A process other than the main one leaves a record written in this life
-    (``started``) alone: the first error is the cause, the others its echo. No ``done`` is
-    written: the run resumes from its last checkpoint."""
-    rank = trainer.group.rank
-    if not main:  # for the main process's record, if it lives to write one
+    peer raises. A process other than the main one leaves its error for the main one's record,
+    and a record written in this life (``started``) alone: the first error is the cause, the
+    others its echo. No ``done`` is written: the run resumes from its last checkpoint."""
+    if not main:
         atomic_write_text(rd.path / f"error.rank{rank}.txt", record["traceback"])
     errors = sorted(rd.path.glob("error.rank*.txt")) if main else []
     others = {p.stem.removeprefix("error."): p.read_text().strip().splitlines()[-1] for p in errors}
-    full = {
-        "status": "failed",
-        **trainer.record_base(),
-        "config": trainer.cfg,
-        "wall_time_s": trainer.wall_time(),
-        "steps": trainer.state.step,
-        "epochs": trainer.state.epoch,
-        "metrics": dict.fromkeys(METRIC_KEYS),
-        "error": f"on rank {rank} of {trainer.group.world}: {record['error']}"
-        + "".join(f"; on {r}: {line}" for r, line in others.items()),
-        "traceback": record["traceback"],
-        **provenance(),
-    }
+    record["error"] = f"on rank {rank} of {world}: {record['error']}" + "".join(
+        f"; on {r}: {line}" for r, line in others.items()
+    )
     if main or not (rd.final.exists() and rd.final.stat().st_mtime >= started):
-        atomic_write_json(rd.final, full)
+        atomic_write_json(rd.final, record)
     for p in errors:
         p.unlink(missing_ok=True)
-    return full
+    return record
 
 
 def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = True) -> dict:
@@ -219,8 +208,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         log.exception("run failed")
         record = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         metrics = {}
-        if trainer is not None and trainer.group.world > 1:
-            return _failed_alone(rd, trainer, record, main, started)
+    alone = record["status"] == "failed" and trainer is not None and trainer.group.world > 1  # no collective now
     wall = trainer.wall_time() if trainer else time.perf_counter() - t0
     base = (
         trainer.record_base()
@@ -235,14 +223,17 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         "steps": trainer.state.step if trainer else 0,
         "epochs": trainer.state.epoch if trainer else 0,
         "metrics": {**dict.fromkeys(METRIC_KEYS), **metrics, "final": metrics.get("final", {})},
-        "comm": trainer.comm() if trainer else {},
+        "comm": trainer.comm() if trainer and not alone else {},
         "cost": _cost(cfg, rd, trainer, wall) if trainer else {},
-        "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer else {},
+        "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer and not alone else {},
         **{k: v for k, v in record.items() if k != "status"},
         **provenance(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    if alone:
+        trainer.loggers.close()
+        return _write_failed_alone(rd, trainer.group.rank, trainer.group.world, record, main, started)
     if not main:
         return record
     atomic_write_json(rd.final, record)

@@ -14,7 +14,6 @@ import logging
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,6 +154,7 @@ class Trainer:
         self.group = init_distributed(cfg.get("device", "auto"), float(timeout)) if distributed else LocalComm()
         self.is_main = self.group.rank == 0  # the process that writes the run's records
         self.process_counts = [self.group.world]  # every life's, when a resume changed it
+        self.latest_shards = ""  # the shard directory checkpoint.pt names
         self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         if self.device.type == "cuda" and distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
@@ -370,14 +370,8 @@ class Trainer:
         }
         if self.is_main:  # the commit point: the shards are complete once every process has written
             atomic_torch_save(self.dir.checkpoint, ckpt, keep=self.dir.previous_checkpoint)
-            remove_unreferenced(self.dir.path, [name, self._shards_of(self.dir.previous_checkpoint)])
-
-    @staticmethod
-    def _shards_of(path: Path) -> str:
-        try:
-            return str(torch.load(path, map_location="cpu", weights_only=True).get("shards"))
-        except Exception:  # none, or damaged: nothing to keep for it
-            return ""
+            remove_unreferenced(self.dir.path, [name, self.latest_shards])  # those of the new and the kept one
+        self.latest_shards = name
 
     def _read_checkpoint(self) -> dict | None:
         """The newest checkpoint every process can read (the previous one when the latest, or one
@@ -399,6 +393,8 @@ class Trainer:
                             f" ({problem})" if problem else " on another process")  # fmt: skip
                 continue
             self.checkpoint_path = path
+            # checkpoint.pt's shards, which it keeps once it becomes the previous checkpoint
+            self.latest_shards = ckpt["shards"] if path == self.dir.checkpoint else ""
             return ckpt
         return None
 
