@@ -67,6 +67,17 @@ def finished(rows):
     return all(r.state in ("done", "diverged", "failed") for r in rows)
 
 
+def wait_for_an_idle_cluster(timeout=180):
+    """Until no job is queued, running or completing: a test that needs every slot at once must not
+    start beside the last test's jobs, whose CPUs SLURM frees only at its next scheduling pass."""
+    deadline = time.time() + timeout
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, (
+            "the cluster stayed busy: " + subprocess.run(["squeue"], capture_output=True, text=True).stdout
+        )
+        time.sleep(1)
+
+
 def test_a_2x2_grid_finishes_and_a_second_launch_submits_nothing(tmp_path):
     spec = sweep(tmp_path, "grid", {"seed": [0, 1], "method": ["independent", "wash"]})
     t0 = time.time()
@@ -289,6 +300,7 @@ def test_a_sweep_larger_than_max_array_size_goes_out_as_a_pool_that_keeps_every_
     spec.out_dir = tmp_path / "local_cluster"
     spec.base = [*spec.base, "trainer.epochs=1", "population.size=2"]
     spec.resources = {**spec.resources, "array_parallelism": 2}
+    wait_for_an_idle_cluster()  # both workers must start together for both to find runs left
     result = launch(spec, "slurm")
     la = result.manifest["launches"][-1]
     assert len(result.submitted) == 6 > limit and len(la["arrays"]) == 1 and len(la["workers"]) == 2
