@@ -4,8 +4,10 @@
 paper diversifies copies of one network), with an optional shared ERM warm-up of
 ``warmup_epochs``: member 0 (with the first augmentation, plain crop+flip) trains alone in effect,
 and after each of its steps every other member is set to a copy of it, optimizer state included.
-(2) Each member then trains with its own augmentation (``augmentations`` are assigned to members
-in order, cycling). (3) Every ``every_steps`` steps every member is replaced by the uniform
+(2) Each member then trains with its own augmentation: ``population.member_augment: dart``
+(crop+flip, Cutout, CutMix, mixup, TrivialAugment, assigned to members in order, cycling), the
+population any method may be given, so that an independent population with the same
+augmentations is DART's exact control. (3) Every ``every_steps`` steps every member is replaced by the uniform
 average, weights and buffers, each member keeping its optimizer state: as in the authors' code,
 after the 0-based step s with s % T == 0 and s != 0 (counted from the end of the warm-up), i.e.
 after steps T+1, 2T+1, ... (4) Repeat. Communication (D + B) / T per member per step.
@@ -21,15 +23,6 @@ T = 600-1000 steps and N = 4).
 
 from wab.method import Method, RunState, heldout_selection, register
 
-# Named augmentation recipes, as overrides of data.augment.
-RECIPES = {
-    "crop_flip": {},
-    "cutout": {"cutout": 16},  # the size is set from cutout_size
-    "cutmix": {"cutmix_alpha": 1.0},
-    "mixup": {"mixup_alpha": 1.0},
-    "trivialaugment": {"policy": "trivialaugment"},
-    "autoaugment": {"policy": "autoaugment"},
-}
 FINALS = ("heldout", "average")
 
 
@@ -40,16 +33,6 @@ class Dart(Method):
     demo_overrides = ("method.every_steps=20",)
     demo_note = "every_steps=20 instead of 600, so that the demo's 350 steps aggregate at all"
     recalibrate_outputs = False  # the held-out choice is delivered as it was evaluated
-
-    def member_augment(self, size: int, image_size: int) -> list[dict]:
-        names = list(self.cfg["augmentations"])
-        unknown = [n for n in names if n not in RECIPES]
-        if unknown or not names:
-            raise ValueError(f"dart augmentations {unknown or names} unknown; choose from {sorted(RECIPES)}")
-        recipes = [dict(RECIPES[n]) for n in names]
-        if "cutout" in names:  # default: half the image side (16 on CIFAR, as in DeVries & Taylor)
-            recipes[names.index("cutout")]["cutout"] = int(self.cfg.get("cutout_size") or image_size // 2)
-        return [recipes[i % len(recipes)] for i in range(size)]
 
     def setup(self, run: RunState) -> None:
         self.every = int(self.cfg["every_steps"])

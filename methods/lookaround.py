@@ -11,15 +11,8 @@ here keep their own, and ``average_buffers`` (default true) averages them with t
 k steps, the nearest to sharing. Communication: one all-reduce of D (+ B) every k steps.
 """
 
+from wab.augment import recipe
 from wab.method import Method, RunState, register
-
-RECIPES = {
-    "flip": {"flip": True},
-    "autoaugment": {"policy": "autoaugment"},
-    "randaugment": {"policy": "randaugment"},
-    "trivialaugment": {"policy": "trivialaugment"},
-    "none": {},
-}
 
 
 @register("lookaround")
@@ -30,10 +23,9 @@ class Lookaround(Method):
 
     def member_augment(self, size: int, image_size: int) -> list[dict]:
         names = list(self.cfg["augmentations"])
-        unknown = [n for n in names if n not in RECIPES]
-        if unknown or not names:
-            raise ValueError(f"lookaround augmentations {unknown or names} unknown; choose from {sorted(RECIPES)}")
-        return [dict(RECIPES[names[i % len(names)]]) for i in range(size)]
+        if not names:
+            raise ValueError("lookaround augmentations must name at least one recipe")
+        return [recipe(names[i % len(names)], image_size) for i in range(size)]
 
     def setup(self, run: RunState) -> None:
         self.k = int(self.cfg["every_steps"])

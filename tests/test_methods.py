@@ -9,7 +9,6 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from wab.config import compose_config
 from wab.methods.aswa import Aswa, aswa_decision
-from wab.methods.dart import Dart
 from wab.methods.papa import Papa
 from wab.methods.papa_2 import Papa2, pair_mixing_matrix
 from wab.methods.papa_all import PapaAll, merge_epochs
@@ -260,8 +259,31 @@ def test_dart_warmup_makes_every_member_a_copy_of_member_0(tiny):
     trainer.perms = [torch.randperm(len(trainer.data.train)) for _ in range(3)]
     trainer.train_step(0)
     assert all(torch.equal(state.population.params[0][0], state.population.params[0][i]) for i in (1, 2))
-    with pytest.raises(ValueError, match="unknown"):
-        Dart(method_cfg("dart", {"augmentations": ["blur"]})).member_augment(3, 8)
+    with pytest.raises(ValueError, match=r"unknown augmentation recipe 'blur'; known: \[.*'cutmix'"):
+        make_run(tiny, "method=dart", "population.member_augment=[crop_flip, blur]")
+
+
+def test_an_independent_population_given_dart_s_or_papa_s_members_is_their_exact_control(tiny):
+    """DART's augmentations and PAPA's per-member regularisation are named populations any method
+    may be given: the independent control trains members with exactly the method's augmentations."""
+    for method, population in (("dart", "dart"), ("papa", "papa_grid"), ("papa_all", "papa_grid")):
+        trainer, _ = make_run(tiny, f"method={method}", "population.size=5")
+        control, _ = make_run(tiny, "method=independent", f"population.member_augment={population}",
+                              f"population.same_init={method == 'dart'}", "population.size=5")  # fmt: skip
+        assert trainer.augment == control.augment and len(set(trainer.augment)) > 1, method
+
+
+def test_papa_s_grid_is_shuffled_with_the_seed_and_gives_each_member_its_own_entry():
+    from wab.augment import MEMBER_GRIDS, member_entries
+
+    grid = MEMBER_GRIDS["papa_grid"]
+    draws = {seed: member_entries("papa_grid", 10, seed, 32) for seed in range(3)}
+    for entries in draws.values():
+        assert all(set(e) == set(grid) and all(e[k] in grid[k] for k in grid) for e in entries)
+        assert len({tuple(e.values()) for e in entries}) == 10  # 10 distinct entries of the 81
+    assert draws[0] == member_entries("papa_grid", 10, 0, 32) and draws[0] != draws[1]
+    with pytest.raises(ValueError, match="not a named population; known: .*'papa_grid'"):
+        member_entries("papa", 4, 0, 32)
 
 
 # ----------------------------------------------------------------------------------------- SWA

@@ -7,7 +7,9 @@ uint8 tensors on the device: no DataLoader workers, no PIL per image.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,76 @@ from torch.nn import functional as F
 from wab.device import to_device
 
 POLICIES = (None, "trivialaugment", "autoaugment", "randaugment")
+
+# Named per-member recipes, as overrides of data.augment: an entry of population.member_augment (or
+# of a method's list) may name one. "cutout" is half the image side (16 on CIFAR, DeVries & Taylor).
+RECIPES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "crop_flip": {},  # data.augment as it is (crop + flip on CIFAR): DART's plain member
+    "flip": {"flip": True},
+    "cutout": {"cutout": "half"},
+    "cutmix": {"cutmix_alpha": 1.0},
+    "mixup": {"mixup_alpha": 1.0},
+    "trivialaugment": {"policy": "trivialaugment"},
+    "autoaugment": {"policy": "autoaugment"},
+    "randaugment": {"policy": "randaugment"},
+}
+# Named populations, a whole population.member_augment: a list (member i gets entry i, cycling) or a
+# grid (shuffled with the run's seed, member i gets entry i, as PAPA's code draws its members).
+MEMBER_LISTS: dict[str, list[str]] = {
+    # DART (Jain et al., CVPR 2023): crop+flip, Cutout, CutMix, mixup and a policy per member
+    "dart": ["crop_flip", "cutout", "cutmix", "mixup", "trivialaugment"],
+}
+MEMBER_GRIDS: dict[str, dict[str, list[float]]] = {
+    # PAPA (Jolicoeur-Martineau et al., TMLR 2024): the per-member regularisation of its CIFAR runs
+    "papa_grid": {
+        "mixup_alpha": [0.0, 0.5, 1.0],
+        "label_smoothing": [0.0, 0.05, 0.1],
+        "cutmix_alpha": [0.0, 0.5, 1.0],
+        "random_erasing": [0.0, 0.15, 0.35],
+    },  # fmt: skip
+    # model soups (Wortsman et al., 2022): ingredients from a random search over lr, weight decay,
+    # label smoothing and mixup (here as scales of the run's lr around its weight decay)
+    "soups_grid": {
+        "lr_scale": [0.5, 1.0, 2.0],
+        "weight_decay": [1e-4, 5e-4, 1e-3],
+        "label_smoothing": [0.0, 0.1],
+        "mixup_alpha": [0.0, 0.5],
+    },  # fmt: skip
+}
+
+
+def recipe(name: str, image_size: int) -> dict[str, Any]:
+    """The overrides a named recipe stands for on images of side ``image_size``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {name!r}; known: {sorted(RECIPES)}")
+    return {k: image_size // 2 if v == "half" else v for k, v in RECIPES[name].items()}
+
+
+def member_entries(spec: Any, size: int, seed: int, image_size: int) -> list[dict[str, Any]]:
+    """population.member_augment as one override dict per member: a named population (a list of
+    MEMBER_LISTS or a grid of MEMBER_GRIDS) or a list of override mappings and recipe names."""
+    if isinstance(spec, str):
+        if spec in MEMBER_LISTS:
+            spec = MEMBER_LISTS[spec]
+        elif spec in MEMBER_GRIDS:
+            grid = MEMBER_GRIDS[spec]
+            entries = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+            order = np.random.default_rng([seed, 7]).permutation(len(entries))
+            return [entries[order[i % len(entries)]] for i in range(size)]
+        else:
+            raise ValueError(f"population.member_augment={spec!r} is not a named population; known: "
+                             f"{sorted(MEMBER_LISTS) + sorted(MEMBER_GRIDS)} (or a list of overrides)")  # fmt: skip
+    entries = []
+    for i, e in enumerate(spec or []):
+        if isinstance(e, str):
+            e = recipe(e, image_size)
+        if not isinstance(e, dict):
+            known = ", ".join(sorted(RECIPES))
+            raise ValueError(f"population.member_augment[{i}]={e!r} must be a mapping of overrides (e.g. "
+                             f"{{mixup_alpha: 1.0, lr_scale: 0.5}}) or a recipe: {known}")  # fmt: skip
+        entries.append(dict(e))
+    return [entries[i % len(entries)] for i in range(size)] if entries else []
 
 
 @dataclass(frozen=True)

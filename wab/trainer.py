@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from wab.augment import Augment, Augmenter, Batch, Normalizer
+from wab.augment import Augment, Augmenter, Batch, Normalizer, member_entries
 from wab.checkpoint import MemberRows, join_state, new_shard_dir, remove_unreferenced, split_state, write_shards
 from wab.data import DataSplits, describe_data, load_data
 from wab.device import resolve_device, to_device
@@ -230,11 +230,8 @@ class Trainer:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * size)
             for member in self.population.members:
                 member.compile()
-        entries = self.method.member_augment(size, self.data.image_size) or list(pcfg.get("member_augment") or [])
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict):
-                raise ValueError(f"population.member_augment[{i}]={e!r} must be a mapping of overrides, e.g. "
-                                 "{mixup_alpha: 1.0, lr_scale: 0.5}")  # fmt: skip
+        entries = self.method.member_augment(size, self.data.image_size) or member_entries(
+            pcfg.get("member_augment"), size, seed, self.data.image_size)  # fmt: skip
         local = self.population.local_indices  # the members this process trains
         mine = [dict(entries[i % len(entries)]) if entries else {} for i in local]
         recipes = [{k: e.pop(k) for k in RECIPE_KEYS if k in e} for e in mine]  # the rest is augmentation

@@ -68,6 +68,8 @@ def _kind(default: Any, key: str) -> tuple[str, Any] | None:
     """(what is allowed, a predicate) for values replacing ``default``; None: anything."""
     if default is None:
         return None
+    if key == "population.member_augment":
+        return "a list of overrides or a named population", lambda v: isinstance(v, list | str)
     if default == "auto" and key != "device":
         return "auto, true or false", lambda v: v == "auto" or isinstance(v, bool)
     if isinstance(default, bool):
