@@ -59,3 +59,13 @@ def markdown(table: pd.DataFrame, links: dict) -> str:
         cells += [f"{r[n]:.3g} ({r[n] / compute:.2g}x)" if r[n] > 0 else "0" for n in links]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def network_times(runs: pd.DataFrame, link: tuple[float, float]) -> pd.Series:
+    """Each run's modelled communication time over its whole training on ``link`` (bandwidth,
+    latency), in seconds: the per-step model of :func:`network_table` times the steps."""
+    out = []
+    for _, run in runs.iterrows():
+        steps = int(run.get("steps") or 0)
+        out.append(step_time(_ops(run), int(run["population_size"]), steps, *link) * steps if steps else np.nan)
+    return pd.Series(out, index=runs.index, dtype=float)

@@ -186,27 +186,67 @@ EPOCH_PANELS = [("individual_mean", "individual (mean of members)"), ("ensemble_
                 ("avg_bn_acc", "averaged model after BN recal.")]  # fmt: skip
 
 
+def _t_band(values: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
+    """Per group: mean and the Student-t 95% CI of the mean (the mean alone for one value)."""
+    from scipy import stats as sps
+
+    def one(v: pd.Series) -> pd.Series:
+        v = v.dropna().to_numpy(float)
+        half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+        return pd.Series({"mean": v.mean(), "lo": v.mean() - half, "hi": v.mean() + half})
+
+    return values.apply(one).unstack()
+
+
 def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
     """Individual mean, ensemble and averaged accuracy (after BN recalibration, the headline
-    metric) against epochs, mean over seeds."""
+    metric) against training steps: mean over seeds with its Student-t 95% CI as a band."""
     fig, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(15, 4), sharey=True)
     variants = _variants_in_order(curves)
+    x = "step" if "step" in curves else "epoch"
     for ax, (col, label) in zip(axes, EPOCH_PANELS):
         drawn: list[pd.Series] = []
         for k, (method, variant) in enumerate(variants):
-            sub = curves[curves["variant"] == variant].groupby("epoch")[col].mean()
+            band = _t_band(curves[curves["variant"] == variant].groupby(x)[col])
+            sub = band["mean"]
             same = sum(_same_curve(sub, other) for other in drawn)  # shift a curve that would hide under another
             drawn.append(sub)
-            ax.plot(sub.index + 0.06 * same, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=4,
+            shift = sub.index * (1 + 0.01 * same)
+            ax.plot(shift, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=3,
                     color=method_color(method), label=variant, linestyle="--" if same else "-")  # fmt: skip
+            ax.fill_between(shift, 100 * band["lo"].values, 100 * band["hi"].values, color=method_color(method),
+                            alpha=0.12, linewidth=0)  # fmt: skip
         ax.set_title(label)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("training step" if x == "step" else "epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylabel("test accuracy (%; band: 95% CI over seeds)")
     fig.suptitle(title)
     fig.tight_layout()
     _outside_legend(fig, [axes[0]])
+    return fig
+
+
+def lmc_barriers(df: pd.DataFrame, title: str, col: str = "metrics.lmc.pair.acc_barrier") -> plt.Figure | None:
+    """Each row's linear-mode-connectivity barrier between members 0 and 1 (the largest drop of
+    accuracy along the straight path, BN recalibrated at each point): mean with its 95% CI and
+    every seed as a dot. None when no run measured one."""
+    if col not in df or pd.to_numeric(df[col], errors="coerce").notna().sum() == 0:
+        return None
+    variants = [(m, v) for m, v in _variants_in_order(df)
+                if pd.to_numeric(df.loc[df["variant"] == v, col], errors="coerce").notna().any()]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(variants) + 1.2))
+    for i, (method, variant) in enumerate(variants):
+        v = 100 * pd.to_numeric(df.loc[df["variant"] == variant, col], errors="coerce").dropna()
+        mean, lo, hi = (100 * x for x in _mean_ci(v / 100))
+        ax.errorbar(mean, i, xerr=[[mean - lo], [hi - mean]], fmt="o", color=method_color(method), capsize=2)
+        ax.scatter(v, np.full(len(v), i) + 0.18, s=6, color=method_color(method), alpha=0.5)
+    ax.set_yticks(range(len(variants)), [v for _, v in variants], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("LMC barrier between members 0 and 1 (accuracy points; mean, 95% CI, dots: seeds)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 
@@ -309,7 +349,7 @@ def _mean_ci(values: pd.Series) -> tuple[float, float, float]:
     return mean, *(ci if ci else (mean, mean))
 
 
-def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc") -> plt.Figure:
+def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", network: str | None = None) -> plt.Figure:
     """The final model's accuracy against bytes sent, training FLOPs and training time, one point
     per row (mean, with its 95% CI as error bars on both axes), each method's Pareto front drawn
     through its non-dominated rows and the front of every row dashed in grey. Rows that send
@@ -317,10 +357,14 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc") -> p
     points stay at their values: rows of equal cost overlap). An axis spanning less than a decade
     is linear. ``df``
     may hold several population sizes (a single model at equal FLOPs beside the populations):
-    labels then say N. Records without a training time are drawn against wall time, labelled so."""
+    labels then say N. Records without a training time are drawn against wall time, labelled so.
+    ``network``: the link whose modelled communication time (``cost.network_time_s``, from
+    ``wab report --network``) is a fourth axis."""
     several = df["population_size"].nunique() > 1
     timed = "cost.train_time_s" in df and pd.to_numeric(df["cost.train_time_s"], errors="coerce").notna().all()
     axes_spec = FRONT_AXES if timed else [*FRONT_AXES[:2], WALL_AXIS]
+    if network and "cost.network_time_s" in df:
+        axes_spec = [*axes_spec, ("cost.network_time_s", f"modelled communication time on {network}, s (log)", True)]
     rows = []
     for (method, variant, n), sub in df.groupby(["method", "variant", "population_size"], sort=False):
         row = {"method": method, "label": f"{variant}, N={n}" if several else variant}
@@ -331,7 +375,7 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc") -> p
     order = method_order([r["method"] for r in rows])
     rows.sort(key=lambda r: (order.index(r["method"]), r["label"]))
     labels = [(r["method"], r["label"]) for r in rows]
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(17, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.7 * len(axes_spec), 4.6), sharey=True)
     ys = np.array([r["y"] for r in rows])
     for ax, (col, xlabel, has_zero) in zip(axes, axes_spec):
         x = np.array([r[col][0] for r in rows], dtype=float)

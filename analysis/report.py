@@ -27,6 +27,7 @@ def write_report(
     target: float | None = None,
     metrics: list[str] | None = None,
     links: str | None = None,
+    versus: list[str] | None = None,
 ) -> Path:
     """Write runs.csv (and runs.parquet with pyarrow), tables, verdicts, time to target, figures
     and summary.md; returns the summary's path. Unreadable or unfinished runs are listed in the
@@ -37,7 +38,8 @@ def write_report(
     in percent (default: the runs' ``trainer.target_acc``, else the baseline's final-model
     accuracy minus the margin); ``metrics``: the accuracies verdicts are given for; ``links``: a
     YAML file of network links (``""``: the default ``configs/network.yaml``) to model each row's
-    communication time on (``--network``)."""
+    communication time on (``--network``); ``versus``: ``A:B`` claims between two methods, each row
+    of method A against the row of method B with otherwise the same settings (``--versus``)."""
     if margin <= 0:
         raise UserError(f"--margin {margin} must be a positive number of accuracy points")
     if target is not None and not 0 < target <= 100:
@@ -45,6 +47,7 @@ def write_report(
     metric_cols = [verdicts.metric_column(m) for m in metrics] if metrics else verdicts.HEADLINE
     link_table = load_links(links or None) if links is not None else None
     spec = verdicts.parse_baseline(baseline)
+    pairs = verdicts.parse_versus(versus)
     results = Path(results)
     if not results.is_dir():
         raise UserError(f"results directory {results} does not exist")
@@ -86,7 +89,7 @@ def write_report(
         rows = verdicts.rows_of(group.loc[group["setting_id"].map(_table_order(table, group)).sort_values().index])
         same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
         singles = verdicts.rows_of(done[same_task & (done["population_size"] == 1) & (done["method"] == "independent")])
-        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1)
+        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1, pairs)
         if found:
             lines += ["", f"### Paired verdicts ({table.title})", ""]
             for title, frame in found:
@@ -104,6 +107,7 @@ def write_report(
             all_network.append(nt.assign(table=table.title))
         figures = [
             ("accuracy_vs_communication", plots.accuracy_vs_communication(group, table.title)),
+            ("lmc_barriers", plots.lmc_barriers(group, table.title)),
             ("ensemble_vs_average", plots.ensemble_vs_average(group, table.title)),
             ("disagreement_vs_average", plots.disagreement_vs_average(group, table.title)),
         ]
@@ -113,9 +117,11 @@ def write_report(
         for param in plots.varied_hyperparameters(group):
             figures.append((f"sensitivity_{param}", plots.sensitivity(group, param, f"{table.title}: {param}")))
         for name, fig in figures:
+            if fig is None:
+                continue
             png = plots.save(fig, out / "figures", f"{name}_{_slug(key)}")
             lines += [f"![{name}](figures/{png.name})", ""]
-    lines += _fronts(done, out)
+    lines += _fronts(done, out, link_table)
     lines += _across_tasks(done, out)
     write_tables(tables, out / "tables")
     if all_verdicts:
@@ -146,16 +152,23 @@ def _table_order(table, group: pd.DataFrame) -> dict:
 
 
 def _verdicts(
-    rows, singles, spec, metric_cols: list[str], margin: float, single: bool
+    rows, singles, spec, metric_cols: list[str], margin: float, single: bool, pairs: list[tuple[str, str]]
 ) -> list[tuple[str, pd.DataFrame]]:
-    """The table's verdict families: against the baseline (per metric), the average against its
-    ensemble within each row, and each row against a single model at equal FLOPs."""
+    """The table's verdict families: against the baseline (per metric), between the methods of
+    ``--versus``, the average against its ensemble and the final model against its members within
+    each row, and each row against a single model at equal FLOPs."""
     found = []
     for col in metric_cols:
         frame = verdicts.against_baseline(rows, spec, col, margin)
         if not frame.empty:
             found.append((f"{verdicts.shown(col)} against the baseline", frame))
-    for col, ref in verdicts.WITHIN if not single else []:  # one member is its own ensemble and average
+    frame = verdicts.versus(rows, pairs, "metrics.final_acc", margin)
+    if not frame.empty:
+        found.append(("final model against another method's", frame))
+    within = [
+        w for w in verdicts.WITHIN if not single or w[1] == "metrics.individual_mean"
+    ]  # one member: its own ensemble
+    for col, ref in within:
         frame = verdicts.within_rows(rows, col, ref, margin)
         if not frame.empty:
             found.append((f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}", frame))
@@ -165,14 +178,18 @@ def _verdicts(
     return found
 
 
-def _fronts(done: pd.DataFrame, out: Path) -> list[str]:
-    """One figure of accuracy against bytes, FLOPs and time per (dataset, model), every N on it."""
+def _fronts(done: pd.DataFrame, out: Path, links: dict[str, tuple[float, float]] | None) -> list[str]:
+    """One figure of accuracy against bytes, FLOPs and time per (dataset, model), every N on it;
+    with ``--network``, also against the modelled communication time on the slowest link."""
     lines: list[str] = []
     if done.empty:
         return lines
+    slowest = min(links, key=lambda name: links[name][0]) if links else None
     for (dataset, model), group in done.groupby(["dataset", "model"], sort=True):
         title = f"{dataset}, {model}"
-        png = plots.save(plots.fronts(group, title), out / "figures", f"fronts_{dataset}_{model}")
+        if slowest:
+            group = group.assign(**{"cost.network_time_s": network.network_times(group, links[slowest])})
+        png = plots.save(plots.fronts(group, title, network=slowest), out / "figures", f"fronts_{dataset}_{model}")
         lines += ["", f"## Accuracy against cost: {title}", "", f"![fronts](figures/{png.name})", ""]
     return lines
 

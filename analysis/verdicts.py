@@ -29,7 +29,12 @@ from wab.analysis import stats
 from wab.errors import UserError
 
 HEADLINE = ["metrics.final_acc", "metrics.individual_mean"]  # the metrics verdicts are given for by default
-WITHIN = [("metrics.avg_bn_acc", "metrics.ensemble_acc")]
+# within each row: the average against its ensemble ("the average matches its ensemble"), the final
+# model against the mean of its members (SWA, ASWA: "the average beats SGD") and against the uniform
+# average (greedy soup, TWA, re-basin: "better than averaging as it is"); the last is skipped for
+# the rows whose final model is that average
+WITHIN = [("metrics.avg_bn_acc", "metrics.ensemble_acc"), ("metrics.final_acc", "metrics.individual_mean"),
+          ("metrics.final_acc", "metrics.avg_bn_acc")]  # fmt: skip
 ACCURACY_METRICS = {
     "final_acc": "metrics.final_acc",
     "individual_mean": "metrics.individual_mean",
@@ -178,9 +183,60 @@ def within_rows(rows: list[Row], metric: str, reference: str, margin: float) -> 
     entries = []
     for row in rows:
         x, y = _pair(row.values(metric), row.values(reference))
-        if len(x):
+        if len(x) and not np.array_equal(x, y):  # the same numbers (a final model that is the average): no claim
             entries.append({"row": row.label, "baseline": f"its own {shown(reference)}", "metric": shown(metric),
                             "_x": x, "_y": y})  # fmt: skip
+    return _family(entries, margin)
+
+
+def parse_versus(specs: list[str] | None) -> list[tuple[str, str]]:
+    """``--versus A:B`` (repeatable): method A's rows against method B's rows with the same
+    settings otherwise; a claim between two methods (TWA against SWA, WASH against PAPA)."""
+    out = []
+    for spec in specs or []:
+        a, sep, b = spec.partition(":")
+        if not sep or not a.strip() or not b.strip() or a.strip() == b.strip():
+            raise UserError(f"--versus {spec!r} must be two different methods as A:B, e.g. twa:swa")
+        out.append((a.strip(), b.strip()))
+    return out
+
+
+def _method_defaults(row: Row) -> dict[str, str]:
+    """The non-method settings of wab's defaults for the row's method, dataset, model and optimizer
+    (what a method's own config sets: SWA its lr schedule, PAPA its members' regularisation)."""
+    from wab.analysis.collect import setting_of
+    from wab.config import default_config
+
+    s = row.setting
+    cfg = {"data": {"name": s.get("data.name")}, "model": {"name": s.get("model.name")},
+           "optim": {"name": s.get("optim.name")}, "method": {"name": row.method}}  # fmt: skip
+    try:
+        return _non_method(setting_of(default_config(cfg)))
+    except Exception:  # a plugin without a config file: every setting must then be equal
+        return {}
+
+
+def like_for_like(row: Row, base: Row) -> bool:
+    """Whether two rows of different methods differ only where each is at its own method's
+    defaults (SWA's lr schedule against TWA's): every other setting is the same."""
+    mine, theirs = _non_method(row.setting), _non_method(base.setting)
+    d_mine, d_theirs = _method_defaults(row), _method_defaults(base)
+    return all(mine.get(k) == theirs.get(k) or (mine.get(k) == d_mine.get(k) and theirs.get(k) == d_theirs.get(k))
+               for k in set(mine) | set(theirs))  # fmt: skip
+
+
+def versus(rows: list[Row], pairs: list[tuple[str, str]], metric: str, margin: float) -> pd.DataFrame:
+    """Each row of method A against each row of method B that is :func:`like_for_like` (no nearest
+    match: a claim between methods holds only like for like); one family, Holm-corrected."""
+    entries = []
+    for a, b in pairs:
+        for row in (r for r in rows if r.method == a):
+            for base in (r for r in rows if r.method == b and like_for_like(row, r)):
+                x, y = _pair(row.values(metric), base.values(metric))
+                entry = {"row": row.label, "baseline": base.label, "metric": shown(metric), "_x": x, "_y": y}
+                if len(x) == 0:
+                    entry["_why"] = f"no shared seeds ({_seeds(row, metric)} against {_seeds(base, metric)})"
+                entries.append(entry)
     return _family(entries, margin)
 
 

@@ -47,8 +47,10 @@ def test_report_matches_the_golden_table_and_lists_what_it_skipped(golden, tmp_p
     tex = (tmp_path / "report" / "tables" / "table_digits_cnn_2.tex").read_text()
     assert r"Accuracy (\%)" in tex and r"wash (p=0.1)" in tex and r"papa\_all" in tex and "[9.17, 10.56]" in tex
     # the golden runs' PAPA-all predates its per-member regularisation (papa_grid): not its default now
-    assert ("Every row: model.width=4, population.member\\_augment=[], population.size=2, trainer.batch\\_size=256, "
-            "trainer.epochs=2.") in tex
+    assert (
+        "Every row: model.width=4, population.member\\_augment=[], population.size=2, trainer.batch\\_size=256, "
+        "trainer.epochs=2."
+    ) in tex
     # one seed is said once per table, never as "± 0.00 (1)" in each cell
     assert "(1)" not in table and text.count("Rows with 1 seed show the value alone") == 1
     assert "95% percentile bootstrap CI of the mean over seeds" in table  # the caption states the method
@@ -237,12 +239,20 @@ def test_curves_and_sensitivity_plot_their_data(golden):
     curves = collect_curves(df)
     fig = plots.accuracy_over_epochs(curves, "t")
     line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "papa_all")
-    expected = curves[curves["variant"] == "papa_all"].groupby("epoch")["individual_mean"].mean()
-    assert list(line.get_xdata()) == list(expected.index)
+    by_step = curves[curves["variant"] == "papa_all"].groupby("step")["individual_mean"]
+    expected = by_step.mean()
+    assert list(line.get_xdata()) == list(expected.index)  # against training steps
     assert list(line.get_ydata()) == pytest.approx(list(100 * expected.values))
+    # its band is the Student-t 95% CI of the mean over the 2 seeds
+    half = sps.t.ppf(0.975, 1) * by_step.std(ddof=1) / np.sqrt(2)
+    colour = plots.method_color("papa_all")[:3]
+    band = next(c for c in fig.axes[0].collections if np.allclose(c.get_facecolor()[0][:3], colour))
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.max() == pytest.approx(100 * (expected + half).max()) and ys.min() == pytest.approx(
+        100 * (expected - half).min())  # fmt: skip
     assert fig.axes[2].get_title() == "averaged model after BN recal."  # the headline metric
     line = next(ln for ln in fig.axes[2].lines if ln.get_label() == "papa_all")
-    expected = curves[curves["variant"] == "papa_all"].groupby("epoch")["avg_bn_acc"].mean()
+    expected = curves[curves["variant"] == "papa_all"].groupby("step")["avg_bn_acc"].mean()
     assert list(line.get_ydata()) == pytest.approx(list(100 * expected.values))
     plt.close(fig)
     assert plots.varied_hyperparameters(df) == ["p"]

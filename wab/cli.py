@@ -336,6 +336,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LINKS.yaml",
         help="model each row's communication time per step on named links (default: configs/network.yaml)",
     )
+    report.add_argument(
+        "--versus",
+        action="append",
+        default=None,
+        metavar="A:B",
+        help="a claim between two methods (repeatable): each row of method A against method B's row with "
+        "otherwise the same settings, e.g. --versus twa:swa",
+    )
     return parser
 
 
@@ -370,7 +378,7 @@ def _dispatch(argv: list[str]) -> int:
         from wab.analysis.report import write_report
 
         summary = write_report(
-            args.results, args.out, args.baseline, args.margin, args.target, args.metrics, args.network
+            args.results, args.out, args.baseline, args.margin, args.target, args.metrics, args.network, args.versus
         )
         print(f"report written: {summary}")
         return 0
