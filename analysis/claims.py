@@ -135,6 +135,11 @@ def provenance_lines(report: Report, study: dict[str, Any] | None) -> list[str]:
     dirty = int(column("git_dirty").str.lower().eq("true").sum())
     line = (f"- Provenance: {len(runs)} runs, trained at commit {', '.join(commits)} "
             f"({dirty} with uncommitted changes), torch {', '.join(sorted(set(column('torch_version'))))}")  # fmt: skip
+    sizes = sorted({int(v) for c in runs if str(c).endswith("heldout_size") for v in runs[c].dropna()})
+    ses = pd.concat([runs[c].dropna() for c in runs if str(c).endswith("selection_se")] or [pd.Series(dtype=float)])
+    if sizes and len(ses):
+        line += (f"; held-out split for selection: {', '.join(map(str, sizes))} images, standard error of one "
+                 f"held-out accuracy {100 * ses.min():.2f}-{100 * ses.max():.2f} points")  # fmt: skip
     if study:
         line += (f"; the study took {study['minutes']} minutes on {study['machine']} "
                  f"(`scripts/reference_study.sh`, {study['workers']} runs at a time)")  # fmt: skip

@@ -132,3 +132,14 @@ def test_the_readmes_study_verdicts_are_what_the_committed_report_gives():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_verdicts.py"), "--check"], cwd=ROOT,
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_provenance_names_the_held_out_split_and_its_standard_error(report, tmp_path):
+    copy = tmp_path / "report"
+    shutil.copytree(report, copy)
+    runs = pd.read_csv(copy / "runs.csv")
+    runs["method_report.greedy_soup.heldout_size"] = 5400
+    runs["method_report.greedy_soup.selection_se"] = np.linspace(0.004, 0.0045, len(runs))
+    runs.to_csv(copy / "runs.csv", index=False)
+    text = claims_markdown(copy, CLAIMS[:1])
+    assert "held-out split for selection: 5400 images, standard error of one held-out accuracy 0.40-0.45 points" in text
