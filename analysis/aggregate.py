@@ -89,7 +89,11 @@ def aggregate(done: pd.DataFrame, metric: str = "metrics.final_acc") -> Aggregat
         for lab in per_task[t]:
             if lab not in labels:
                 left_out.append(f"row {lab!r}: not in every task (only in {t} and maybe others)")
+    if not labels:  # e.g. a row label that names the budget in one table and not in the other
+        left_out.append("no row label is in every task: no aggregate")
     left_out = list(dict.fromkeys(left_out))
+    if not labels:
+        return Aggregate(pd.DataFrame(), {}, methods, tasks, left_out)
     scores = {lab: [per_task[t][lab] for t in tasks] for lab in labels}
     ranks = stats.mean_ranks({t: {lab: raw[t][lab] for lab in labels} for t in tasks})
     lines = []

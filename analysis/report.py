@@ -188,7 +188,7 @@ def _fronts(done: pd.DataFrame, out: Path, links: dict[str, tuple[float, float]]
     for (dataset, model), group in done.groupby(["dataset", "model"], sort=True):
         title = f"{dataset}, {model}"
         if slowest:
-            group = group.assign(**{"cost.network_time_s": network.network_times(group, links[slowest])})
+            group = group.copy().assign(**{"cost.network_time_s": network.network_times(group, links[slowest])})
         png = plots.save(plots.fronts(group, title, network=slowest), out / "figures", f"fronts_{dataset}_{model}")
         lines += ["", f"## Accuracy against cost: {title}", "", f"![fronts](figures/{png.name})", ""]
     return lines

@@ -325,6 +325,10 @@ def test_across_tasks_normalises_by_each_tasks_independent_population(golden, tm
     summary = write_report(golden, tmp_path / "report").read_text()
     assert "## Across tasks" in summary and "figures/performance_profiles.png" in summary
     assert (tmp_path / "report" / "tables" / "across_tasks.csv").exists()
+    # tasks whose rows share no label (one table names the budget, the other not): said, no crash
+    other = done.assign(variant=np.where(done["dataset"] == "mnist", done["variant"] + " (epochs=2)", done["variant"]))
+    agg = aggregate.aggregate(other)
+    assert agg.table.empty and "no row label is in every task: no aggregate" in agg.left_out
 
 
 def test_the_pareto_front_keeps_the_points_nothing_beats():
