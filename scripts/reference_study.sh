@@ -29,11 +29,12 @@ if [ "${1:-}" = "--retrain" ]; then
   sed "s|^out_dir: .*|out_dir: $out|" configs/sweep/reference.yaml > "$config"
 fi
 start=$(date +%s)
-"$wab" sweep "$config" --cluster local
+launched=$("$wab" sweep "$config" --cluster local | tee /dev/stderr)
 while "$wab" status "$out" | tail -1 | grep -qE "running|queued"; do  # until no run trains or waits
   sleep 30
 done
 minutes=$(( ($(date +%s) - start) / 60 ))
+if ! grep -q " 0 submitted" <<< "$launched"; then  # a refresh that trained nothing keeps the study's figures
 "$python" - "$out" "$minutes" <<'EOF'
 import json, os, platform, subprocess, sys
 out, minutes = sys.argv[1], int(sys.argv[2])
@@ -42,6 +43,7 @@ study = {"minutes": minutes, "machine": f"{os.cpu_count()} CPU cores ({platform.
          "commit": commit}
 open(os.path.join(out, "study.json"), "w").write(json.dumps(study, indent=1) + "\n")
 EOF
+fi
 "$wab" report "$out" --network --versus wash:papa --versus aswa:swa --versus twa:swa
 if [ "$out" = results/reference ]; then
   "$python" scripts/study_verdicts.py
