@@ -50,6 +50,7 @@ class Table:
     runs: dict[str, list[str]]  # row label -> the run ids averaged in it
     numbers: pd.DataFrame  # per row and column: mean, ci_low, ci_high, std, n (the CSV)
     commits: list[str]  # the code the rows' runs were trained with ("unknown" for older records)
+    builds: list[str]  # the torch builds and devices they ran on (neither is in the run id)
 
     @property
     def title(self) -> str:
@@ -78,6 +79,11 @@ class Table:
             parts.append("Rows with 1 seed show the value alone: no interval.")
         if len(self.commits) > 1:
             parts.append(f"**Rows come from {len(self.commits)} different commits ({', '.join(self.commits)}).**")
+        if len(self.builds) > 1:
+            parts.append(
+                f"**Runs ran on {len(self.builds)} torch builds or devices ({', '.join(self.builds)}), which may "
+                "round differently.**"
+            )
         return " ".join(parts)
 
 
@@ -136,6 +142,7 @@ def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
             runs=runs,
             numbers=pd.DataFrame(numbers),
             commits=commits_of(group),
+            builds=builds_of(group),
         )
     return tables
 
@@ -150,6 +157,20 @@ def commits_of(runs: pd.DataFrame) -> list[str]:
             out.add("unknown")
         else:
             out.add(commit[:12] + ("+dirty" if r.get("git_dirty") is True else ""))
+    return sorted(out)
+
+
+def builds_of(runs: pd.DataFrame) -> list[str]:
+    """The distinct torch builds and devices (``torch 2.14.1 on cpu``) runs ran on: the run id
+    holds the device type and CPU threads, not the torch version or the GPU's model. Records
+    from before ``device_name`` name the device their config gave, when it gave one."""
+    out = set()
+    for _, r in runs.iterrows():
+        version = r.get("torch_version")
+        device = r.get("device_name")
+        if not isinstance(device, str):
+            device = "cpu" if r.get("config.device") == "cpu" else "unknown device"
+        out.add(f"torch {version if isinstance(version, str) else 'unknown'} on {device}")
     return sorted(out)
 
 

@@ -290,6 +290,21 @@ def test_a_table_whose_rows_come_from_different_commits_says_so(golden):
     (table,) = summary_tables(df).values()
     assert table.commits == ["aaaaaaaaaaaa", "bbbbbbbbbbbb+dirty"]
     assert "Rows come from 2 different commits (aaaaaaaaaaaa, bbbbbbbbbbbb+dirty)" in table.caption()
+    assert "torch builds" not in table.caption()  # one build, one device
+
+
+def test_a_table_whose_runs_ran_on_other_torch_builds_or_gpus_says_so(golden):
+    """Neither the torch version nor the GPU's model is in the run id: a table pooling them says so."""
+    for i, path in enumerate(sorted(golden.glob("*/final.json"))):
+        if path.parent.name.startswith("broken"):
+            continue
+        rec = json.loads(path.read_text())
+        rec["torch_version"], rec["device_name"] = "2.14.1", ("NVIDIA H100" if i % 2 else "NVIDIA A100")
+        path.write_text(json.dumps(rec))
+    df, _ = collect_runs(golden)
+    (table,) = summary_tables(df).values()
+    assert table.builds == ["torch 2.14.1 on NVIDIA A100", "torch 2.14.1 on NVIDIA H100"]
+    assert "Runs ran on 2 torch builds or devices (torch 2.14.1 on NVIDIA A100, torch 2.14.1 on" in table.caption()
 
 
 def test_across_tasks_normalises_by_each_tasks_independent_population(golden, tmp_path):

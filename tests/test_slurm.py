@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import torch
 import yaml
 
 from wab.records import RunDir
@@ -131,12 +130,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_result(tmp_path):
     base = [*TINY[:-3], "trainer.epochs=6", "trainer.batch_size=16", "model.width=8", "method=wash", "device=cpu"]
     spec = sweep(tmp_path, "preempt", {"seed": [0]}, base=base)
     (planned,) = plan(spec)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(RESOURCES["cpus_per_task"])  # as the job will: the same threads, the same sums
-    try:
-        reference = run({**planned.config, "out_dir": str(tmp_path / "reference")})
-    finally:
-        torch.set_num_threads(threads)
+    reference = run({**planned.config, "out_dir": str(tmp_path / "reference")})  # the job's config: its threads
     assert reference["status"] == "done"
     result = launch(spec, "slurm")
     (job_id,) = result.manifest["launches"][-1]["jobs"].values()
@@ -209,14 +203,8 @@ SLOW = [*TINY[:-3], "trainer.epochs=6", "trainer.batch_size=16", "model.width=8"
 
 
 def reference_run(tmp_path, planned, config=None):
-    """The uninterrupted run (of ``config``, default the planned one's), with the threads the
-    jobs use (the same threads, the same sums)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(RESOURCES["cpus_per_task"])
-    try:
-        return run({**(config or planned.config), "out_dir": str(tmp_path / "reference" / planned.run_id)})
-    finally:
-        torch.set_num_threads(threads)
+    """The uninterrupted run (of ``config``, default the planned one's: the threads the jobs use)."""
+    return run({**(config or planned.config), "out_dir": str(tmp_path / "reference" / planned.run_id)})
 
 
 def job_of(spec, run_id):

@@ -12,6 +12,7 @@ import yaml
 from wab.config import compose_config
 from wab.errors import UserError
 from wab.records import RunDir, config_hash
+from wab.run import run_dir_for
 from wab.status import SlurmJob, directory_status, format_status, is_launch_job, launch_job_states, run_status
 from wab.sweep import InvalidSweep, expand, launch, load_sweep, plan
 
@@ -58,10 +59,11 @@ def test_expansion_is_deterministic_and_adding_a_value_keeps_existing_ids(tmp_pa
 
 def test_run_id_ignores_settings_that_leave_results_unchanged():
     base = compose_config([*TINY, "method=independent"])
-    same = compose_config([*TINY, "method=independent", "optim.fused=true", "trainer.progress=false", "device=cuda",
-                           "trainer.save_models=false", "population.timeout_min=9"])  # fmt: skip
+    same = compose_config([*TINY, "method=independent", "optim.fused=true", "trainer.progress=false",
+                           "trainer.save_models=false", "population.timeout_min=9", "trainer.threads=1"])  # fmt: skip
     assert config_hash(base) == config_hash(same)
-    for changed in ("optim.lr=0.1", "optim.fused=false"):  # another kernel rounds differently
+    # another kernel, another device or another split of a reduction round differently
+    for changed in ("optim.lr=0.1", "optim.fused=false", "device=cuda", "trainer.threads=2"):
         assert config_hash(base) != config_hash(compose_config([*TINY, "method=independent", changed])), changed
 
 
@@ -188,6 +190,21 @@ def test_the_example_sweep_is_valid():
     assert spec.resources["array_parallelism"] == 16 and len(expand(spec)) == 12
     runs = plan(spec, check=True, gpus=1)
     assert all(not r.problems or "cifar10" in r.problems[0] for r in runs)
+
+
+def test_a_sweep_names_its_runs_by_the_device_and_threads_of_its_jobs(tmp_path):
+    """device=auto and trainer.threads=auto are resolved from the jobs' resources before the runs
+    are named, so the controller and the jobs (which run the config they are given) agree."""
+    base = ("data=digits", *[o for o in TINY if o != "device=cpu"])
+    cpu = plan(load_sweep(write_sweep(tmp_path, {"seed": [0]}, base=base, resources={"cpus_per_task": 3})), check=False)
+    gpu = plan(load_sweep(write_sweep(tmp_path, {"seed": [0]}, base=base, resources={"gpus_per_node": 1})), check=False)
+    one = plan(load_sweep(write_sweep(tmp_path, {"seed": [0]}, base=(*base, "trainer.threads=1"),
+                                      resources={"cpus_per_task": 3})), check=False)  # fmt: skip
+    assert (cpu[0].config["device"], cpu[0].config["trainer"]["threads"]) == ("cpu", 3)
+    assert (gpu[0].config["device"], gpu[0].config["trainer"]["threads"]) == ("cuda", 1)
+    assert one[0].config["trainer"]["threads"] == 1  # an explicit count is kept
+    assert len({cpu[0].run_id, gpu[0].run_id, one[0].run_id}) == 3
+    assert cpu[0].dir.path == run_dir_for(cpu[0].config).path  # what the job computes from its config
 
 
 def test_the_local_cluster_example_runs_on_a_cpu_cluster():

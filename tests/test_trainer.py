@@ -42,8 +42,12 @@ def test_a_run_learns_and_writes_its_records(tiny):
 def test_run_dir_depends_on_the_config_not_on_where_it_is_written(tiny, tmp_path):
     a, b = tiny(), tiny("seed=1")
     assert run_dir_for(a).path.name != run_dir_for(b).path.name
-    c = dict(a, out_dir=str(tmp_path / "elsewhere"), device="cuda")
+    c = dict(a, out_dir=str(tmp_path / "elsewhere"), trainer={**a["trainer"], "progress": False})
     assert run_dir_for(c).path.name == run_dir_for(a).path.name
+    # the device type and the CPU threads change how results round: they are part of the identity
+    on = {t: run_dir_for(dict(a, device="cpu", trainer={**a["trainer"], "threads": t})).path.name for t in (1, 2, 3)}
+    assert len(set(on.values())) == 3
+    assert run_dir_for(dict(a, device="cuda", trainer={**a["trainer"], "threads": 1})).path.name not in on.values()
     # another kernel rounds differently: off its default, it is part of the run's identity
     assert run_dir_for(dict(a, optim={**a["optim"], "fused": True})).path.name == run_dir_for(a).path.name
     assert run_dir_for(dict(a, optim={**a["optim"], "fused": False})).path.name != run_dir_for(a).path.name
@@ -228,18 +232,16 @@ def test_the_delivered_models_are_files_that_rebuild_without_the_trainer(tiny):
     assert not (run_dir_for(off).path / "models").exists()
 
 
-def test_a_finished_run_keeps_no_lease_dir_and_a_resume_with_other_threads_warns(tiny):
-    cfg = tiny("trainer.epochs=1")
-    rec = run(cfg)
-    rd = run_dir_for(cfg)
-    assert rec["status"] == "done" and rec["threads"] == torch.get_num_threads()
-    assert not (rd.path / ".lease").exists()
-    ckpt = torch.load(rd.checkpoint, weights_only=True)
-    ckpt["threads"] = torch.get_num_threads() + 3
-    torch.save(ckpt, rd.checkpoint)
-    rd.done.unlink()
-    rd.final.unlink()
-    assert run(cfg)["status"] == "done"
-    assert f"trained with {torch.get_num_threads() + 3} threads and resumes with {torch.get_num_threads()}" in (
-        rd.log.read_text()
-    )
+def test_a_run_computes_with_the_threads_its_config_names_and_keeps_no_lease_dir(tiny):
+    """trainer.threads=auto is resolved before the run is named (its config records the count);
+    an explicit count is used for the run alone, whatever this process uses."""
+    before = torch.get_num_threads()
+    auto = tiny("trainer.epochs=1")
+    rec = run(auto)
+    rd = run_dir_for(auto)
+    assert rec["status"] == "done" and rec["threads"] == before == rec["config"]["trainer"]["threads"]
+    assert rec["config"]["device"] == "cpu" and not (rd.path / ".lease").exists()
+    other = before + 1
+    rec = run(tiny("trainer.epochs=1", f"trainer.threads={other}"))
+    assert rec["threads"] == other and rec["run_id"] != rd.path.name
+    assert torch.get_num_threads() == before

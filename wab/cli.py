@@ -138,7 +138,7 @@ def train_multirun(overrides: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def app(cfg: DictConfig) -> None:
-        from wab.jobs import job_signals, link_job_logs, set_threads
+        from wab.jobs import job_signals, link_job_logs
         from wab.lease import RunLeased
         from wab.run import plain_config, run, run_dir_for
         from wab.trainer import Interrupted
@@ -151,7 +151,6 @@ def train_multirun(overrides: list[str]) -> int:
             _last_status.append("invalid")
             print("invalid config: " + "; ".join(problems), file=sys.stderr)
             return
-        set_threads(0)
         link_job_logs(cfg)  # job.out and job.err in the run directory, as a sweep's jobs do
         try:
             with job_signals(lambda: cfg):

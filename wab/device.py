@@ -1,6 +1,17 @@
-"""The training device, and host-to-device copies that do not stall it."""
+"""The training device and CPU threads, and host-to-device copies that do not stall it.
+
+Both the device type and, on CPU, the thread count change how results round (another kernel,
+another split of a reduction: 1, 2 and 4 threads give NLLs that differ in the fifth digit on the
+same run). So a run's config holds them explicitly (:func:`resolve_compute`) before its id is
+computed, and :func:`compute_identity` is the part of them the id includes.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +25,57 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
     return torch.device(name)
+
+
+def threads_here() -> int:
+    """The threads ``trainer.threads=auto`` means in this process: the CPUs SLURM gave the job
+    (``SLURM_CPUS_PER_TASK``), else torch's count (the cores, or ``OMP_NUM_THREADS``)."""
+    return int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or torch.get_num_threads()
+
+
+def resolve_compute(cfg: dict[str, Any], gpus: int | None = None, cpus: int | None = None) -> dict[str, Any]:
+    """A copy of a run's config with ``device`` and ``trainer.threads`` explicit: ``auto`` resolved
+    for this process (``gpus``/``cpus`` None), or for a cluster job given ``gpus`` GPUs and
+    ``cpus`` CPUs (a sweep's resources). Explicit values are kept, so resolving twice changes
+    nothing."""
+    device = str(cfg.get("device", "auto"))
+    if device == "auto":
+        cuda = torch.cuda.is_available() if gpus is None else gpus > 0
+        device = "cuda" if cuda else "cpu"
+    trainer = cfg["trainer"]
+    threads = trainer.get("threads", "auto")
+    if threads == "auto":
+        threads = threads_here() if cpus is None else cpus
+    return {**cfg, "device": device, "trainer": {**trainer, "threads": threads}}
+
+
+def compute_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What of the device and threads a run's id includes: ``{"device": "cuda"}`` on a GPU,
+    ``{"threads": k}`` on k > 1 CPU threads, nothing on one CPU thread (so runs on one, such as
+    the reference study's, keep the ids they had before threads counted). An unresolved ``auto``
+    (in a record from before) counts as one CPU thread."""
+    if str(cfg.get("device", "auto")).startswith("cuda"):
+        return {"device": "cuda"}
+    threads = (cfg.get("trainer") or {}).get("threads", "auto")
+    return {"threads": threads} if isinstance(threads, int) and threads > 1 else {}
+
+
+def device_name(device: str) -> str:
+    """``cpu``, or the GPU's model (recorded: GPUs of another model may round differently)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+@contextlib.contextmanager
+def using_threads(threads: int) -> Iterator[None]:
+    """torch computes with ``threads`` CPU threads inside the block (as many as the run's id says)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def to_device(x: Tensor | np.ndarray, device: torch.device) -> Tensor:

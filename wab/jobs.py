@@ -1,6 +1,6 @@
 """What a sweep's job runs on its node: one run (:class:`RunJob`, a SLURM array task) or a pool
 worker going through many (:class:`PoolWorker`: the local pool, and SLURM sweeps larger than one
-array), its threads, its log links, and what a signal does (:func:`job_signals`). Submitted by
+array), its log links, and what a signal does (:func:`job_signals`). Submitted by
 :mod:`wab.sweep`, also used by ``wab train -m`` (the hydra path).
 """
 
@@ -14,19 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import submitit
-import torch
 
 from wab.lease import RunLeased, read_lease
 from wab.run import run, run_dir_for
 from wab.status import FINISHED
 from wab.trainer import Interrupted, clear_stop, request_stop
-
-
-def set_threads(threads: int) -> None:
-    """Use the CPUs the job asked for (``cpus_per_task``), not every core of the node."""
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 def link_job_logs(cfg: dict[str, Any]) -> None:
@@ -54,8 +46,7 @@ class RunJob(submitit.helpers.Checkpointable):
     (see :func:`job_signals` for what a signal does). A run another live process holds (a
     relaunch raced a running job) is left to it."""
 
-    def __call__(self, cfg: dict[str, Any], threads: int = 0) -> str:
-        set_threads(threads)
+    def __call__(self, cfg: dict[str, Any]) -> str:
         if cfg["population"].get("backend") == "distributed":  # one task per process of the run
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if int(os.environ.get("RANK", 0)) == 0:
@@ -76,8 +67,7 @@ class PoolWorker(submitit.helpers.Checkpointable):
     and trains each one that is not finished and that no other worker holds (the run's lease
     decides), so at most that many runs train at once and none twice."""
 
-    def __call__(self, cfgs: list[dict[str, Any]], threads: int = 0) -> list[str]:
-        set_threads(threads)
+    def __call__(self, cfgs: list[dict[str, Any]]) -> list[str]:
         if any(c["population"].get("backend") == "distributed" for c in cfgs):  # a SLURM pool of multi-task workers
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         current: list[dict[str, Any]] = [{}]

@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
+from wab.device import compute_identity
+
 # Config keys that do not change a run's results, so they stay out of its identity.
 NOT_HASHED = (
     ("out_dir",),
-    ("device",),
+    ("device",),  # its type enters as "compute" (wab.device.compute_identity), with the CPU threads
     ("data", "root"),
     ("data", "download"),
     ("population", "backend"),
@@ -31,6 +33,7 @@ NOT_HASHED = (
     ("trainer", "eval_batch_size"),
     ("trainer", "loggers"),
     ("trainer", "target_acc"),
+    ("trainer", "threads"),
 )
 
 # Keys that change how results round (another kernel), hashed only when they differ from their
@@ -42,7 +45,9 @@ HASHED_UNLESS_DEFAULT = {
 
 
 def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a resolved config (a plain dict) without the keys in NOT_HASHED: what makes a run."""
+    """A copy of a resolved config (a plain dict) without the keys in NOT_HASHED: what makes a run.
+    Where the device or thread count changes how results round, ``compute`` says which."""
+    compute = compute_identity(cfg)
     cfg = json.loads(json.dumps(cfg, default=str))
     defaults = [path for path, value in HASHED_UNLESS_DEFAULT.items() if _get(cfg, path) in (value, None)]
     for path in (*NOT_HASHED, *defaults):
@@ -51,7 +56,7 @@ def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(path[-1], None)
-    return cfg
+    return {**cfg, "compute": compute} if compute else cfg
 
 
 def _get(cfg: dict[str, Any], path: tuple[str, ...]) -> Any:

@@ -24,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from wab.cost import run_flops, time_to_target
+from wab.device import device_name, resolve_compute, using_threads
 from wab.distributed import LocalComm, launch_problems
 from wab.distributed import init as init_distributed
 from wab.lease import Lease, LeaseLost, RunLeased
@@ -41,9 +42,11 @@ METRIC_KEYS = (
 
 
 def plain_config(cfg: dict | DictConfig) -> dict[str, Any]:
+    """A plain dict with the device and CPU threads explicit (``auto`` resolved for this process,
+    :func:`wab.device.resolve_compute`): the config a run records and is named by."""
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return cfg
+        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return resolve_compute(cfg)  # type: ignore[arg-type]
 
 
 def run_dir_for(cfg: dict | DictConfig) -> RunDir:
@@ -71,6 +74,12 @@ def run(cfg: dict | DictConfig) -> dict:
     cfg = plain_config(cfg)
     rd = run_dir_for(cfg)
     group = process_group(cfg)
+    names = group.all_gather_objects(rd.path.name)
+    if len(set(names)) > 1:  # e.g. trainer.threads=auto resolved differently: nothing made yet
+        raise InvalidConfig([
+            f"the processes of this run resolve different run ids ({', '.join(sorted(set(names)))}): their device "
+            f"or CPU thread count differ; set device and trainer.threads (now {cfg['trainer']['threads']}) explicitly"
+        ])  # fmt: skip
     main = group.rank == 0
     decision, lease, leased = "train", None, None
     if main:
@@ -99,7 +108,8 @@ def run(cfg: dict | DictConfig) -> dict:
             if main and rd.done.exists():  # finished, but its record is unreadable: write it again
                 log.warning("%s: %s; writing it again from the run's last checkpoint", rd.path.name, rd.final_problem())
                 rd.done.unlink()
-            return _train(cfg, rd, lease, main)
+            with using_threads(cfg["trainer"]["threads"]):
+                return _train(cfg, rd, lease, main)
     finally:
         if lease is not None:
             lease.release()
@@ -230,6 +240,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         **provenance(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device_name": device_name(cfg["device"]),
     }
     if alone:
         trainer.loggers.close()

@@ -31,6 +31,7 @@ import yaml
 
 from wab import CONFIG_DIR
 from wab.config import format_value
+from wab.device import resolve_compute
 from wab.errors import UserError, did_you_mean, directory_problem
 from wab.jobs import PoolWorker, RunJob, run_unless_leased
 from wab.records import RunDir, atomic_write_json, run_id
@@ -139,7 +140,8 @@ def expand(spec: SweepSpec) -> list[list[str]]:
 
 
 def plan(spec: SweepSpec, check: bool = True, gpus: int | None = None) -> list[PlannedRun]:
-    """Every run of the sweep, with its resolved config and id (duplicates removed). With
+    """Every run of the sweep, with its resolved config and id (duplicates removed): the device
+    and CPU threads a run leaves at ``auto`` are those of its jobs' ``resources``. With
     ``check``, each run's ``problems`` lists what :func:`wab.validate.check_config` finds
     (``gpus``: per job on a cluster; None: this machine's devices); a point whose overrides do
     not even compose gets its error there and no config."""
@@ -150,6 +152,7 @@ def plan(spec: SweepSpec, check: bool = True, gpus: int | None = None) -> list[P
         except InvalidConfig as e:
             runs.append(PlannedRun("-", overrides, {}, e.problems))
             continue
+        cfg = resolve_compute(cfg, int(spec.resources["gpus_per_node"]), int(spec.resources["cpus_per_task"]))
         rid = run_id(cfg)
         if rid in seen:
             continue
@@ -254,24 +257,22 @@ def _alive_arrays(manifest: dict) -> list[str]:
     return sorted(out)
 
 
-def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict, threads: int) -> dict[str, Any]:
+def _submit_slurm(spec: SweepSpec, todo: list[PlannedRun], previous: dict) -> dict[str, Any]:
     """One job array with a task per run (waiting for the sweep's arrays still alive from earlier
     launches, so ``array_parallelism`` caps the runs at once across relaunches). More runs than
     ``MaxArraySize``: a pool (:func:`_submit_slurm_pool`)."""
     size = max_array_size()
     waited_for = _alive_arrays(previous)
     if size is not None and len(todo) > size:
-        return _submit_slurm_pool(spec, todo, waited_for, threads, size)
+        return _submit_slurm_pool(spec, todo, waited_for, size)
     executor = make_executor(spec, "slurm", dependency=waited_for)
     with executor.batch():
-        submitted = [executor.submit(RunJob(), p.config, threads) for p in todo]
+        submitted = [executor.submit(RunJob(), p.config) for p in todo]
     jobs = {p.run_id: j.job_id for p, j in zip(todo, submitted)}
     return {"jobs": jobs, "arrays": [submitted[0].job_id.split("_")[0]], "waited_for": waited_for}
 
 
-def _submit_slurm_pool(
-    spec: SweepSpec, todo: list[PlannedRun], waited_for: list[str], threads: int, size: int
-) -> dict[str, Any]:
+def _submit_slurm_pool(spec: SweepSpec, todo: list[PlannedRun], waited_for: list[str], size: int) -> dict[str, Any]:
     """More runs than one array may hold: one array of ``array_parallelism`` workers, each going
     through every run (from its own starting point) and training those no other worker holds,
     as the local pool does. Chained arrays would leave slots idle at each array's end while its
@@ -284,13 +285,13 @@ def _submit_slurm_pool(
     executor = make_executor(spec, "slurm", dependency=waited_for, timeout_min=float(r["timeout_min"]) * share)
     cfgs = [p.config for p in todo]
     with executor.batch():
-        submitted = [executor.submit(PoolWorker(), cfgs[w * share :] + cfgs[: w * share], threads)
+        submitted = [executor.submit(PoolWorker(), cfgs[w * share :] + cfgs[: w * share])
                      for w in range(workers)]  # fmt: skip
     return {"jobs": {}, "workers": [j.job_id for j in submitted], "arrays": [submitted[0].job_id.split("_")[0]],
             "waited_for": waited_for}  # fmt: skip
 
 
-def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict[str, Any]:
+def _submit_local(spec: SweepSpec, todo: list[PlannedRun]) -> dict[str, Any]:
     """A pool of at most ``array_parallelism`` workers (one per ``gpus_per_node`` GPUs)."""
     r = spec.resources
     per_gpu = int(r["gpus_per_node"])
@@ -301,7 +302,7 @@ def _submit_local(spec: SweepSpec, todo: list[PlannedRun], threads: int) -> dict
         executor = make_executor(spec, "local", timeout_min=float(r["timeout_min"]) * per_worker)
         if per_gpu:
             executor.update_parameters(visible_gpus=list(range(w * per_gpu, (w + 1) * per_gpu)))
-        jobs.append(executor.submit(PoolWorker(), [p.config for p in todo], threads))
+        jobs.append(executor.submit(PoolWorker(), [p.config for p in todo]))
     return {"jobs": {}, "workers": [j.job_id for j in jobs]}
 
 
@@ -370,7 +371,6 @@ def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
     todo = [p for p in runs if states[p.run_id] not in FINISHED + BUSY]
     if select != "all":
         todo = [p for p in todo if (states[p.run_id] == "failed") == (select == "failed")]
-    threads = int(r["cpus_per_task"])
     now = time.time()
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "t": now, "cluster": cluster, "host": socket.gethostname(),
@@ -378,9 +378,9 @@ def launch(spec: SweepSpec, cluster: str, select: str = "all") -> Launch:
         "submitted": len(todo), "left_alone": {s: sum(v == s for v in states.values()) for s in BUSY}, "jobs": {},
     }  # fmt: skip
     if todo and cluster == "local":
-        record.update(_submit_local(spec, todo, threads))
+        record.update(_submit_local(spec, todo))
     elif todo and cluster == "slurm":
-        record.update(_submit_slurm(spec, todo, previous, threads))
+        record.update(_submit_slurm(spec, todo, previous))
     manifest = _manifest(spec, runs, states, {p.run_id for p in todo}, previous, record)
     atomic_write_json(spec.out_dir / MANIFEST, manifest)
     if cluster == "debug":

@@ -352,7 +352,6 @@ class Trainer:
             "lr": s.lr,
             "wall_time_s": self.wall_time(),
             "eval_time_s": self.eval_time_total(),
-            "threads": torch.get_num_threads(),
             "epoch_losses": self.epoch_losses,
             "shards": name,
             "state": skeleton,
@@ -400,13 +399,6 @@ class Trainer:
         s.step, s.epoch, s.epoch_step, s.lr = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["lr"]
         self.wall_before = ckpt["wall_time_s"]
         self.eval_before = float(ckpt.get("eval_time_s", 0.0))
-        threads = ckpt.get("threads")
-        if threads is not None and threads != torch.get_num_threads():
-            log.warning(
-                "this run trained with %d threads and resumes with %d: CPU results are bit-for-bit only with the "
-                "same thread count, so from here it may differ from an uninterrupted run", threads,
-                torch.get_num_threads(),
-            )  # fmt: skip
         self.epoch_losses = list(ckpt["epoch_losses"])
         pop = self.population
         lo, hi = pop.local_indices.start, pop.local_indices.stop

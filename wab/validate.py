@@ -70,6 +70,8 @@ def _kind(default: Any, key: str) -> tuple[str, Any] | None:
         return None
     if key == "population.member_augment":
         return "a list of overrides or a named population", lambda v: isinstance(v, list | str)
+    if key == "trainer.threads":
+        return "auto or a number of threads >= 1", lambda v: v == "auto" or (type(v) is int and v >= 1)
     if default == "auto" and key != "device":
         return "auto, true or false", lambda v: v == "auto" or isinstance(v, bool)
     if isinstance(default, bool):
