@@ -4,26 +4,30 @@ Learns the averaging coefficients of K candidate weight vectors instead of fixin
 candidates are the N final members (``candidates: members``), per-epoch snapshots of every
 member from ``snapshot_start`` on (``snapshots``), or both.
 
-- ``variant: t`` (ICLR, TWA-t): Gram-Schmidt the K flattened candidates into an orthonormal basis
-  P (K x D, by a reduced QR); start from the uniform mean; train on the training split with
-  projected SGD, the gradient g replaced by P^T (P g), momentum 0.9, weight decay 1e-5, lr 2
-  (a projected step) times 0.1 at the authors' epochs [int(0.5 E), int(0.75 E + 0.9)] (5 and 8
-  of 10).
+- ``variant: t`` (ICLR, TWA-t): start from the uniform mean; train on the training split with
+  projected SGD, the gradient g replaced by its projection onto the candidates' span, momentum
+  0.9, weight decay 1e-5, lr 2 (a projected step) times 0.1 at the authors' epochs
+  [int(0.5 E), int(0.75 E + 0.9)] (5 and 8 of 10). The authors Gram-Schmidt the K flattened
+  candidates C into an orthonormal P and project by P^T (P g); here the same projector is
+  C^T G^+ (C g) with G = C C^T, which needs no process to hold more than its own candidates.
 - ``variant: v`` (journal, TWA-v): centre the candidates on their mean, split them into blocks
   (one per parameter tensor) and L2-normalise each block; coefficients X (K x blocks) start at 0,
   which is exactly the uniform average; train X on the held-out split with AdamW lr 1e-3,
   cosine with 20% warm-up.
 
 Either way the buffers of the result are the members' mean and are recalibrated before the test
-evaluation. Not implemented: the journal's optional low-bit basis. Communication: the candidates
-are gathered once at the end (D per member, recorded as ``twa_gather``). On several processes
-each holds its members' snapshots; the candidates are gathered on the main process alone, which
-fits the coefficients and sends the result to the others.
+evaluation. Not implemented: the journal's optional low-bit basis. Communication: the ledger
+counts the paper's gather of the candidates once at the end (D per candidate of a member,
+``twa_gather``). On several processes each keeps its members' candidates: the main process
+computes each step's gradient and sends it; each process adds its candidates' part to the step
+(:meth:`Population.combine_rows`, the same bits on any number of processes), so per-process
+memory stays that of its own candidates (what moves is in the record's ``comm.measured``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -58,10 +62,14 @@ class FlatModel:
         return self.module
 
 
-def orthonormal_basis(candidates: Tensor) -> Tensor:
-    """P (K x D) with orthonormal rows spanning the candidates (Gram-Schmidt via reduced QR)."""
-    q, _ = torch.linalg.qr(candidates.double().t(), mode="reduced")
-    return q.t().to(candidates.dtype)
+def pseudo_inverse(gram: Tensor) -> Tensor:
+    """G^+ of a symmetric positive semi-definite Gram matrix (eigenvalues below K eps of the
+    largest count as 0: candidates that repeat another, e.g. a final member and its last
+    snapshot, add no direction)."""
+    values, vectors = torch.linalg.eigh(gram)
+    keep = values > values.max() * len(values) * torch.finfo(values.dtype).eps
+    inverse = torch.where(keep, 1 / values.where(keep, torch.ones_like(values)), torch.zeros_like(values))
+    return (vectors * inverse) @ vectors.t()
 
 
 def block_basis(candidates: Tensor, mean: Tensor, block_of: Tensor, num_blocks: int) -> Tensor:
@@ -80,11 +88,6 @@ def twa_t_milestones(epochs: int) -> list[int]:
 def twa_t_lr(lr0: float, epoch: int, epochs: int) -> float:
     """The lr of 0-based TWA-t epoch ``epoch`` (a MultiStepLR stepped per epoch, gamma 0.1)."""
     return lr0 * 0.1 ** sum(epoch >= m for m in twa_t_milestones(epochs))
-
-
-def twa_v_weights(mean: Tensor, basis: Tensor, coeffs: Tensor, block_of: Tensor) -> Tensor:
-    """theta = mean + sum_k X[k, block(j)] * basis[k, j]."""
-    return mean + (coeffs[:, block_of] * basis).sum(0)
 
 
 @register("twa")
@@ -112,19 +115,22 @@ class Twa(Method):
         if self.source != "members" and run.epoch + 1 >= self.snapshot_start:  # each process, its members'
             self.snapshots.append(run.population.params[0].detach().clone())
 
-    def candidates(self, run: RunState) -> Tensor | None:
-        """The K candidates [K, D], on the main process only (None on the others): members, then
-        each epoch's snapshots of every member, in member order."""
+    def candidates(self, run: RunState) -> Tensor:
+        """This process's candidates [r n_local, D], each member's r together: its final weights,
+        then its snapshots in epoch order."""
         pop = run.population
         parts = [pop.params[0]] if self.source != "snapshots" or not self.snapshots else []
         parts += self.snapshots if self.source != "members" else []
-        rows = [pop.rows_on(p, 0, "twa_gather") for p in parts]
-        return torch.cat(rows) if pop.comm.rank == 0 else None
+        return torch.stack(parts, 1).reshape(-1, pop.params[0].shape[1])
 
-    def _batches(self, run: RunState, split: str, batch_size: int):
-        """Full batches of a split in a fresh random order (at least one batch)."""
+    def _batches(self, run: RunState, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor] | None]:
+        """Full batches of a split in a fresh random order (at least one batch), on the main
+        process; on the others None for each (they get each step's gradient from the main one)."""
         data = getattr(run.data, split)
         batch_size = min(batch_size, len(data))
+        if run.population.comm.rank != 0:
+            yield from [None] * (len(data) // batch_size)
+            return
         order = torch.randperm(len(data), generator=run.rng).to(data.y.device)
         for a in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[a : a + batch_size]
@@ -132,14 +138,12 @@ class Twa(Method):
 
     def finalize(self, run: RunState) -> dict:
         pop = run.population
-        run.ledger.record("twa_gather", pop.num_params, pop.params[0].element_size(), "all_gather")
         cands = self.candidates(run)
+        per_member = len(cands) // len(pop.members)
+        run.ledger.record("twa_gather", per_member * pop.num_params, pop.params[0].element_size(), "all_gather")
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()
-        theta = torch.empty_like(pop.params[0][0])
-        if cands is not None:  # fitted once, by the main process, then sent to the others
-            theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
-        theta = pop.comm.broadcast(theta.contiguous(), 0, "twa_result")
+        theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
         model = fm.to_module(theta)
         if self.variant == "v":  # fitted on the held-out split: say what that split can tell apart
             self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
@@ -149,34 +153,50 @@ class Twa(Method):
         return {"candidates": self.source, "variant": self.variant, **({"selection": self.selection}
                                                                        if self.selection else {})}  # fmt: skip
 
+    def _gradient(self, run: RunState, fm: FlatModel, theta: Tensor, batch: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The loss gradient at theta on a batch: computed by the main process, sent to the others."""
+        g = torch.empty_like(theta)
+        if batch is not None:
+            x, y = batch
+            leaf = theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(fm(leaf, x), y), leaf)
+        return run.population.comm.broadcast(g.contiguous(), 0, "twa_gradient")
+
     def train_t(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
-        c = self.cfg
-        basis = orthonormal_basis(cands)
-        theta = cands.mean(0).clone()
+        c, pop = self.cfg, run.population
+        inverse = pseudo_inverse(pop.gram(cands, "twa_gram"))  # the projector is C^T G^+ C
+        theta = pop.combine_rows(cands, torch.full((len(cands),), 1 / len(inverse)), "twa_step").to(cands.dtype)
         buf = torch.zeros_like(theta)
         epochs, bs = int(c["epochs"]), int(c["batch_size"])
         lr0, wd, mom = float(c["lr"]), float(c["weight_decay"]), float(c["momentum"])
         for epoch in run.bar(range(epochs), "TWA-t epochs"):
             lr = twa_t_lr(lr0, epoch, epochs)
-            for x, y in self._batches(run, "train", bs):
-                theta.requires_grad_(True)
-                (g,) = torch.autograd.grad(F.cross_entropy(fm(theta, x), y), theta)
-                theta = theta.detach()
-                g = g + wd * theta
-                g = basis.t() @ (basis @ g)
+            for batch in self._batches(run, "train", bs):
+                g = (self._gradient(run, fm, theta, batch) + wd * theta).double()
+                dots = pop.all_rows(torch.stack([torch.dot(k.double(), g) for k in cands]), "twa_dots")
+                mine = (inverse @ dots)[self._offset(run, len(cands)) :][: len(cands)]
+                g = pop.combine_rows(cands, mine, "twa_step").to(theta.dtype)
                 buf.mul_(mom).add_(g)
                 theta.sub_(buf, alpha=lr)
-        return theta.detach()
+        return theta
+
+    @staticmethod
+    def _offset(run: RunState, rows: int) -> int:
+        """Where this process's rows start among every member's (each member holds as many)."""
+        pop = run.population
+        return pop.local_indices.start * rows // len(pop.members)
 
     def train_v(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
         c = self.cfg
         pop = run.population
-        mean = cands.mean(0)
-        block_of = torch.cat(
-            [torch.full((s.numel,), i, dtype=torch.long) for i, s in enumerate(pop.param_segments)]
-        ).to(mean.device)
-        basis = block_basis(cands, mean, block_of, len(pop.param_segments))
-        coeffs = torch.zeros(len(cands), len(pop.param_segments), device=mean.device, requires_grad=True)
+        segments = pop.param_segments
+        total_rows = len(cands) * pop.size // len(pop.members)
+        mean = pop.combine_rows(cands, torch.full((len(cands),), 1 / total_rows), "twa_step").to(cands.dtype)
+        block_of = torch.cat([torch.full((s.numel,), i, dtype=torch.long) for i, s in enumerate(segments)])
+        block_of = block_of.to(mean.device)
+        basis = block_basis(cands, mean, block_of, len(segments))
+        mine = slice(self._offset(run, len(cands)), self._offset(run, len(cands)) + len(cands))
+        coeffs = torch.zeros(total_rows, len(segments), device=mean.device, requires_grad=True)
         opt = torch.optim.AdamW([coeffs], lr=float(c["lr_v"]), weight_decay=float(c["weight_decay_v"]))
         epochs, bs = int(c["epochs"]), min(int(c["batch_size"]), len(run.data.heldout))
         total = epochs * max(1, len(run.data.heldout) // bs)
@@ -185,14 +205,21 @@ class Twa(Method):
             opt,
             lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))),
         )
+
+        def weights() -> Tensor:  # theta = mean + sum_k X[k, block(j)] * basis[k, j]
+            return mean + pop.combine_rows(basis, coeffs.detach()[mine][:, block_of], "twa_step").to(mean.dtype)
+
+        theta = weights()
         for _ in run.bar(range(epochs), "TWA-v epochs"):
-            for x, y in self._batches(run, "heldout", bs):
-                opt.zero_grad()
-                F.cross_entropy(fm(twa_v_weights(mean, basis, coeffs, block_of), x), y).backward()
+            for batch in self._batches(run, "heldout", bs):
+                g = self._gradient(run, fm, theta, batch).double()  # dL/dX[k, b] = <g, basis[k]> over block b
+                local = torch.stack([torch.stack([torch.dot(g[s.start : s.stop], k[s.start : s.stop].double())
+                                                  for s in segments]) for k in basis])  # fmt: skip
+                coeffs.grad = pop.all_rows(local, "twa_dots").to(coeffs.dtype)
                 opt.step()
                 sched.step()
-        with torch.no_grad():
-            return twa_v_weights(mean, basis, coeffs, block_of)
+                theta = weights()
+        return theta
 
     def state_dict(self) -> dict:
         return {"snapshots": [MemberRows(s) for s in self.snapshots]}

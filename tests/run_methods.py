@@ -7,7 +7,7 @@ from wab.config import compose_config, method_override
 from wab.run import run
 
 TINY = ["data=digits", "model.width=4", "population.size=4", "trainer.epochs=2", "trainer.batch_size=128",
-        "trainer.progress=false", "trainer.lmc_points=3", "device=cpu"]  # fmt: skip
+        "trainer.progress=false", "trainer.lmc_points=3", "device=cpu", "trainer.threads=1"]  # fmt: skip
 EXTRA = {
     "independent": ["population.finalizers=[rebasin,greedy_soup]"],
     "dart": ["method.every_steps=5"],
@@ -16,6 +16,7 @@ EXTRA = {
     "papa_2": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
     "swa": ["method.start=0.5"],
     "twa": ["method.epochs=1", "method.candidates=both", "method.snapshot_start=0.5"],
+    "twa_t": ["method.epochs=1", "method.candidates=both", "method.snapshot_start=0.5", "method.variant=t"],
     "wash": ["method.p=0.1"],
     "wash_opt": ["method.p=0.1"],
     "local_sgd": ["method.every_steps=3"],
@@ -24,15 +25,22 @@ EXTRA = {
     "gossip": ["method.topology=random_peer"],
     "lookaround": ["method.every_steps=3"],
 }
-METHODS = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
-           "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
+METHODS = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "twa_t",
+           "soups", "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
 
 
 def configs(out_dir: str, backend: str) -> dict[str, dict]:
+    """{label: config}: a label is a method, or a method and its variant (``twa_t``)."""
     return {
         m: compose_config(
-            [method_override(m), *TINY, *EXTRA.get(m, []), f"population.backend={backend}", f"out_dir={out_dir}"]
-        )
+            [
+                method_override(m.removesuffix("_t")),
+                *TINY,
+                *EXTRA.get(m, []),
+                f"population.backend={backend}",
+                f"out_dir={out_dir}",
+            ]
+        )  # fmt: skip
         for m in METHODS
     }
 

@@ -17,8 +17,9 @@ import torch.distributed as dist
 from wab.analysis.collect import collect_runs
 from wab.analysis.tables import summary_tables
 from wab.population import member_slice
+from wab.run import run_dir_for
 
-from .run_methods import METHODS
+from .run_methods import configs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch.distributed without gloo")
@@ -67,17 +68,17 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
         p = subprocess.run(_torchrun(procs, script, str(out), "distributed"), env=ENV, capture_output=True, text=True,
                            timeout=900)  # fmt: skip
         assert p.returncode == 0, p.stderr[-3000:]
-        for method in METHODS:
-            run_dir = next(out.glob(f"{method}-*"))
-            ref = json.loads(next((tmp_path / "local").glob(f"{run_dir.name}/final.json")).read_text())
-            got = json.loads((run_dir / "final.json").read_text())  # the same run id: backend is not hashed
+        for method, cfg in configs(str(out), "distributed").items():
+            run_dir = run_dir_for(cfg).path  # the same run id as the local run's: the backend is not hashed
+            ref = json.loads((tmp_path / "local" / run_dir.name / "final.json").read_text())
+            got = json.loads((run_dir / "final.json").read_text())
             assert got["status"] == "done", (method, got.get("error"))
             _same(got["metrics"], ref["metrics"], method)
             _same(got["method_report"], ref["method_report"], method)
             measured = got["comm"].pop("measured")
             ref["comm"].pop("measured", None)
             _same(got["comm"], ref["comm"], method)  # the analytic ledger is the backend's business neither
-            if ref["comm"]["elements_total"] > 0 and method not in ("soups", "twa"):
+            if ref["comm"]["elements_total"] > 0 and method not in ("soups", "twa", "twa_t"):
                 assert measured["bytes_per_member_per_step"] > 0, method
             assert measured["processes"] == [procs]
             for ops in measured["bytes"].values():  # what one process sends, the others receive
@@ -104,7 +105,7 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
                 got_sd = torch.load(run_dir / "models" / f"{name}.pt", weights_only=True)
                 ref_sd = torch.load(ref_dir / f"{name}.pt", weights_only=True)
                 assert all(torch.equal(got_sd[k], ref_sd[k]) for k in ref_sd), (method, name)
-        assert len(list(out.glob("*-*"))) == len(METHODS)
+        assert len(list(out.glob("*-*"))) == len(configs(str(out), "distributed"))
         df, _ = collect_runs(out)
         (table,) = summary_tables(df).values()  # the report shows the wire beside the ledger
         wash = table.rows.set_index("method").loc["wash (p=0.1)"]
@@ -217,6 +218,14 @@ def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):
     p = subprocess.run(_torchrun(2, *train, "population.size=1", "population.backend=distributed"), env=ENV,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode != 0 and "population.size=1 is smaller than the 2 processes" in p.stderr, p.stderr[-2000:]
+    # processes with other CPU thread counts would name (and round) the run differently
+    script = tmp_path.parent / "threads_by_rank.py"
+    script.write_text("import os, sys, torch\nfrom wab.cli import main\n"
+                      "torch.set_num_threads(1 + int(os.environ['RANK']))\nsys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    p = subprocess.run(_torchrun(2, str(script), *train[2:], "population.size=2", "population.backend=distributed"),
+                       env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode != 0 and "resolve different run ids" in p.stderr, p.stderr[-2000:]
+    assert "set device and trainer.threads" in p.stderr and "wab/run.py" not in p.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 

@@ -14,7 +14,7 @@ from wab.methods.papa_2 import Papa2, pair_mixing_matrix
 from wab.methods.papa_all import PapaAll, merge_epochs
 from wab.methods.soups import greedy_ingredients
 from wab.methods.swa import Swa
-from wab.methods.twa import block_basis, orthonormal_basis, twa_v_weights
+from wab.methods.twa import block_basis, pseudo_inverse
 from wab.methods.wash import Wash, layer_probabilities, random_permutations, sample_positions
 from wab.methods.wash_opt import WashOpt
 from wab.run import run, run_dir_for
@@ -362,18 +362,39 @@ def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------- TWA
-def test_twa_coefficients_at_their_initial_value_give_the_uniform_average():
+def test_rows_of_every_member_combine_one_at_a_time_in_float64(tiny):
+    """Population.combine_rows and gram, which TWA fits with (the same bits on any number of
+    processes: tests/test_distributed.py)."""
+    _, state = make_run(tiny, "population.size=3")
+    pop = state.population
     gen = torch.Generator().manual_seed(0)
-    cands = torch.randn(4, 50, generator=gen)
+    rows, weights = torch.randn(6, 50, generator=gen), torch.randn(6, generator=gen)  # two rows per member
+    expected = torch.zeros(50, dtype=torch.float64)
+    for row, w in zip(rows, weights):
+        expected += row.double() * w.double()
+    assert torch.equal(pop.combine_rows(rows, weights), expected)
+    per_element = torch.randn(6, 50, generator=gen)
+    assert torch.equal(pop.combine_rows(rows, per_element), (rows.double() * per_element.double()).cumsum(0)[-1])
+    gram = pop.gram(rows)
+    assert torch.equal(gram, gram.t())
+    torch.testing.assert_close(gram, rows.double() @ rows.double().t())
+    with pytest.raises(ValueError, match="give each the same number"):
+        pop.combine_rows(rows[:5], weights[:5])
+
+
+def test_twa_projection_is_onto_the_candidates_span_and_its_coefficients_start_at_the_uniform_average():
+    gen = torch.Generator().manual_seed(0)
+    cands = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    cands = torch.cat([cands, cands[:1]])  # a repeated candidate (a member and its last snapshot)
+    q, _ = torch.linalg.qr(cands[:4].t(), mode="reduced")  # the authors' Gram-Schmidt basis
+    g = torch.randn(50, generator=gen, dtype=torch.float64)
+    projected = cands.t() @ (pseudo_inverse(cands @ cands.t()) @ (cands @ g))
+    torch.testing.assert_close(projected, q @ (q.t() @ g))
     block_of = torch.tensor([0] * 20 + [1] * 30)
     mean = cands.mean(0)
     basis = block_basis(cands, mean, block_of, 2)
-    assert torch.equal(twa_v_weights(mean, basis, torch.zeros(4, 2), block_of), mean)
     for k in range(4):  # each block of each candidate has unit norm
-        assert basis[k, :20].norm() == pytest.approx(1, abs=1e-5) and basis[k, 20:].norm() == pytest.approx(1, abs=1e-5)
-    p = orthonormal_basis(cands)
-    torch.testing.assert_close(p @ p.t(), torch.eye(4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(p.t() @ (p @ mean), mean, atol=1e-5, rtol=0)  # the mean lies in the span
+        assert basis[k, :20].norm() == pytest.approx(1) and basis[k, 20:].norm() == pytest.approx(1)
 
 
 @pytest.mark.parametrize("variant", ["v", "t"])
@@ -393,6 +414,10 @@ def test_twa_training_lowers_the_loss_it_trains_on(tiny, variant):
     twa.cfg.update({"epochs": 3, "lr": 0.5})
     trained = twa.finalize(state)["twa"]
     assert loss(trained) < loss(uniform)
+    if variant == "t":  # projected SGD never leaves the candidates' span
+        theta = pop.state_of(trained)[0][0].double()
+        q, _ = torch.linalg.qr(twa.candidates(state).double().t(), mode="reduced")
+        assert (theta - q @ (q.t() @ theta)).norm() < 1e-5 * theta.norm()
     if variant == "v":  # fitted on the held-out split: the report says how large it is and what it can resolve
         sel = twa.report()["selection"]
         assert sel["heldout_size"] == len(state.data.heldout) and sel["heldout_acc"] == ev.accuracy(trained)

@@ -180,14 +180,61 @@ class Population:
         """The rank that holds member i."""
         return next(r for r in range(self.comm.world) if i in member_slice(self._size, r, self.comm.world))
 
+    def _row_counts(self, local: Tensor) -> list[int]:
+        """Rows per process of a tensor holding the same number of rows for each local member."""
+        per, left = divmod(len(local), len(self.members))
+        if left or not per:
+            raise ValueError(f"{len(local)} rows for {len(self.members)} local members: give each the same number")
+        return [c * per for c in self._counts]
+
     def all_rows(self, local: Tensor, op: str = "") -> Tensor:
-        """A tensor with one row per local member, as [N, ...] rows of every member."""
-        return self.comm.all_gather_rows(local, self._counts, op)
+        """A tensor with r rows per local member (each member's together), as the rows of every
+        member [r N, ...] in member order."""
+        return self.comm.all_gather_rows(local, self._row_counts(local), op)
 
     def rows_on(self, local: Tensor, dst: int = 0, op: str = "") -> Tensor | None:
-        """Rows of every member [N, ...] on process ``dst`` alone (None on the others): for work
-        done once, whose result is then broadcast (TWA's fit)."""
-        return self.comm.gather_rows(local, self._counts, dst, op)
+        """The rows of every member, as :meth:`all_rows`, on process ``dst`` alone (None on the
+        others): for work done once, whose result is then broadcast."""
+        return self.comm.gather_rows(local, self._row_counts(local), dst, op)
+
+    @torch.no_grad()
+    def combine_rows(self, local: Tensor, weights: Tensor, op: str = "") -> Tensor:
+        """sum_k weights[k] * rows[k] over the rows of every member ([r n_local, ...] here, each
+        member's r rows together; ``weights`` one scalar or one row per row), in float64, added
+        one row at a time in member order: the same bits on any number of processes. Each
+        process adds its rows to the running sum the previous one sends it; the last sends the
+        total to all (``op`` names the passes, ``op_total`` the last send). No process holds
+        more than its own rows."""
+        self._row_counts(local)
+        comm = self.comm
+        total = torch.zeros(local.shape[1:], dtype=torch.float64, device=local.device)
+        if comm.rank > 0:
+            comm.exchange([], [(total, comm.rank - 1)], op)
+        for row, w in zip(local, weights):
+            total += row.double() * w.double()
+        if comm.rank < comm.world - 1:
+            comm.exchange([(total, comm.rank + 1)], [], op)
+        return comm.broadcast(total, comm.world - 1, f"{op}_total")
+
+    @torch.no_grad()
+    def gram(self, local: Tensor, op: str = "") -> Tensor:
+        """[K, K] float64 dot products of every pair of the rows of every member (``local`` as in
+        :meth:`combine_rows`; K rows in all, in member order), on every process. Each process's
+        rows go to the others in turn, so none holds more than its own rows and one other
+        process's (``op_rows``); each dot is computed alone, the same bits on any number of
+        processes."""
+        counts = self._row_counts(local)
+        starts = [sum(counts[:r]) for r in range(len(counts))]
+        comm, flat = self.comm, local.reshape(len(local), -1)
+        out = torch.zeros(sum(counts), sum(counts), dtype=torch.float64, device=local.device)
+        for src in range(comm.world):
+            block = flat if comm.rank == src else flat.new_empty((counts[src], flat.shape[1]))
+            block = comm.broadcast(block.contiguous(), src, f"{op}_rows").double()
+            for i, row in enumerate(flat):
+                row = row.double()
+                for j, other in enumerate(block):
+                    out[starts[comm.rank] + i, starts[src] + j] = torch.dot(row, other)
+        return comm.all_reduce_sum(out, op)  # each entry was set by one process: exact
 
     def all_members(self, values: list) -> list:
         """A list with one entry per local member, as the list over every member."""
