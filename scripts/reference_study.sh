@@ -34,16 +34,24 @@ while "$wab" status "$out" | tail -1 | grep -qE "running|queued"; do  # until no
   sleep 30
 done
 minutes=$(( ($(date +%s) - start) / 60 ))
-if ! grep -q " 0 submitted" <<< "$launched"; then  # a refresh that trained nothing keeps the study's figures
-"$python" - "$out" "$minutes" <<'EOF'
-import json, os, platform, subprocess, sys
-out, minutes = sys.argv[1], int(sys.argv[2])
+# a launch that trained everything writes the study's figures; one that trained some runs again (their
+# directories removed) adds a refresh to them; one that trained nothing keeps them
+"$python" - "$out" "$minutes" "$(grep -E "^sweep .*: [0-9]+ runs, " <<< "$launched" | tail -1)" <<'EOF'
+import json, os, platform, re, subprocess, sys
+out, minutes, summary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+done, submitted = (int(re.search(p, summary).group(1)) for p in (r"(\d+) already finished", r"(\d+) submitted"))
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-study = {"minutes": minutes, "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "workers": 2,
-         "commit": commit}
-open(os.path.join(out, "study.json"), "w").write(json.dumps(study, indent=1) + "\n")
+path = os.path.join(out, "study.json")
+if submitted and not done or not os.path.exists(path):
+    study = {"minutes": minutes, "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "workers": 2,
+             "commit": commit}
+elif submitted:
+    study = json.load(open(path))
+    study.setdefault("refreshes", []).append({"runs": submitted, "minutes": minutes, "commit": commit})
+else:
+    sys.exit(0)
+open(path, "w").write(json.dumps(study, indent=1) + "\n")
 EOF
-fi
 "$wab" report "$out" --network --versus wash:papa --versus aswa:swa --versus twa:swa
 if [ "$out" = results/reference ]; then
   "$python" scripts/study_verdicts.py

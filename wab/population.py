@@ -229,11 +229,11 @@ class Population:
         out = torch.zeros(sum(counts), sum(counts), dtype=torch.float64, device=local.device)
         for src in range(comm.world):
             block = flat if comm.rank == src else flat.new_empty((counts[src], flat.shape[1]))
-            block = comm.broadcast(block.contiguous(), src, f"{op}_rows").double()
+            block = comm.broadcast(block.contiguous(), src, f"{op}_rows")
             for i, row in enumerate(flat):
                 row = row.double()
-                for j, other in enumerate(block):
-                    out[starts[comm.rank] + i, starts[src] + j] = torch.dot(row, other)
+                for j, other in enumerate(block):  # one row in float64 at a time: no float64 copy of a block
+                    out[starts[comm.rank] + i, starts[src] + j] = torch.dot(row, other.double())
         return comm.all_reduce_sum(out, op)  # each entry was set by one process: exact
 
     def all_members(self, values: list) -> list:
