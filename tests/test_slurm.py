@@ -346,8 +346,13 @@ def test_a_distributed_run_spans_two_slurm_tasks(tmp_path):
 
 def _sleeping_job(name: str) -> str:
     """Another job of this user (sleeping 5 minutes), its id."""
-    out = subprocess.run(["sbatch", "--parsable", "-J", name, "--wrap", "sleep 300"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-J", name, "--output=/dev/null", "--wrap", "sleep 300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # no slurm-<id>.out in the checkout
+
     return out.strip().split(";")[0]
 
 
