@@ -19,9 +19,10 @@ Either way the buffers of the result are the members' mean and are recalibrated 
 evaluation. Not implemented: the journal's optional low-bit basis. Communication: the ledger
 counts the paper's gather of the candidates once at the end (D per candidate of a member,
 ``twa_gather``). On several processes each keeps its members' candidates: the main process
-computes each step's gradient and sends it; each process adds its candidates' part to the step
-(:meth:`Population.combine_rows`, the same bits on any number of processes), so per-process
-memory stays that of its own candidates (what moves is in the record's ``comm.measured``).
+computes each step's gradient and sends it (:meth:`Population.computed_once`); each process
+adds its candidates' part to the step (:meth:`Population.combine_rows`, the same bits on any
+number of processes), so per-process memory stays that of its own candidates (what moves is in
+the record's ``comm.measured``).
 """
 
 from __future__ import annotations
@@ -123,14 +124,10 @@ class Twa(Method):
         parts += self.snapshots if self.source != "members" else []
         return torch.stack(parts, 1).reshape(-1, pop.params[0].shape[1])
 
-    def _batches(self, run: RunState, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor] | None]:
-        """Full batches of a split in a fresh random order (at least one batch), on the main
-        process; on the others None for each (they get each step's gradient from the main one)."""
+    def _batches(self, run: RunState, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Full batches of a split in a fresh random order (at least one batch)."""
         data = getattr(run.data, split)
         batch_size = min(batch_size, len(data))
-        if run.population.comm.rank != 0:
-            yield from [None] * (len(data) // batch_size)
-            return
         order = torch.randperm(len(data), generator=run.rng).to(data.y.device)
         for a in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[a : a + batch_size]
@@ -153,14 +150,14 @@ class Twa(Method):
         return {"candidates": self.source, "variant": self.variant, **({"selection": self.selection}
                                                                        if self.selection else {})}  # fmt: skip
 
-    def _gradient(self, run: RunState, fm: FlatModel, theta: Tensor, batch: tuple[Tensor, Tensor] | None) -> Tensor:
-        """The loss gradient at theta on a batch: computed by the main process, sent to the others."""
-        g = torch.empty_like(theta)
-        if batch is not None:
-            x, y = batch
+    def _gradient(self, run: RunState, fm: FlatModel, theta: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss gradient at theta on a batch, computed once for every process."""
+
+        def gradient() -> Tensor:
             leaf = theta.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(F.cross_entropy(fm(leaf, x), y), leaf)
-        return run.population.comm.broadcast(g.contiguous(), 0, "twa_gradient")
+            return torch.autograd.grad(F.cross_entropy(fm(leaf, batch[0]), batch[1]), leaf)[0]
+
+        return run.population.computed_once(gradient, theta, "twa_gradient")
 
     def train_t(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
         c, pop = self.cfg, run.population

@@ -216,6 +216,13 @@ class Population:
             comm.exchange([(total, comm.rank + 1)], [], op)
         return comm.broadcast(total, comm.world - 1, f"{op}_total")
 
+    def computed_once(self, compute: Callable[[], Tensor], like: Tensor, op: str = "") -> Tensor:
+        """``compute()`` (a tensor shaped like ``like``) done by the main process alone and sent to
+        every process: work that is the same whichever members a process holds (one model's
+        gradient), done once."""
+        out = compute() if self.comm.rank == 0 else torch.empty_like(like)
+        return self.comm.broadcast(out.contiguous(), 0, op)
+
     @torch.no_grad()
     def gram(self, local: Tensor, op: str = "") -> Tensor:
         """[K, K] float64 dot products of every pair of the rows of every member (``local`` as in
