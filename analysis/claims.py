@@ -131,9 +131,10 @@ def provenance_lines(report: Report, study: dict[str, Any] | None) -> list[str]:
     how long the study took (``study.json``, written by scripts/reference_study.sh)."""
     runs = report.runs
     column = lambda c: runs[c].dropna().astype(str) if c in runs else pd.Series(dtype=str)  # noqa: E731
-    commits = sorted(set(column("git_commit").str[:12])) or ["unknown (records without one)"]
+    counts = column("git_commit").str[:12].value_counts()
+    commits = ", ".join(f"{c} ({n} runs)" if len(counts) > 1 else c for c, n in sorted(counts.items()))
     dirty = int(column("git_dirty").str.lower().eq("true").sum())
-    line = (f"- Provenance: {len(runs)} runs, trained at commit {', '.join(commits)} "
+    line = (f"- Provenance: {len(runs)} runs, trained at commit {commits or 'unknown (records without one)'} "
             f"({dirty} with uncommitted changes), torch {', '.join(sorted(set(column('torch_version'))))}")  # fmt: skip
     sizes = sorted({int(v) for c in runs if str(c).endswith("heldout_size") for v in runs[c].dropna()})
     ses = pd.concat([runs[c].dropna() for c in runs if str(c).endswith("selection_se")] or [pd.Series(dtype=float)])
@@ -143,6 +144,8 @@ def provenance_lines(report: Report, study: dict[str, Any] | None) -> list[str]:
     if study:
         line += (f"; the study took {study['minutes']} minutes on {study['machine']} "
                  f"(`scripts/reference_study.sh`, {study['workers']} runs at a time)")  # fmt: skip
+        for again in study.get("refreshes", []):
+            line += f", then {again['minutes']} minutes to train {again['runs']} runs again at {again['commit'][:12]}"
     return [line + "."]
 
 

@@ -1,6 +1,7 @@
 """Claims between methods (--versus), the within-row verdicts, the LMC figure, and the README's
 study verdicts: every number is the report's, looked up, never typed."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,18 @@ def test_provenance_names_the_held_out_split_and_its_standard_error(report, tmp_
     runs.to_csv(copy / "runs.csv", index=False)
     text = claims_markdown(copy, CLAIMS[:1])
     assert "held-out split for selection: 5400 images, standard error of one held-out accuracy 0.40-0.45 points" in text
+
+
+def test_provenance_counts_the_runs_of_each_commit_and_names_a_refresh(report, tmp_path):
+    copy = tmp_path / "results" / "report"
+    shutil.copytree(report, copy)
+    runs = pd.read_csv(copy / "runs.csv")
+    runs["git_commit"] = ["a" * 40] * (len(runs) - 2) + ["b" * 40] * 2  # two runs trained again later
+    runs.to_csv(copy / "runs.csv", index=False)
+    study = {"minutes": 100, "machine": "2 CPU cores", "workers": 2, "commit": "a" * 40,
+             "refreshes": [{"runs": 2, "minutes": 4, "commit": "b" * 40}]}  # fmt: skip
+    (copy.parent / "study.json").write_text(json.dumps(study))
+    text = claims_markdown(copy, CLAIMS[:1])
+    assert f"trained at commit aaaaaaaaaaaa ({len(runs) - 2} runs), bbbbbbbbbbbb (2 runs)" in text
+    assert "the study took 100 minutes on 2 CPU cores" in text
+    assert "then 4 minutes to train 2 runs again at bbbbbbbbbbbb" in text
