@@ -59,9 +59,6 @@ class LocalComm:
     def all_gather_rows(self, t: Tensor, counts: list[int], op: str = "") -> Tensor:
         return t
 
-    def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
-        return t
-
     def exchange(self, sends: list[tuple[Tensor, int]], recvs: list[tuple[Tensor, int]], op: str = "") -> None:
         """Point-to-point: send each (tensor, to rank) and receive into each (tensor, from rank);
         every process lists the transfers between any two processes in the same order."""
@@ -115,16 +112,6 @@ class DistComm(LocalComm):
         out = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(out, padded.contiguous())
         return torch.cat([o[:c] for o, c in zip(out, counts)])
-
-    def gather_rows(self, t: Tensor, counts: list[int], dst: int, op: str = "") -> Tensor | None:
-        """The rows of every rank, in rank order, on rank ``dst`` only (None elsewhere)."""
-        padded = _padded(t, counts)
-        nbytes = padded.numel() * padded.element_size()
-        mine = self.rank == dst
-        self._count(op or "gather", 0 if mine else nbytes, nbytes * (self.world - 1) if mine else 0)
-        out = [torch.empty_like(padded) for _ in range(self.world)] if mine else None
-        dist.gather(padded.contiguous(), out, dst=dst)
-        return torch.cat([o[:c] for o, c in zip(out, counts)]) if mine else None
 
     def exchange(self, sends: list[tuple[Tensor, int]], recvs: list[tuple[Tensor, int]], op: str = "") -> None:
         ops = [dist.P2POp(dist.isend, t.contiguous(), peer) for t, peer in sends]

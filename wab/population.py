@@ -192,11 +192,6 @@ class Population:
         member [r N, ...] in member order."""
         return self.comm.all_gather_rows(local, self._row_counts(local), op)
 
-    def rows_on(self, local: Tensor, dst: int = 0, op: str = "") -> Tensor | None:
-        """The rows of every member, as :meth:`all_rows`, on process ``dst`` alone (None on the
-        others): for work done once, whose result is then broadcast."""
-        return self.comm.gather_rows(local, self._row_counts(local), dst, op)
-
     @torch.no_grad()
     def combine_rows(self, local: Tensor, weights: Tensor, op: str = "") -> Tensor:
         """sum_k weights[k] * rows[k] over the rows of every member ([r n_local, ...] here, each
