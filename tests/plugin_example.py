@@ -49,4 +49,4 @@ class PluginExample(Method):
 
 
 if __name__ == "__main__":
-    sys.exit(main(["train", "method.name=plugin_example", *sys.argv[1:]]))
+    sys.exit(main(["train", "method=plugin_example", *sys.argv[1:]]))

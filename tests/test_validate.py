@@ -67,14 +67,24 @@ def test_hydra_errors_become_one_line_with_a_suggestion():
         assert "\n" not in str(e.value)
 
 
-def test_a_plugin_method_declares_its_keys(registered):
+def test_a_plugin_method_is_selected_overridden_and_hashed_like_a_built_in_one(registered):
+    """A plugin's declared defaults are its config node: ``method=<name>`` selects it, its keys
+    are overridden without ``+``, its defaults are written into the run's config (so changing one
+    changes the run id), and a typo gets a "did you mean"."""
     from wab.method import Method
+    from wab.records import run_id
 
     @registered("test_plugin_hp")
     class Plugin(Method):
         hyperparameters = {"rate": 0.5}
 
-    assert problems("method.name=test_plugin_hp", "+method.rate=0.7") == []
-    assert problems("method.name=test_plugin_hp", "+method.rat=0.7") == [
+    cfg = compose_config([*TINY, "method=test_plugin_hp"])
+    assert cfg["method"]["rate"] == 0.5 and check_config(cfg) == []
+    assert problems("method=test_plugin_hp", "method.rate=0.7") == []
+    assert problems("method=test_plugin_hp", "method.rate=abc") == ["method.rate=abc must be a number (default 0.5)"]
+    assert problems("method=test_plugin_hp", "+method.rat=0.7") == [
         "unknown key method.rat (did you mean 'method.rate'?)"
     ]
+    assert "select it with method=test_plugin_hp" in problems("method.name=test_plugin_hp")[0]
+    Plugin.hyperparameters = {"rate": 0.6}  # a new default: another run
+    assert run_id(compose_config([*TINY, "method=test_plugin_hp"])) != run_id(cfg)

@@ -135,6 +135,7 @@ def train_multirun(overrides: list[str]) -> int:
     from omegaconf import DictConfig
 
     from wab import CONFIG_DIR
+    from wab.config import method_overrides
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def app(cfg: DictConfig) -> None:
@@ -175,7 +176,7 @@ def train_multirun(overrides: list[str]) -> int:
     _last_status.clear()
     t0 = time.time()
     argv = sys.argv
-    sys.argv = ["wab train", *overrides]
+    sys.argv = ["wab train", *method_overrides(overrides)]  # a plugin's config in hydra's store
     try:
         app()
     finally:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions
+from importlib.metadata import version as distribution_version
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -96,8 +100,9 @@ class Method:
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
     demo_note: ClassVar[str] = ""  # why, printed by `wab demo`: its few hundred steps are not the paper's budget
-    # A method without configs/method/<name>.yaml (a plugin of another package) lists its
-    # hyper-parameters and defaults here, so that validation knows its keys (+method.<k>=v).
+    # A method without configs/method/<name>.yaml (a plugin of another package) ships <name>.yaml
+    # beside its module or lists its hyper-parameters and defaults here: either becomes its config
+    # node (``method=<name>``), so its defaults are in every run's config and its id.
     hyperparameters: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: dict) -> None:
@@ -227,10 +232,101 @@ def one_member_methods() -> list[str]:
     return [name for name in available_methods() if _REGISTRY[name].min_members <= 1]
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str, target: str | None = None) -> type[Method]:
+    """The method registered as ``name``; with ``target`` (``"pkg.module:Class"``, the
+    ``_target_`` of a method config) the class is imported first when no process has registered
+    it yet (a sweep's job is a fresh process)."""
     _load_all()
+    if name not in _REGISTRY and target:
+        cls = import_target(target)
+        if name not in _REGISTRY:
+            register(name)(cls)
     if name not in _REGISTRY:
         raise UserError(
             f"unknown method {name!r}{did_you_mean(name, _REGISTRY)}; known methods: {', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[name]
+
+
+def method_of(cfg: dict) -> type[Method]:
+    """The class of a run config's ``method`` node (its ``name``, imported from its ``_target_``)."""
+    return get_method(cfg["method"]["name"], cfg["method"].get("_target_"))
+
+
+def import_target(target: str) -> type[Method]:
+    """The :class:`Method` subclass ``"pkg.module:Class"`` names (``pkg.module.Class`` also works)."""
+    module_name, sep, qualname = target.partition(":")
+    if not sep:
+        module_name, _, qualname = target.rpartition(".")
+    if not module_name or not qualname:
+        raise UserError(f"method target {target!r} must be written pkg.module:Class")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"method target {target!r}: cannot import {module_name!r} ({e})") from None
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"method target {target!r}: module {module_name!r} has no {qualname!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        raise UserError(f"method target {target!r} is not a subclass of wab.method.Method")
+    return obj
+
+
+def target_of(cls: type[Method]) -> str:
+    """``"pkg.module:Class"`` for a class, the inverse of :func:`import_target`."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def is_builtin(cls: type[Method]) -> bool:
+    """A method of wab's own ``methods/`` folder (its config is in ``configs/method/``)."""
+    return cls.__module__.startswith("wab.methods.")
+
+
+def from_entry_point(name: str) -> bool:
+    """Whether ``name`` is registered by an installed package's ``wab.methods`` entry point
+    (found again in every fresh process, so its config needs no ``_target_``)."""
+    return any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def method_origin(cls: type[Method]) -> dict[str, str | None]:
+    """Where a method's code comes from, for its records: its class (``pkg.module:Class``) and
+    the installed distribution that ships the module with its version (None for a module that
+    belongs to no installed distribution, e.g. a script)."""
+    top = cls.__module__.split(".")[0]
+    dists = packages_distributions().get(top) or []
+    dist = "wab" if top == "wab" else (dists[0] if dists else None)
+    version = None
+    if dist is not None:
+        try:
+            version = distribution_version(dist)
+        except PackageNotFoundError:
+            version = None
+    return {"class": target_of(cls), "distribution": dist, "version": version}
+
+
+def plugin_config(cls: type[Method]) -> tuple[dict[str, Any], bool]:
+    """The config node of a method that has no file in ``configs/method/`` (a plugin), and whether
+    it is a ``# @package _global_`` node (which may also set ``optim``, ``population``... keys
+    under its ``method`` key). The node is read from ``<name>.yaml`` beside the module that
+    defines the class, when the plugin ships one, else made from the class's ``hyperparameters``.
+    Its ``_target_`` lets a fresh process import the class unless an entry point registers it."""
+    yaml_path = None
+    module = sys.modules.get(cls.__module__)
+    if module is not None and getattr(module, "__file__", None):
+        candidate = Path(module.__file__).with_name(f"{cls.name}.yaml")
+        yaml_path = candidate if candidate.exists() else None
+    if yaml_path is not None:
+        text = yaml_path.read_text()
+        is_global = text.lstrip().startswith("# @package _global_")
+        node = yaml.safe_load(text) or {}
+        method = node.get("method", {}) if is_global else node
+        if not isinstance(method, dict) or method.get("name", cls.name) != cls.name:
+            raise UserError(f"{yaml_path}: its method name must be {cls.name!r}")
+    else:
+        is_global, node = False, {"name": cls.name, **cls.hyperparameters}
+        method = node
+    method["name"] = cls.name
+    if not from_entry_point(cls.name) and cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:
+        method["_target_"] = target_of(cls)
+    return node, is_global

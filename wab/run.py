@@ -28,6 +28,7 @@ from wab.device import device_name, resolve_compute, using_threads
 from wab.distributed import LocalComm, launch_problems
 from wab.distributed import init as init_distributed
 from wab.lease import Lease, LeaseLost, RunLeased
+from wab.method import method_origin
 from wab.provenance import provenance
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
@@ -236,6 +237,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         "comm": trainer.comm() if trainer and not alone else {},
         "cost": _cost(cfg, rd, trainer, wall) if trainer else {},
         "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer and not alone else {},
+        "method_source": method_origin(trainer.method.__class__) if trainer else None,
         **{k: v for k, v in record.items() if k != "status"},
         **provenance(),
         "torch_version": torch.__version__,

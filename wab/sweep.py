@@ -311,6 +311,8 @@ def process_problems(cfg: dict[str, Any], resources: dict[str, Any], cluster: st
     distributed (and at most one process per member), a distributed run needs SLURM tasks."""
     if not cfg:
         return []
+    if cluster != "debug" and (problem := job_import_problem(cfg)):
+        return [problem]
     processes = int(resources["nodes"]) * int(resources["tasks_per_node"])
     backend = cfg["population"].get("backend", "local")
     size = int(cfg["population"]["size"])
@@ -323,6 +325,22 @@ def process_problems(cfg: dict[str, Any], resources: dict[str, Any], cluster: st
     if backend == "distributed" and processes == 1:
         return ["population.backend=distributed in a sweep needs resources.tasks_per_node (or nodes) > 1"]
     return []
+
+
+def job_import_problem(cfg: dict[str, Any]) -> str | None:
+    """Why a sweep's job (a fresh process) could not find the run's method, or None: a method is
+    found there when it is wab's, an installed package's entry point, or importable from its
+    config's ``_target_``; one defined in a script or inside a function is not."""
+    from wab.method import from_entry_point, is_builtin, method_of
+
+    cls = method_of(cfg)
+    if is_builtin(cls) or from_entry_point(cls.name) or cfg["method"].get("_target_"):
+        return None
+    return (
+        f"method {cls.name!r} is defined in {cls.__module__}.{cls.__qualname__}, which a sweep's jobs (fresh "
+        f"processes) cannot import: put it in a module and select it with method=<module>:{cls.__name__}, or "
+        f"register it with an entry point (docs/methods.md)"
+    )
 
 
 def check_slurm(timeout: float = 15.0) -> None:

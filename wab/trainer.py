@@ -31,7 +31,7 @@ from wab.evaluate import Evaluator
 from wab.lease import Lease, LeaseLost
 from wab.ledger import CommLedger, measured_summary
 from wab.loggers import RunLoggers, logger_problems
-from wab.method import Method, RunState, get_finalizer, get_method, one_member_methods
+from wab.method import Method, RunState, get_finalizer, method_of, one_member_methods
 from wab.models import model_factory
 from wab.optim import RECIPE_KEYS, MemberRecipes, build_optimizer, lr_at
 from wab.population import Population
@@ -158,7 +158,7 @@ class Trainer:
         self.device = torch.device("meta") if dry else resolve_device(cfg.get("device", "auto"))
         if self.device.type == "cuda" and distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
-        method_cls = get_method(cfg["method"]["name"])
+        method_cls = method_of(cfg)
         self.method: Method = method_cls(cfg["method"])
         self.hooks = method_cls.overridden_hooks()
         self.finalizers = [get_finalizer(name) for name in cfg["population"].get("finalizers") or []]

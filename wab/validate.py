@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 
-from wab import CONFIG_DIR
 from wab.config import compose_config, default_config, flatten, format_value, group_options
 from wab.errors import UserError, did_you_mean, directory_problem
+from wab.method import available_methods
 
 GROUPS = ("data", "model", "optim", "method")
 FRACTIONAL_OK = ("optim.warmup_epochs",)  # integer defaults that also take fractions
@@ -44,7 +44,7 @@ def compose_checked(overrides: Sequence[str]) -> dict[str, Any]:
         if not m:
             raise InvalidConfig([str(e).splitlines()[0]]) from None
         group, value = m.groups()
-        known = group_options(group)
+        known = available_methods() if group == "method" else group_options(group)  # plugins included
         raise InvalidConfig(
             [f"unknown {group} {value!r}{did_you_mean(value, known)}; known: {', '.join(known)}"]
         ) from None
@@ -89,25 +89,16 @@ def _kind(default: Any, key: str) -> tuple[str, Any] | None:
     return None
 
 
-def _schema(cfg: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The flattened defaults ``cfg`` is checked against, and whether the method's keys are all
-    required (a method with a config file) or may be left to its class defaults (a plugin)."""
-    from wab.method import get_method
-
-    name = cfg["method"]["name"]
-    schema = flatten(default_config(cfg))
-    has_file = (CONFIG_DIR / "method" / f"{name}.yaml").exists()
-    if not has_file:
-        for k, v in get_method(name).hyperparameters.items():
-            schema[f"method.{k}"] = v
-    return schema, has_file
-
-
 def schema_problems(cfg: dict[str, Any]) -> list[str]:
     """Unknown group options, unknown or missing keys and values of the wrong type."""
-    from wab.method import available_methods
+    from wab.method import method_of
 
     problems = []
+    if isinstance(cfg.get("method"), dict) and cfg["method"].get("_target_"):
+        try:  # a plugin named by its class: registered in this process once imported
+            method_of(cfg)
+        except UserError as e:
+            return [str(e)]
     for group in GROUPS:
         node = cfg.get(group)
         name = node.get("name") if isinstance(node, dict) else None
@@ -116,7 +107,7 @@ def schema_problems(cfg: dict[str, Any]) -> list[str]:
             problems.append(f"unknown {group} {name!r}{did_you_mean(str(name), known)}; known: {', '.join(known)}")
     if problems:
         return problems
-    schema, method_required = _schema(cfg)
+    schema = flatten(default_config(cfg))  # every method has a config node, a plugin's included
     given = flatten(cfg)
     for key, value in given.items():
         if key not in schema:
@@ -125,7 +116,7 @@ def schema_problems(cfg: dict[str, Any]) -> list[str]:
         kind = _kind(schema[key], key)
         if kind and not kind[1](value):
             problems.append(f"{key}={format_value(value)} must be {kind[0]} (default {format_value(schema[key])})")
-    missing = [k for k in schema if k not in given and (method_required or not k.startswith("method."))]
+    missing = [k for k in schema if k not in given]
     method_missing = [k.removeprefix("method.") for k in missing if k.startswith("method.")]
     if method_missing:
         name = cfg["method"]["name"]
