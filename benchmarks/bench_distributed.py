@@ -26,7 +26,7 @@ from wab.methods.wash import Wash
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
-from wab.trainer import population_step
+from wab.step import population_step
 
 
 def synced(fn):

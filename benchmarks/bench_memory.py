@@ -18,7 +18,7 @@ from benchmarks.common import SGD, synthetic_batches
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
-from wab.trainer import population_step
+from wab.step import population_step
 model, n, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 batches = synthetic_batches(n, bs, channels_last=True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -23,7 +23,7 @@ from wab.augment import Batch
 from wab.models import model_factory
 from wab.optim import build_optimizer
 from wab.population import Population
-from wab.trainer import population_step
+from wab.step import population_step
 
 
 def hand_written_step(models: list[nn.Module], optimizers: list[torch.optim.Optimizer], batches: list[Batch]) -> None:

@@ -176,6 +176,18 @@ def test_wab_demo_compares_methods(tmp_path):
     assert len(list((tmp_path / "demo").glob("independent-*/done"))) == 1
 
 
+@pytest.mark.slow
+def test_the_demo_runs_every_registered_method(tmp_path):
+    """The demo's default is the registry: every method, a new one included, runs and gets a row."""
+    from wab.method import available_methods
+
+    p = _run(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"], Path.cwd())
+    assert p.returncode == 0, p.stderr[-3000:]
+    for name in available_methods():
+        assert len(list((tmp_path / "demo").glob(f"{name}-*/done"))) == 1, name
+        assert any(line.split()[:1] == [name] for line in p.stdout.splitlines()), name
+
+
 def test_wab_train_multirun_with_the_basic_launcher(tmp_path):
     out = tmp_path / "multi"
     p = _run(

@@ -44,8 +44,26 @@ def test_every_hook_is_reached_with_the_run_state(tiny, registered):
     assert rec["metrics"]["final"]["member0"]["acc"] == rec["metrics"]["final_acc"]
 
 
-def test_hooks_not_defined_are_not_called():
+def test_hooks_not_defined_are_not_called(tiny, registered, monkeypatch):
+    """The trainer calls a hook only where the method defines it: the base class's hooks are made
+    to raise, and a method that defines only ``finalize`` still trains to the end."""
     assert get_method("independent").overridden_hooks() == set()
+
+    def never(self, *args):
+        raise AssertionError("a hook the method does not define was called")
+
+    for hook in ("setup", "after_step", "after_epoch"):
+        monkeypatch.setattr(Method, hook, never)
+
+    @registered("test_only_finalize")
+    class OnlyFinalize(Method):
+        def finalize(self, run):
+            return {"member0": run.population.model_from(*run.population.member_state(0))}
+
+    assert OnlyFinalize.overridden_hooks() == {"finalize"}
+    rec = run(tiny("method=test_only_finalize"))
+    assert rec["status"] == "done", rec.get("traceback")
+    assert rec["metrics"]["final_model"] == "member0"
 
 
 def test_duplicate_names_are_refused(registered):

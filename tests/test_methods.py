@@ -8,6 +8,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from wab.config import compose_config
+from wab.method import available_methods
 from wab.methods.aswa import Aswa, aswa_decision
 from wab.methods.papa import Papa
 from wab.methods.papa_2 import Papa2, pair_mixing_matrix
@@ -450,15 +451,25 @@ def test_soups_are_available_to_any_method_as_finalizers(tiny):
 
 
 # ------------------------------------------------------------------------------- every method runs
-METHODS = ["wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups"]
+RESUME_EXTRA = {  # settings under which a method acts before and after the interruption at step 7
+    "dart": ("method.every_steps=2",),
+    "twa": ("method.candidates=both", "method.epochs=1"),
+    "papa": ("method.every=3",),
+    "local_sgd": ("method.every_steps=3",),
+    "diloco": ("method.every_steps=4",),
+    "lookaround": ("method.every_steps=3",),
+    "papa_all": ("method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"),
+    "papa_2": ("method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"),
+    "independent": ("population.finalizers=[rebasin,greedy_soup]",),
+}
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", available_methods())  # the registry: a new method is tested without editing this
 def test_every_method_resumes_bit_for_bit(tiny, tmp_path, monkeypatch, name):
     """Interrupted mid-epoch and restarted, each method ends with the uninterrupted run's metrics."""
     overrides = (f"method={name}", "population.size=3", "trainer.epochs=3", "trainer.batch_size=256")
-    extra = {"dart": ("method.every_steps=2",), "twa": ("method.candidates=both", "method.epochs=1")}
-    overrides += extra.get(name, ())
+    overrides += RESUME_EXTRA.get(name, ())
     ref = run(dict(tiny(*overrides), out_dir=str(tmp_path / "ref")))
     assert ref["status"] == "done", ref.get("traceback")
     original = Trainer.train_step

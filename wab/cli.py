@@ -81,12 +81,12 @@ def train_one(overrides: list[str]) -> int:
     validate(cfg)
     group = process_group(cfg)
     if group.rank != 0:  # another process of a distributed run: the main one reports
-        return _follow(cfg)
+        return _follow(cfg, group)
     rd = run_dir_for(cfg)
     state = rd.state()
     if state in ("done", "diverged"):
         if group.world > 1:
-            run(cfg)  # the other processes wait for the main one's word that there is nothing to do
+            run(cfg, group)  # the other processes wait for the main one's word that there is nothing to do
         print(f"already {state}: {rd.path} (nothing to do; delete the directory to train it again)")
         if line := _summary(rd.read_final() or {}):
             print(line)
@@ -94,7 +94,7 @@ def train_one(overrides: list[str]) -> int:
     _console_logging()
     try:
         with _ctrl_c_checkpoints():
-            record = run(cfg)
+            record = run(cfg, group)
     except Interrupted as e:
         print(f"interrupted: {e} in {rd.path}; run the same command again to resume", file=sys.stderr)
         return INTERRUPTED
@@ -111,14 +111,14 @@ def train_one(overrides: list[str]) -> int:
     return 0
 
 
-def _follow(cfg: dict) -> int:
+def _follow(cfg: dict, group) -> int:
     """A non-main process of a distributed run: train, quietly; its exit status follows the run."""
     from wab.run import run
     from wab.trainer import Interrupted
 
     try:
         with _ctrl_c_checkpoints():
-            record = run(cfg)
+            record = run(cfg, group)
     except (Interrupted, KeyboardInterrupt):
         return INTERRUPTED
     return 1 if record.get("status") in ("failed", "lost") else 0

@@ -23,24 +23,17 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from wab.cost import run_flops, time_to_target
-from wab.device import device_name, resolve_compute, using_threads
+from wab.device import resolve_compute, using_threads
 from wab.distributed import LocalComm, launch_problems
 from wab.distributed import init as init_distributed
 from wab.lease import Lease, LeaseLost, RunLeased
-from wab.method import method_origin
 from wab.provenance import provenance
+from wab.recorder import final_record
 from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
 from wab.trainer import Diverged, Interrupted, Trainer
 from wab.validate import InvalidConfig
 
 log = logging.getLogger("wab")
-
-METRIC_KEYS = (
-    "individual_mean", "individual_min", "individual_max", "ensemble_acc", "ensemble_prob_acc",
-    "avg_acc", "avg_bn_acc", "final_acc", "nll", "ece", "disagreement", "distance_to_mean",
-)  # fmt: skip
-
 
 def plain_config(cfg: dict | DictConfig) -> dict[str, Any]:
     """A plain dict with the device and CPU threads explicit (``auto`` resolved for this process,
@@ -68,13 +61,14 @@ def process_group(cfg: dict[str, Any]) -> LocalComm:
     return LocalComm()
 
 
-def run(cfg: dict | DictConfig) -> dict:
+def run(cfg: dict | DictConfig, group: LocalComm | None = None) -> dict:
     """Train the run described by ``cfg`` (resuming it if it has a checkpoint) and return its
     final record; a run already done is returned as it is. In a distributed run every process
-    calls this; the main process (rank 0) holds the lease and writes the records."""
+    calls this; the main process (rank 0) holds the lease and writes the records. ``group``:
+    this process's communicator when the caller has made it (:func:`process_group`, once per run)."""
     cfg = plain_config(cfg)
     rd = run_dir_for(cfg)
-    group = process_group(cfg)
+    group = group or process_group(cfg)
     names = group.all_gather_objects(rd.path.name)
     if len(set(names)) > 1:  # e.g. trainer.threads=auto resolved differently: nothing made yet
         raise InvalidConfig([
@@ -110,36 +104,12 @@ def run(cfg: dict | DictConfig) -> dict:
                 log.warning("%s: %s; writing it again from the run's last checkpoint", rd.path.name, rd.final_problem())
                 rd.done.unlink()
             with using_threads(cfg["trainer"]["threads"]):
-                return _train(cfg, rd, lease, main)
+                return _train(cfg, rd, lease, group)
     finally:
         if lease is not None:
             lease.release()
             if rd.done.exists():  # a finished run keeps no empty .lease/
                 lease.remove_empty_dir()
-
-
-def _cost(cfg: dict[str, Any], rd: RunDir, trainer: Trainer, wall: float) -> dict[str, Any]:
-    """Training FLOPs (measured, :mod:`wab.cost`), training and evaluation time, and, with
-    ``trainer.target_acc``, the cost of first reaching it."""
-    try:
-        flops = run_flops(cfg, trainer.state.step)
-    except Exception as e:  # a model the flop counter cannot run on the meta device: the record is still written
-        log.warning(
-            "training FLOPs not counted (%s: %s)", type(e).__name__, str(e).splitlines()[0][:160] if str(e) else ""
-        )
-        flops = {"per_member_step": None, "per_step": None, "train": None}
-    out: dict[str, Any] = {
-        "flops_per_member_step": flops["per_member_step"],
-        "flops_per_step": flops["per_step"],
-        "train_flops": flops["train"],
-        "train_time_s": wall - trainer.eval_time_total(),
-        "eval_time_s": trainer.eval_time_total(),
-    }
-    target = cfg["trainer"].get("target_acc")
-    if target is not None:
-        out["target"] = {"metric": "final_acc", "value": float(target),
-                         **time_to_target(rd.read_metrics(), float(target), flops["per_step"])}  # fmt: skip
-    return out
 
 
 def _finished(rd: RunDir) -> bool:
@@ -183,14 +153,16 @@ def _write_failed_alone(rd: RunDir, rank: int, world: int, record: dict[str, Any
     return record
 
 
-def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = True) -> dict:
+def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, group: LocalComm) -> dict:
     t0 = time.perf_counter()
+    main = group.rank == 0
     trainer: Trainer | None = None
-    record: dict[str, Any] = {"status": "done"}
+    outcome: dict[str, Any] = {"status": "done"}
     started = time.time()
     if main:  # the errors other processes left in an earlier life of a distributed run
         for p in rd.path.glob("error.rank*.txt"):
             p.unlink(missing_ok=True)
+    group.load_traffic({})  # the run's traffic counts from here: the launch's decisions above are not the run's
     try:
         prov = provenance()
         log.info(
@@ -198,7 +170,7 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
             (prov["git_commit"] or "unknown")[:12], " with uncommitted changes" if prov["git_dirty"] else "",
             torch.__version__, platform.node(),
         )  # fmt: skip
-        trainer = Trainer(cfg, rd)
+        trainer = Trainer(cfg, rd, group=group)
         metrics = trainer.fit(lease)
     except (Interrupted, KeyboardInterrupt) as e:
         log.info("run %s interrupted (%s); it resumes from its checkpoint when started again (the same wab train "
@@ -213,40 +185,20 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, main: bool = Tr
         return {"status": "lost", "error": str(e)}
     except Diverged as e:
         log.warning("diverged: %s", e)
-        record = {"status": "diverged", "error": str(e)}
-        metrics = {}
+        outcome, metrics = {"status": "diverged", "error": str(e)}, {}
     except Exception as e:  # a crash is recorded in this run's directory and nowhere else
         log.exception("run failed")
-        record = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         metrics = {}
-    alone = record["status"] == "failed" and trainer is not None and trainer.group.world > 1  # no collective now
-    wall = trainer.wall_time() if trainer else time.perf_counter() - t0
-    base = (
-        trainer.record_base()
-        if trainer
-        else {"run_id": rd.path.name, "method": cfg["method"]["name"], "seed": cfg["seed"]}
-    )
-    record = {
-        "status": record["status"],
-        **base,
-        "config": cfg,
-        "wall_time_s": wall,
-        "steps": trainer.state.step if trainer else 0,
-        "epochs": trainer.state.epoch if trainer else 0,
-        "metrics": {**dict.fromkeys(METRIC_KEYS), **metrics, "final": metrics.get("final", {})},
-        "comm": trainer.comm() if trainer and not alone else {},
-        "cost": _cost(cfg, rd, trainer, wall) if trainer else {},
-        "method_report": {**trainer.method.report(), **trainer.state.reports} if trainer and not alone else {},
-        "method_source": method_origin(trainer.method.__class__) if trainer else None,
-        **{k: v for k, v in record.items() if k != "status"},
-        **provenance(),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device_name": device_name(cfg["device"]),
-    }
+    alone = outcome["status"] == "failed" and trainer is not None and group.world > 1  # no collective now
+    if trainer is not None:
+        record = trainer.recorder.final(outcome, metrics, alone)
+    else:  # failed before it was built
+        base = {"run_id": rd.path.name, "method": cfg["method"]["name"], "seed": cfg["seed"]}
+        record = final_record(cfg, outcome, base, wall=time.perf_counter() - t0)
     if alone:
         trainer.loggers.close()
-        return _write_failed_alone(rd, trainer.group.rank, trainer.group.world, record, main, started)
+        return _write_failed_alone(rd, group.rank, group.world, record, main, started)
     if not main:
         return record
     atomic_write_json(rd.final, record)

@@ -1,0 +1,109 @@
+"""The run spec: a resolved run config read once into typed fields, with every check of its
+values in this one place (:meth:`RunSpec.from_config` for the config alone,
+:meth:`RunSpec.steps_per_epoch` for what needs the dataset's size). Building a spec reads no data
+and allocates nothing, so validation (:func:`wab.validate.check_config`) and a real start make
+the same checks. Imports the method registry, the logger names and the distributed backends'
+names; builds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wab.data import DataSplits
+from wab.distributed import BACKENDS
+from wab.loggers import RunLoggers, logger_problems
+from wab.method import Method, get_finalizer, method_of, one_member_methods
+
+# trainer keys that are counts, with their smallest allowed value
+_COUNTS = (("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0), ("checkpoint_every", 1), ("lmc_points", 0))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run is: its config (``cfg``, the plain dict it is named by) and the values the
+    run's components are built from, checked."""
+
+    cfg: dict[str, Any]
+    method_cls: type[Method]
+    finalizers: tuple[Callable, ...]
+    backend: str
+    timeout_min: float
+    size: int
+    seed: int
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    eval_every: int
+    checkpoint_every: int
+    lmc_points: int
+    save_models: bool
+    progress: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend == "distributed"
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> RunSpec:
+        """The spec of ``cfg``; raises ValueError (or :class:`~wab.errors.UserError`) naming the
+        first bad value and what is allowed."""
+        tcfg, pcfg = cfg["trainer"], cfg["population"]
+        backend = pcfg.get("backend", "local")
+        if backend not in BACKENDS:
+            raise ValueError(f"population.backend must be one of {BACKENDS}, got {backend!r}")
+        timeout = pcfg.get("timeout_min", 5)
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"population.timeout_min={timeout} must be a number of minutes > 0, e.g. 5")
+        method_cls = method_of(cfg)
+        finalizers = tuple(get_finalizer(name) for name in pcfg.get("finalizers") or [])
+        size = int(pcfg["size"])
+        _check_size(size, method_cls)
+        target = tcfg.get("target_acc")
+        if target is not None and not (isinstance(target, int | float) and 0 < target <= 1):
+            raise ValueError(f"trainer.target_acc={target} must be an accuracy as a fraction in (0, 1], e.g. 0.85")
+        if problems := logger_problems(RunLoggers.names(cfg)):
+            raise ValueError("; ".join(problems))
+        for key, low in _COUNTS:
+            value = tcfg.get(key, low)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"trainer.{key}={value} must be an integer >= {low}")
+        if tcfg.get("lmc_points") == 1:
+            raise ValueError("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
+        epochs = int(tcfg["epochs"])
+        if epochs < 1:
+            raise ValueError(f"trainer.epochs must be >= 1, got {epochs}")
+        return cls(
+            cfg=cfg, method_cls=method_cls, finalizers=finalizers, backend=backend, timeout_min=float(timeout),
+            size=size, seed=int(cfg["seed"]), epochs=epochs, batch_size=int(tcfg["batch_size"]),
+            eval_batch_size=int(tcfg.get("eval_batch_size", 1000)), eval_every=int(tcfg.get("eval_every", 1)),
+            checkpoint_every=max(int(tcfg.get("checkpoint_every", 1)), 1), lmc_points=int(tcfg.get("lmc_points", 5)),
+            save_models=bool(tcfg.get("save_models", True)), progress=bool(tcfg.get("progress", True)),
+        )  # fmt: skip
+
+    def steps_per_epoch(self, data: DataSplits) -> int:
+        """The optimizer steps of an epoch on ``data``; raises ValueError when the run cannot
+        train on it (a batch larger than the training set, no held-out split for a method or
+        finalizer that selects on it)."""
+        needs = [self.method_cls.name] if self.method_cls.needs_heldout else []
+        needs += [f.name for f in self.finalizers if f.needs_heldout]
+        if needs and len(data.heldout) == 0:
+            verb = "needs" if len(needs) == 1 else "need"
+            raise ValueError(f"{' and '.join(needs)} {verb} a held-out split: set data.heldout_fraction > 0")
+        steps = len(data.train) // self.batch_size
+        if steps < 1:
+            raise ValueError(f"trainer.batch_size={self.batch_size} exceeds the {len(data.train)} training images")
+        return steps
+
+
+def _check_size(size: int, method_cls: type[Method]) -> None:
+    if size < 1:
+        raise ValueError(f"population.size must be >= 1, got {size}")
+    if size < method_cls.min_members:
+        raise ValueError(
+            f"population.size={size}: {method_cls.name} needs at least {method_cls.min_members} members "
+            f"({method_cls.min_members_reason or 'it works between members'}); population.size=1 is for the "
+            f"methods that make sense on one model: {', '.join(one_member_methods())}"
+        )
