@@ -131,9 +131,10 @@ def test_a_plugin_written_against_the_documented_api_is_right_on_both_backends(t
     _same(got["metrics"], ref["metrics"])
     _same(got["method_report"], ref["method_report"])
     assert len(ref["method_report"]["average_sq_norms"]) == 4 and ref["metrics"]["final_model"] == "mean_of_averages"
-    # its final checkpoint, written by 2 processes, read by 4: finalize again from the loaded averages
+    # its last epoch's checkpoint (the one before the final evaluation), written by 2 processes,
+    # read by 4: finalize again from the loaded averages
     (run_dir,) = list(out.glob("plugin_example-*"))
-    for name in ("done", "final.json", "metrics.jsonl"):
+    for name in ("done", "final.json", "metrics.jsonl", "checkpoint.pt"):
         (run_dir / name).unlink()
     p = subprocess.run(_torchrun(4, script, *args, "population.backend=distributed", f"out_dir={out}"), env=ENV,
                        capture_output=True, text=True, timeout=600)  # fmt: skip

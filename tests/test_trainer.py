@@ -131,6 +131,23 @@ def test_a_damaged_shard_falls_back_to_the_previous_checkpoint_and_old_shards_ar
     assert resumed["metrics"] == ref["metrics"]  # the older checkpoint resumes bit for bit too
 
 
+def test_the_evaluation_lines_live_in_the_checkpoint_not_only_in_the_file(tiny):
+    """A run whose records are lost after its final checkpoint writes them again from it: the
+    same final metrics, with no evaluation run again (its train.log says no finalizing), and
+    metrics.jsonl rewritten from the checkpoint's lines, including the target's cost."""
+    cfg = tiny("method=swa", "trainer.epochs=2", "trainer.target_acc=0.05")
+    ref = run(cfg)
+    rd = run_dir_for(cfg)
+    lines = rd.read_metrics()
+    for f in (rd.done, rd.final, rd.metrics, rd.log):
+        f.unlink()
+    again = run(cfg)
+    assert again["metrics"] == ref["metrics"] and again["cost"]["target"] == ref["cost"]["target"]
+    assert ref["cost"]["target"]["reached"]
+    assert rd.read_metrics() == lines
+    assert "finalizing" not in rd.log.read_text() and "resumed from" in rd.log.read_text()
+
+
 def test_a_non_finite_loss_is_recorded_as_diverged(tiny):
     @register("test_poison")
     class Poison(Method):

@@ -135,17 +135,20 @@ class Recorder:
         if self.is_main:  # the run's traffic so far, summed over the processes it had (any number)
             self.group.load_traffic(state.get("traffic") or {})
         self.process_counts = sorted({*state.get("process_counts", []), self.group.world})
-        if self.is_main:
-            self.dir.truncate_metrics_after(self.built.state.epoch)
-            # a checkpoint of an earlier wab has no metric lines: the file's, just truncated to it
-            self.lines = state["metric_lines"] if "metric_lines" in state else self.dir.read_metrics()
+        epochs_done = self.built.state.epoch
+        if "metric_lines" in state:
+            self.lines = list(state["metric_lines"])
+        else:  # a checkpoint of an earlier wab: the file's lines up to it
+            self.lines = [r for r in self.dir.read_metrics() if r["epoch"] <= epochs_done]
+        if self.is_main:  # the file as the checkpoint knows it: lines written after it are dropped
+            self.dir.write_metrics(self.lines)
 
     def fresh_start(self) -> None:
         """No checkpoint to resume from: no evaluation line of an earlier attempt may stay."""
         if self.is_main:
             if self.dir.metrics.exists():
                 log.warning("no readable checkpoint: starting over and clearing %s", self.dir.metrics)
-            self.dir.truncate_metrics_after(0)
+            self.dir.write_metrics([])
 
     # ---------------------------------------------------------------------------------- final
     def cost(self, wall: float) -> dict[str, Any]:

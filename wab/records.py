@@ -185,8 +185,6 @@ class RunDir:
                 out.append(record)
         return out
 
-    def truncate_metrics_after(self, epochs_done: int) -> None:
-        """Drop evaluation lines written after the checkpoint a resumed run restarts from: keep
-        those of the ``epochs_done`` epochs whose evaluation came before it."""
-        kept = [r for r in self.read_metrics() if r["epoch"] <= epochs_done]
-        atomic_write_text(self.metrics, "".join(json.dumps(r, default=str) + "\n" for r in kept))
+    def write_metrics(self, lines: list[dict]) -> None:
+        """``metrics.jsonl`` made of exactly ``lines`` (a resume's, from its checkpoint)."""
+        atomic_write_text(self.metrics, "".join(json.dumps(r, default=str) + "\n" for r in lines))
