@@ -15,19 +15,12 @@ from typing import Any
 
 import pandas as pd
 
-from wab.config import default_config, flatten, format_value
-from wab.cost import run_flops
-from wab.records import RunDir, hashed_config, setting_id
+from wab.parts.cost import run_flops
+from wab.run.config import default_config, flatten, format_value
+from wab.run.records import RunDir, find_runs, hashed_config, setting_id
 
 GROUP = ["dataset", "model", "population_size"]  # one table per group
 _MISSING = "<missing>"
-
-
-def find_runs(root: str | Path) -> list[Path]:
-    """Every run directory (one holding config.yaml) below root, in a stable order."""
-    return sorted(
-        p.parent for p in Path(root).rglob("config.yaml") if not any(part.startswith(".") for part in p.parent.parts)
-    )
 
 
 def setting_of(cfg: dict[str, Any]) -> dict[str, Any]:

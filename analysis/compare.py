@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from wab.analysis.collect import find_runs
-from wab.config import flatten
 from wab.errors import UserError
-from wab.records import RunDir
+from wab.run.config import flatten
+from wab.run.records import RunDir, find_runs
 
 
 def _records(root: Path) -> dict[str, dict]:

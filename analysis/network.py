@@ -1,5 +1,5 @@
 """``wab report --network``: each row's modelled communication time per step on named links
-(:mod:`wab.network`, an estimate) beside its measured compute time per step, so a reader sees
+(:mod:`wab.parts.network`, an estimate) beside its measured compute time per step, so a reader sees
 where a method stops being bound by computation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from wab.analysis.verdicts import Row
-from wab.network import step_time
+from wab.parts.network import step_time
 
 CAPTION = (
     "Modelled, not measured: the ledger's bytes and rounds per operation costed on each link (ring all-reduce "

@@ -12,7 +12,7 @@ from wab.analysis import aggregate, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
 from wab.errors import UserError, directory_problem
-from wab.network import load_links
+from wab.parts.network import load_links
 
 
 def _slug(key: tuple) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from wab.analysis.verdicts import Row, find_baseline
-from wab.cost import time_to_target
+from wab.parts.cost import time_to_target
 
 CAPTION = (
     "Mean over the seeds that reached the target, at the first evaluation that did (evaluation time excluded, "

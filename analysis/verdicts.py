@@ -205,7 +205,7 @@ def _method_defaults(row: Row) -> dict[str, str]:
     """The non-method settings of wab's defaults for the row's method, dataset, model and optimizer
     (what a method's own config sets: SWA its lr schedule, PAPA its members' regularisation)."""
     from wab.analysis.collect import setting_of
-    from wab.config import default_config
+    from wab.run.config import default_config
 
     s = row.setting
     cfg = {"data": {"name": s.get("data.name")}, "model": {"name": s.get("model.name")},

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from benchmarks.papers_loop import member_loaders
-from wab.augment import Augment, Augmenter, Normalizer
-from wab.data import load_data
+from wab.parts.augment import Augment, Augmenter, Normalizer
+from wab.parts.data import load_data
 
 
 def wab_epoch(data, batch_size: int, rng: np.random.Generator) -> int:

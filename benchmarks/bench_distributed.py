@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.common import SGD, SetupState, median_time, method_cfg, synthetic_batches
-from wab.distributed import init
-from wab.ledger import CommLedger
+from wab.core.distributed import init
+from wab.core.ledger import CommLedger
+from wab.core.population import Population
+from wab.core.step import population_step
 from wab.methods.wash import Wash
-from wab.models import model_factory
-from wab.optim import build_optimizer
-from wab.population import Population
-from wab.step import population_step
+from wab.parts.models import model_factory
+from wab.parts.optim import build_optimizer
 
 
 def synced(fn):

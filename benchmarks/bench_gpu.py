@@ -18,7 +18,7 @@ import time
 import torch
 
 from benchmarks.common import cifar10_trainer
-from wab.step import forward_backward
+from wab.core.step import forward_backward
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from wab.models import model_factory
+from wab.parts.models import model_factory
 
 REPS = {"cnn": 30, "mlp": 30, "resnet20": 8}
 

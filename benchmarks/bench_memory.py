@@ -15,10 +15,10 @@ import sys
 CHILD = r"""
 import resource, sys
 from benchmarks.common import SGD, synthetic_batches
-from wab.models import model_factory
-from wab.optim import build_optimizer
-from wab.population import Population
-from wab.step import population_step
+from wab.parts.models import model_factory
+from wab.parts.optim import build_optimizer
+from wab.core.population import Population
+from wab.core.step import population_step
 model, n, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 batches = synthetic_batches(n, bs, channels_last=True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

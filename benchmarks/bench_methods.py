@@ -16,11 +16,11 @@ import argparse
 import torch
 
 from benchmarks.common import SGD, SetupState, median_time, method_cfg, synthetic_batches
+from wab.core.population import Population
+from wab.core.step import population_step
 from wab.methods.wash import Wash
-from wab.models import model_factory
-from wab.optim import build_optimizer
-from wab.population import Population
-from wab.step import population_step
+from wab.parts.models import model_factory
+from wab.parts.optim import build_optimizer
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import copy
 import torch
 
 from benchmarks.common import SGD, median_time
-from wab.models import model_factory
-from wab.optim import build_optimizer
-from wab.population import Population
+from wab.core.population import Population
+from wab.parts.models import model_factory
+from wab.parts.optim import build_optimizer
 
 ADAMW = {"name": "adamw", "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 

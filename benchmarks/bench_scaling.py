@@ -5,7 +5,7 @@ as N/world: the columns set each figure against the 1-process one and 1/world.
 
     .venv/bin/python -m benchmarks.bench_scaling [--size 16] [--width 16384] [--procs 1 2 4 8] [--method twa]
 
-Each configuration is a fresh ``torchrun`` of a real ``wab.run.run`` (WASH, a one-hidden-layer
+Each configuration is a fresh ``torchrun`` of a real ``wab.run.lifecycle.run`` (WASH, a one-hidden-layer
 MLP on the embedded digits, 2 epochs, a checkpoint each epoch, evaluation batches of 100 so that
 activations stay small). ``--method twa``: TWA-t on every member's final weights and last two
 epochs' snapshots (3 candidates per member), 2 TWA epochs, whose fit each process does with its
@@ -28,8 +28,8 @@ import tempfile
 def child(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from wab.config import compose_config
-    from wab.run import run
+    from wab.run.config import compose_config
+    from wab.run.lifecycle import run
 
     method = ["method=wash"]
     if args.method == "twa":

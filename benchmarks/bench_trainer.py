@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from benchmarks.common import SGD, synthetic_batches
-from wab.augment import Batch
-from wab.models import model_factory
-from wab.optim import build_optimizer
-from wab.population import Population
-from wab.step import population_step
+from wab.core.population import Population
+from wab.core.step import population_step
+from wab.parts.augment import Batch
+from wab.parts.models import model_factory
+from wab.parts.optim import build_optimizer
 
 
 def hand_written_step(models: list[nn.Module], optimizers: list[torch.optim.Optimizer], batches: list[Batch]) -> None:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import torch
 
-from wab.augment import Batch
-from wab.config import compose_config
-from wab.device import to_device
-from wab.records import RunDir
-from wab.trainer import Trainer
+from wab.parts.augment import Batch
+from wab.parts.device import to_device
+from wab.run.config import compose_config
+from wab.run.loop import Trainer
+from wab.run.records import RunDir
 
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
 

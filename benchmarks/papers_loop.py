@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from wab.data import ImageSet
+from wab.parts.data import ImageSet
 
 
 class PILDataset(Dataset):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.checkpoint import MemberRows
+from wab.core.member_rows import MemberRows
 from wab.method import Method, RunState, heldout_selection, register
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.checkpoint import MemberRows
+from wab.core.member_rows import MemberRows
 from wab.method import Method, RunState, register
 
 

@@ -11,8 +11,8 @@ here keep their own, and ``average_buffers`` (default true) averages them with t
 k steps, the nearest to sharing. Communication: one all-reduce of D (+ B) every k steps.
 """
 
-from wab.augment import recipe
 from wab.method import Method, RunState, register
+from wab.parts.augment import recipe
 
 
 @register("lookaround")

@@ -3,7 +3,7 @@ the population mean (weights and buffers; each member keeps its optimizer state)
 
 Merges happen at the end of epochs 0, K, 2K, ... (the first epoch included), never after the
 last epoch, so the members still differ when evaluated. With ``repair`` (on by default, as in the
-authors' CIFAR runs) REPAIR (:mod:`wab.repair`) rescales the merged model's convolutions to the
+authors' CIFAR runs) REPAIR (:mod:`wab.methods._repair`) rescales the merged model's convolutions to the
 parents' mixed channel statistics, measured on ``repair_batches`` batches of
 ``repair_batch_size`` training images (the authors' ``n_iter=5``, batch 500). Communication
 (D + B) / (K S) per member per step, plus the channel statistics when repairing.
@@ -12,7 +12,7 @@ parents' mixed channel statistics, measured on ``repair_batches`` batches of
 import torch
 
 from wab.method import Method, RunState, register
-from wab.repair import conv_statistics, mixed_goals, repair
+from wab.methods._repair import conv_statistics, mixed_goals, repair
 
 
 def merge_epochs(epochs: int, every: int, include_first: bool = True) -> list[int]:

@@ -3,7 +3,7 @@
 (``population.finalizers=[rebasin]``), the baseline PAPA's paper compares against ("independent +
 alignment + REPAIR").
 
-Every member is aligned to member 0 by permuting its hidden units (:mod:`wab.permutation`: the
+Every member is aligned to member 0 by permuting its hidden units (:mod:`wab.methods._permutation`: the
 permutation structure is traced from the model with torch.fx; a model it cannot trace is refused
 before the run starts), the aligned members are averaged (weights and buffers), and REPAIR
 rescales the average's convolutions to the aligned members' mean channel statistics on 5 batches
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from wab.method import RunState, register_finalizer
-from wab.permutation import NotPermutable, apply_permutation, permutation_spec, weight_matching
-from wab.repair import conv_statistics, mixed_goals, repair
+from wab.methods._permutation import NotPermutable, apply_permutation, permutation_spec, weight_matching
+from wab.methods._repair import conv_statistics, mixed_goals, repair
 
 REPAIR_BATCHES, REPAIR_BATCH_SIZE = 5, 500
 

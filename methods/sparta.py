@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from wab.device import to_device
 from wab.method import Method, RunState, register
 from wab.methods.wash import sample_positions
+from wab.parts.device import to_device
 
 
 @register("sparta")

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from wab.checkpoint import MemberRows
+from wab.core.member_rows import MemberRows
 from wab.method import Method, RunState, register
 
 

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from wab.checkpoint import MemberRows
+from wab.core.member_rows import MemberRows
+from wab.core.population import Population
 from wab.method import Method, RunState, heldout_selection, register
-from wab.population import Population
 
 VARIANTS = ("t", "v")
 CANDIDATES = ("members", "snapshots", "both")

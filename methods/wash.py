@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from wab.device import to_device
+from wab.core.population import Population, Segment
 from wab.method import Method, RunState, register
-from wab.population import Population, Segment
+from wab.parts.device import to_device
 
 SCHEDULES = ("linear", "constant")
 CONVENTIONS = ("selected", "changed")

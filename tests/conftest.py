@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wab.config import compose_config
+from wab.run.config import compose_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from wab.checkpoint import MemberRows
 from wab.cli import main
+from wab.core.member_rows import MemberRows
 from wab.method import Method, register
 
 

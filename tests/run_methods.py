@@ -3,9 +3,9 @@ or under ``torchrun --nproc_per_node=K tests/run_methods.py OUT distributed`` (t
 
 import sys
 
-from wab.config import compose_config, method_override
 from wab.method import available_methods
-from wab.run import run
+from wab.run.config import compose_config, method_override
+from wab.run.lifecycle import run
 
 TINY = ["data=digits", "model.width=4", "population.size=4", "trainer.epochs=2", "trainer.batch_size=128",
         "trainer.progress=false", "trainer.lmc_points=3", "device=cpu", "trainer.threads=1"]  # fmt: skip

@@ -132,8 +132,8 @@ SLOW = ["data=digits", "model.width=8", "population.size=2", "trainer.epochs=6",
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_to_the_same_result(tmp_path):
-    from wab.config import compose_config
-    from wab.run import run, run_dir_for
+    from wab.run.config import compose_config
+    from wab.run.lifecycle import run, run_dir_for
 
     reference = run(compose_config([*SLOW, f"out_dir={tmp_path / 'reference'}"]))
     out = tmp_path / "runs"
@@ -161,7 +161,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_to_the_same_resu
 
 
 def test_status_works_on_any_results_directory(tiny, tmp_path):
-    from wab.run import run
+    from wab.run.lifecycle import run
 
     for seed in (0, 1):
         assert run(tiny(f"seed={seed}", "trainer.epochs=1"))["status"] == "done"

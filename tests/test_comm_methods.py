@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from wab.checkpoint import join_state
+from wab.core.member_rows import join_state
+from wab.core.population import Population
 from wab.methods.diloco import DiLoCo
 from wab.methods.ema import Ema, ema_decay
 from wab.methods.gossip import grid_shape, mixing_matrix
 from wab.methods.lawa import Lawa
 from wab.methods.sparta import Sparta
-from wab.population import Population
-from wab.run import run
+from wab.run.lifecycle import run
 
 from .test_methods import make_run, method_cfg, perturb
 
@@ -97,8 +97,8 @@ def test_diloco_with_outer_sgd_lr_1_and_no_momentum_is_local_sgd(tiny):
 
 
 def test_diloco_resumes_with_its_outer_state(tiny, tmp_path):
-    from wab.run import run_dir_for
-    from wab.trainer import Trainer
+    from wab.run.lifecycle import run_dir_for
+    from wab.run.loop import Trainer
 
     cfg = tiny("method=diloco", "method.every_steps=3", "trainer.epochs=2")
     trainer = Trainer(cfg, run_dir_for(cfg))
@@ -221,7 +221,7 @@ def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny)
     rec = run(tiny("method=lookaround", "population.size=3", "trainer.epochs=2", "trainer.batch_size=64"))
     steps = rec["steps"]
     assert rec["comm"]["ops"]["average_into_members"]["calls"] == steps // 5
-    from wab.run import run_dir_for
+    from wab.run.lifecycle import run_dir_for
 
     rd = run_dir_for(tiny("method=lookaround", "population.size=3", "trainer.epochs=2", "trainer.batch_size=64"))
     ckpt = torch.load(rd.checkpoint, weights_only=True)
@@ -231,7 +231,7 @@ def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny)
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])
 def test_per_member_lr_scale_and_weight_decay_match_separate_optimizers(tiny, optim):
-    from wab.trainer import Trainer
+    from wab.run.loop import Trainer
 
     cfg = tiny(f"optim={optim}", "population.size=2", "optim.fused=false", "trainer.epochs=1",
                "population.member_augment=[{lr_scale: 0.5, weight_decay: 0.01},{label_smoothing: 0.1}]")  # fmt: skip
@@ -262,7 +262,7 @@ def test_per_member_lr_scale_and_weight_decay_match_separate_optimizers(tiny, op
 
 def test_bad_per_member_recipes_are_refused(tiny):
     from wab.errors import UserError
-    from wab.validate import validate
+    from wab.run.validate import validate
 
     with pytest.raises(UserError, match=r"member_augment\[0\].lr_scale=-1 must be a number > 0"):
         validate(tiny("population.member_augment=[{lr_scale: -1}]"))

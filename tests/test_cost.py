@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-from wab.config import compose_config
-from wab.cost import run_flops, step_flops, time_to_target
 from wab.errors import UserError
-from wab.models import MLP, TinyCNN
-from wab.run import run
-from wab.validate import validate
+from wab.parts.cost import run_flops, step_flops, time_to_target
+from wab.parts.models import MLP, TinyCNN
+from wab.run.config import compose_config
+from wab.run.lifecycle import run
+from wab.run.validate import validate
 
 
 def test_mlp_flops_match_the_hand_count():
@@ -140,7 +140,7 @@ def test_a_failing_logger_never_stops_the_run(tiny, monkeypatch, caplog):
 def test_an_interrupted_run_closes_its_loggers(tiny, monkeypatch):
     pytest.importorskip("tensorboard")
     from wab import loggers
-    from wab.trainer import Interrupted, request_stop
+    from wab.run.loop import Interrupted, request_stop
 
     closed = []
 

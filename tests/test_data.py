@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from wab.augment import Augment, Augmenter, Normalizer, crop_flip
-from wab.data import DatasetNotFound, load_data
+from wab.parts.augment import Augment, Augmenter, Normalizer, crop_flip
+from wab.parts.data import DatasetNotFound, load_data
 
 from .conftest import data_root, requires_data
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from wab.augment import Augment, Augmenter, Normalizer
-from wab.device import resolve_device, to_device
+from wab.parts.augment import Augment, Augmenter, Normalizer
+from wab.parts.device import resolve_device, to_device
 
 CUDA = torch.cuda.is_available()
 

@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 from wab.analysis.collect import collect_runs
 from wab.analysis.tables import summary_tables
-from wab.population import member_slice
-from wab.run import run_dir_for
+from wab.core.population import member_slice
+from wab.run.lifecycle import run_dir_for
 
 from .run_methods import configs
 
@@ -215,7 +215,7 @@ def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):
     p = subprocess.run(_torchrun(2, *train, "population.size=4"), env=ENV, capture_output=True, text=True, timeout=300)
     # torchrun reports its workers' exit status 2 with a traceback of its own
     assert p.returncode != 0 and "(WORLD_SIZE=2) but population.backend=local" in p.stderr, p.stderr[-2000:]
-    assert "add population.backend=distributed" in p.stderr and "wab/run.py" not in p.stderr
+    assert "add population.backend=distributed" in p.stderr and "wab/run/lifecycle.py" not in p.stderr
     p = subprocess.run(_torchrun(2, *train, "population.size=1", "population.backend=distributed"), env=ENV,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode != 0 and "population.size=1 is smaller than the 2 processes" in p.stderr, p.stderr[-2000:]
@@ -226,7 +226,7 @@ def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):
     p = subprocess.run(_torchrun(2, str(script), *train[2:], "population.size=2", "population.backend=distributed"),
                        env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode != 0 and "resolve different run ids" in p.stderr, p.stderr[-2000:]
-    assert "set device and trainer.threads" in p.stderr and "wab/run.py" not in p.stderr
+    assert "set device and trainer.threads" in p.stderr and "wab/run/lifecycle.py" not in p.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 

@@ -3,11 +3,11 @@ import copy
 import torch
 from torch.optim.swa_utils import update_bn
 
-from wab.augment import Normalizer
-from wab.data import load_data
-from wab.evaluate import Evaluator, expected_calibration_error
-from wab.models import model_factory
-from wab.population import Population
+from wab.core.evaluate import Evaluator, expected_calibration_error
+from wab.core.population import Population
+from wab.parts.augment import Normalizer
+from wab.parts.data import load_data
+from wab.parts.models import model_factory
 
 
 def test_ece_against_a_hand_computed_value():

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from wab.config import compose_config
-from wab.lease import LEASE_DIR, Lease, RunLeased, read_lease
-from wab.records import RunDir
-from wab.run import run, run_dir_for
+from wab.run.config import compose_config
+from wab.run.lease import LEASE_DIR, Lease, RunLeased, read_lease
+from wab.run.lifecycle import run, run_dir_for
+from wab.run.records import RunDir
 
 WAB = [sys.executable, "-m", "wab.cli"]
 SLOW = ["data=digits", "model.width=8", "population.size=2", "trainer.epochs=6", "trainer.batch_size=16",
@@ -106,10 +106,10 @@ def test_a_holder_that_was_taken_over_notices_and_writes_nothing(tiny, monkeypat
     _fake_lease(rd.path, "another-node", time.time(), gen=lease.gen + 1)  # someone took it over
     _wait_for(lambda: lease.lost, timeout=10)
     lease.release()
-    from wab.trainer import Trainer
+    from wab.run.loop import Trainer
 
     trainer = Trainer(cfg, rd)
-    from wab.lease import LeaseLost
+    from wab.run.lease import LeaseLost
 
     with pytest.raises(LeaseLost, match="taken over"):
         trainer.fit(lease)

@@ -6,7 +6,7 @@ import pytest
 import wab.method as method_api
 from wab.errors import UserError
 from wab.method import HOOKS, Method, available_methods, get_method, register, unregister
-from wab.run import run
+from wab.run.lifecycle import run
 
 
 def test_every_hook_is_reached_with_the_run_state(tiny, registered):

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from wab.config import compose_config
 from wab.method import available_methods
 from wab.methods.aswa import Aswa, aswa_decision
 from wab.methods.papa import Papa
@@ -18,8 +17,9 @@ from wab.methods.swa import Swa
 from wab.methods.twa import block_basis, pseudo_inverse
 from wab.methods.wash import Wash, layer_probabilities, random_permutations, sample_positions
 from wab.methods.wash_opt import WashOpt
-from wab.run import run, run_dir_for
-from wab.trainer import Interrupted, Trainer, request_stop
+from wab.run.config import compose_config
+from wab.run.lifecycle import run, run_dir_for
+from wab.run.loop import Interrupted, Trainer, request_stop
 
 
 def method_cfg(name, overrides):
@@ -166,7 +166,7 @@ def test_papa_pulls_as_the_authors_loop_does(tiny):
     assert [(e, k) for e, k, _, _ in pulls] == [(e, k) for e in (0, 1) for k in (1, 5, 9)]  # ceil(11 / 4) = 3
     optim = state.cfg["optim"]
     for _, _, step, w in pulls:  # step = steps done; the lr read is that of 0-based step `step`, the next
-        from wab.optim import lr_at
+        from wab.parts.optim import lr_at
 
         expected = lr_at(step, state.total_steps, s, optim) / optim["lr"] * (1 - 0.99)
         assert w == pytest.approx(expected, rel=1e-12)
@@ -233,8 +233,8 @@ def test_dart_gives_members_their_own_augmentation_and_averages_as_the_authors_c
 
 
 def test_dart_delivers_the_aggregated_model_best_on_heldout_data(tiny):
-    from wab.data import load_data
-    from wab.saved_models import load_model, normalize
+    from wab.parts.data import load_data
+    from wab.run.saved_models import load_model, normalize
 
     cfg = tiny("method=dart", "method.every_steps=4", "trainer.epochs=3", "trainer.batch_size=64")
     rec = run(cfg)
@@ -275,7 +275,7 @@ def test_an_independent_population_given_dart_s_or_papa_s_members_is_their_exact
 
 
 def test_papa_s_grid_is_shuffled_with_the_seed_and_gives_each_member_its_own_entry():
-    from wab.augment import MEMBER_GRIDS, member_entries
+    from wab.parts.augment import MEMBER_GRIDS, member_entries
 
     grid = MEMBER_GRIDS["papa_grid"]
     draws = {seed: member_entries("papa_grid", 10, seed, 32) for seed in range(3)}
@@ -315,7 +315,7 @@ def test_swa_equals_torch_swa_utils_on_the_same_checkpoints_and_batches(tiny):
 
 
 def test_swa_selects_its_schedule():
-    from wab.config import compose_config
+    from wab.run.config import compose_config
 
     cfg = compose_config(["method=swa"])
     assert cfg["optim"]["schedule"] == "swa" and cfg["method"]["start"] == cfg["optim"]["swa_start"]
@@ -499,7 +499,7 @@ def _repair_setup(tiny, *overrides):
 
 
 def test_repair_brings_every_conv_channel_to_the_mixed_statistics_of_the_parents(tiny):
-    from wab.repair import conv_statistics, mixed_goals, repair
+    from wab.methods._repair import conv_statistics, mixed_goals, repair
 
     pop, batches = _repair_setup(tiny)
     parents = [pop.model_from(*pop.member_state(j)) for j in range(pop.size)]
@@ -586,7 +586,7 @@ def test_members_recal_is_each_member_after_its_own_bn_recalibration(tiny):
 
 
 def test_lmc_barrier_is_zero_for_identical_members_and_positive_for_independent_ones(tiny):
-    from wab.lmc import connectivity
+    from wab.core.lmc import connectivity
 
     _, state = make_run(tiny, "population.size=3", "population.same_init=true")
     pop, ev = state.population, state.evaluator

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from wab.models import MODELS, model_factory
+from wab.parts.models import MODELS, model_factory
 
 
 @pytest.mark.parametrize("name, kwargs", [("mlp", {}), ("cnn", {}), ("resnet18", {}), ("resnet20", {}),

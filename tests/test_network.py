@@ -5,7 +5,7 @@ import pytest
 
 from wab.analysis.report import write_report
 from wab.errors import UserError
-from wab.network import call_time, load_links, step_time
+from wab.parts.network import call_time, load_links, step_time
 
 from .test_report import golden  # noqa: F401  (the fixture)
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from wab.ledger import CommLedger
-from wab.models import model_factory
-from wab.optim import RowwiseFusedAdamW, RowwiseFusedSGD, build_optimizer
-from wab.population import Population
+from wab.core.ledger import CommLedger
+from wab.core.population import Population
+from wab.parts.models import model_factory
+from wab.parts.optim import RowwiseFusedAdamW, RowwiseFusedSGD, build_optimizer
 
 
 def cnn():

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 
-from wab.config import compose_config
+from wab.core.lmc import barrier
 from wab.errors import UserError
-from wab.lmc import barrier
-from wab.models import MLP, VGG, TinyCNN, resnet18, resnet20
-from wab.permutation import NotPermutable, apply_permutation, permutation_spec, weight_matching
-from wab.run import run
-from wab.validate import validate
+from wab.methods._permutation import NotPermutable, apply_permutation, permutation_spec, weight_matching
+from wab.parts.models import MLP, VGG, TinyCNN, resnet18, resnet20
+from wab.run.config import compose_config
+from wab.run.lifecycle import run
+from wab.run.validate import validate
 
 from .test_methods import make_run
 

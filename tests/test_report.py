@@ -15,9 +15,9 @@ from wab.analysis.collect import collect_curves, collect_runs, label_settings
 from wab.analysis.report import write_report
 from wab.analysis.stats import mean_ci
 from wab.analysis.tables import summary_tables
-from wab.config import compose_config
 from wab.errors import UserError
-from wab.records import run_id
+from wab.run.config import compose_config
+from wab.run.records import run_id
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 EXPECTED_TABLE = Path(__file__).parent / "data" / "golden_table.md"

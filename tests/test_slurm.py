@@ -14,10 +14,10 @@ import time
 import pytest
 import yaml
 
-from wab.records import RunDir
-from wab.run import run
-from wab.status import SlurmJob, directory_status, is_launch_job, slurm_jobs
-from wab.sweep import cancel, launch, load_sweep, plan
+from wab.launch.status import SlurmJob, directory_status, is_launch_job, slurm_jobs
+from wab.launch.sweep import cancel, launch, load_sweep, plan
+from wab.run.lifecycle import run
+from wab.run.records import RunDir
 
 
 def _cluster_problem() -> str | None:
@@ -279,7 +279,7 @@ def test_a_sweep_larger_than_max_array_size_goes_out_as_a_pool_that_keeps_every_
     """More runs than one array may hold: one array of array_parallelism workers, each taking the
     next run no other holds, instead of arrays chained one after another (whose last runs leave
     slots idle while the next array waits)."""
-    from wab.sweep import max_array_size
+    from wab.launch.sweep import max_array_size
 
     limit = max_array_size()
     if not limit or limit > 8:

@@ -9,12 +9,12 @@ from datetime import datetime
 import pytest
 import yaml
 
-from wab.config import compose_config
 from wab.errors import UserError
-from wab.records import RunDir, config_hash
-from wab.run import run_dir_for
-from wab.status import SlurmJob, directory_status, format_status, is_launch_job, launch_job_states, run_status
-from wab.sweep import InvalidSweep, expand, launch, load_sweep, plan
+from wab.launch.status import SlurmJob, directory_status, format_status, is_launch_job, launch_job_states, run_status
+from wab.launch.sweep import InvalidSweep, expand, launch, load_sweep, plan
+from wab.run.config import compose_config
+from wab.run.lifecycle import run_dir_for
+from wab.run.records import RunDir, config_hash
 
 TINY = ["model=cnn", "model.width=4", "population.size=2", "trainer.epochs=1", "trainer.batch_size=256", "device=cpu"]
 
@@ -249,7 +249,7 @@ def test_status_gives_a_divergence_its_reason_and_flags_a_stale_job(tmp_path):
 
 
 def test_status_says_when_the_scheduler_could_not_be_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr("wab.status.slurm_jobs", lambda: None)  # squeue failed: the controller is down
+    monkeypatch.setattr("wab.launch.status.slurm_jobs", lambda: None)  # squeue failed: the controller is down
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "metrics.jsonl").write_text("")
     manifest = {"runs": [{"run_id": "r1", "overrides": ["seed=0"], "job_id": "5_0", "submitted_at": 1.0,

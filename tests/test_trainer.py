@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from wab.method import Method, register, unregister
-from wab.optim import RowwiseFusedSGD, lr_at
-from wab.records import RunDir
-from wab.run import run, run_dir_for
-from wab.trainer import Interrupted, Trainer, request_stop
+from wab.parts.optim import RowwiseFusedSGD, lr_at
+from wab.run.lifecycle import run, run_dir_for
+from wab.run.loop import Interrupted, Trainer, request_stop
+from wab.run.records import RunDir
 
 FINAL_KEYS = {"status", "method", "config", "seed", "wall_time_s", "steps", "metrics", "comm"}
 METRIC_KEYS = {
@@ -226,8 +226,8 @@ def test_gpu_mode_options_run_on_cpu_too(tiny):
 
 
 def test_the_delivered_models_are_files_that_rebuild_without_the_trainer(tiny):
-    from wab.data import load_data
-    from wab.saved_models import load_model, normalize
+    from wab.parts.data import load_data
+    from wab.run.saved_models import load_model, normalize
 
     cfg = tiny("method=soups", "trainer.epochs=2")
     rec = run(cfg)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from wab.config import compose_config
-from wab.validate import InvalidConfig, check_config, compose_checked
+from wab.run.config import compose_config
+from wab.run.validate import InvalidConfig, check_config, compose_checked
 
 TINY = ["data=digits", "population.size=2", "trainer.epochs=1", "device=cpu"]
 
@@ -13,7 +13,7 @@ def problems(*overrides):
 
 
 def test_the_defaults_and_every_method_at_its_defaults_are_valid():
-    from wab.config import group_options
+    from wab.run.config import group_options
 
     for method in group_options("method"):
         assert problems(f"method={method}") == [], method
@@ -72,7 +72,7 @@ def test_a_plugin_method_is_selected_overridden_and_hashed_like_a_built_in_one(r
     are overridden without ``+``, its defaults are written into the run's config (so changing one
     changes the run id), and a typo gets a "did you mean"."""
     from wab.method import Method
-    from wab.records import run_id
+    from wab.run.records import run_id
 
     @registered("test_plugin_hp")
     class Plugin(Method):

@@ -45,7 +45,7 @@ def _console_logging() -> None:
 def _ctrl_c_checkpoints() -> Iterator[None]:
     """A first Ctrl-C asks for a checkpoint at the next step boundary (an evaluation under way
     finishes first; the final one completes the run); a second one stops at once."""
-    from wab.trainer import request_stop, stop_requested
+    from wab.run.loop import request_stop, stop_requested
 
     def handler(signum, frame):
         if stop_requested():
@@ -73,9 +73,9 @@ def _summary(record: dict) -> str:
 
 def train_one(overrides: list[str]) -> int:
     """``wab train`` without -m: check the config, then train (or resume) its run."""
-    from wab.run import process_group, run, run_dir_for
-    from wab.trainer import Interrupted
-    from wab.validate import compose_checked, validate
+    from wab.run.lifecycle import process_group, run, run_dir_for
+    from wab.run.loop import Interrupted
+    from wab.run.validate import compose_checked, validate
 
     cfg = compose_checked(overrides)
     validate(cfg)
@@ -113,8 +113,8 @@ def train_one(overrides: list[str]) -> int:
 
 def _follow(cfg: dict, group) -> int:
     """A non-main process of a distributed run: train, quietly; its exit status follows the run."""
-    from wab.run import run
-    from wab.trainer import Interrupted
+    from wab.run.lifecycle import run
+    from wab.run.loop import Interrupted
 
     try:
         with _ctrl_c_checkpoints():
@@ -135,15 +135,15 @@ def train_multirun(overrides: list[str]) -> int:
     from omegaconf import DictConfig
 
     from wab import CONFIG_DIR
-    from wab.config import method_overrides
+    from wab.run.config import method_overrides
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def app(cfg: DictConfig) -> None:
-        from wab.jobs import job_signals, link_job_logs
-        from wab.lease import RunLeased
-        from wab.run import plain_config, run, run_dir_for
-        from wab.trainer import Interrupted
-        from wab.validate import check_config
+        from wab.launch.jobs import job_signals, link_job_logs
+        from wab.run.lease import RunLeased
+        from wab.run.lifecycle import plain_config, run, run_dir_for
+        from wab.run.loop import Interrupted
+        from wab.run.validate import check_config
 
         cfg = plain_config(cfg)
         cfg.pop("hydra", None)
@@ -191,7 +191,7 @@ def _check_multirun(overrides: list[str]) -> None:
     """Check every value of every comma-separated sweep override (each with the first value of
     the others) before hydra starts, so that a bad key or method is one line with a "did you
     mean" rather than hydra's own message; raises :class:`UserError`."""
-    from wab.validate import compose_checked, validate
+    from wab.run.validate import compose_checked, validate
 
     plain = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/", "+hydra"))]  # not the run's config
 
@@ -211,9 +211,8 @@ def _check_multirun(overrides: list[str]) -> None:
 def _failed_since(overrides: list[str], t0: float) -> list[str]:
     """Runs under the multirun's out_dir that recorded a failure since ``t0`` (jobs of a remote
     launcher report nothing back to this process)."""
-    from wab.analysis.collect import find_runs
-    from wab.records import RunDir
-    from wab.validate import compose_checked
+    from wab.run.records import RunDir, find_runs
+    from wab.run.validate import compose_checked
 
     fixed = [o for o in overrides if not o.startswith("-") and "," not in o.split("=", 1)[-1]]
     try:
@@ -229,8 +228,8 @@ def _failed_since(overrides: list[str], t0: float) -> list[str]:
 
 
 def sweep_main(config: str, cluster: str, dry_run: bool, select: str = "all") -> int:
-    from wab.status import directory_status
-    from wab.sweep import launch, load_sweep, plan
+    from wab.launch.status import directory_status
+    from wab.launch.sweep import launch, load_sweep, plan
 
     spec = load_sweep(config)
     if dry_run:
@@ -262,7 +261,7 @@ def sweep_main(config: str, cluster: str, dry_run: bool, select: str = "all") ->
 def status_main(directory: str) -> int:
     from pathlib import Path
 
-    from wab.status import directory_status, format_status
+    from wab.launch.status import directory_status, format_status
 
     if not Path(directory).is_dir():
         raise UserError(f"{directory} is not a directory")
@@ -359,7 +358,7 @@ def _dispatch(argv: list[str]) -> int:
         select = "failed" if args.only_failed else "not-failed" if args.skip_failed else "all"
         return sweep_main(args.config, args.cluster, args.dry_run, select)
     if args.command == "cancel":
-        from wab.sweep import cancel
+        from wab.launch.sweep import cancel
 
         cancelled = cancel(args.directory, stale=args.stale)
         nothing = "no stale job" if args.stale else "no job is queued or running"

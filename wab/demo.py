@@ -9,9 +9,9 @@ import pandas as pd
 
 from wab.analysis.collect import collect_runs
 from wab.analysis.report import write_report
-from wab.config import compose_config, method_override
 from wab.method import available_methods, get_method
-from wab.run import run
+from wab.run.config import compose_config, method_override
+from wab.run.lifecycle import run
 
 DEMO_OVERRIDES = (
     "data=digits",

@@ -24,11 +24,11 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from wab.data import DataSplits
+from wab.core.evaluate import Evaluator
+from wab.core.ledger import CommLedger
+from wab.core.population import Population
 from wab.errors import UserError, did_you_mean
-from wab.evaluate import Evaluator
-from wab.ledger import CommLedger
-from wab.population import Population
+from wab.parts.data import DataSplits
 
 HOOKS = ("setup", "after_step", "after_epoch", "finalize")
 ENTRY_POINT_GROUP = "wab.methods"
@@ -71,7 +71,7 @@ class RunState:
         """The learning rate of optimizer step ``step`` (0-based): ``lr_of(run.step)`` in
         ``after_step`` is the lr of the next step, the value a scheduler stepped after the
         optimizer reports (PAPA's code reads it there)."""
-        from wab.optim import lr_at
+        from wab.parts.optim import lr_at
 
         return lr_at(step, self.total_steps, self.steps_per_epoch, self.cfg["optim"])
 
@@ -177,7 +177,8 @@ def _load_all() -> None:
     import wab.methods
 
     for info in pkgutil.iter_modules(wab.methods.__path__):
-        importlib.import_module(f"wab.methods.{info.name}")
+        if not info.name.startswith("_"):  # _repair, _permutation: code some methods share
+            importlib.import_module(f"wab.methods.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         cls = ep.load()
         if _REGISTRY.get(ep.name) is not cls:

@@ -1,6 +1,6 @@
 """How the processes of a population talk: one process (:class:`LocalComm`), or several over
 ``torch.distributed`` (:class:`DistComm`: gloo on CPU, NCCL on GPU), each holding a contiguous
-slice of the members. Only :mod:`wab.population` calls these; it decides what travels.
+slice of the members. Only :mod:`wab.core.population` calls these; it decides what travels.
 
 :class:`DistComm` counts the bytes each rank hands to every collective and gets back from the
 others (an all-reduce: its tensor both ways; an all-gather: its rows out, the others' rows in; a

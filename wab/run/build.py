@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from wab.augment import Augment, Augmenter, Normalizer, member_entries
-from wab.data import DataSplits, describe_data, load_data
-from wab.device import resolve_device
-from wab.distributed import LocalComm
-from wab.evaluate import Evaluator
-from wab.ledger import CommLedger
+from wab.core.distributed import LocalComm
+from wab.core.evaluate import Evaluator
+from wab.core.ledger import CommLedger
+from wab.core.population import Population
 from wab.method import Method, RunState
-from wab.models import model_factory
-from wab.optim import RECIPE_KEYS, MemberRecipes, build_optimizer
-from wab.population import Population
-from wab.spec import RunSpec
+from wab.parts.augment import Augment, Augmenter, Normalizer, member_entries
+from wab.parts.data import DataSplits, describe_data, load_data
+from wab.parts.device import resolve_device
+from wab.parts.models import model_factory
+from wab.parts.optim import RECIPE_KEYS, MemberRecipes, build_optimizer
+from wab.run.spec import RunSpec
 
 
 def member_seed(seed: int, i: int) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from wab.population import Population
+from wab.core.population import Population
 
 State = tuple[list[Tensor], list[Tensor]]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wab.augment import Batch
-from wab.optim import MemberRecipes
-from wab.population import Population
+from wab.core.population import Population
+from wab.parts.augment import Batch
+from wab.parts.optim import MemberRecipes
 
 
 def forward_backward(

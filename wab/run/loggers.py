@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wab.config import flatten
+from wab.run.config import flatten
 
 LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module it needs
 

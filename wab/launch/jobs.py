@@ -1,7 +1,7 @@
 """What a sweep's job runs on its node: one run (:class:`RunJob`, a SLURM array task) or a pool
 worker going through many (:class:`PoolWorker`: the local pool, and SLURM sweeps larger than one
 array), its log links, and what a signal does (:func:`job_signals`). Submitted by
-:mod:`wab.sweep`, also used by ``wab train -m`` (the hydra path).
+:mod:`wab.launch.sweep`, also used by ``wab train -m`` (the hydra path).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import submitit
 
-from wab.lease import RunLeased, read_lease
-from wab.run import run, run_dir_for
-from wab.status import FINISHED
-from wab.trainer import Interrupted, clear_stop, request_stop
+from wab.launch.status import FINISHED
+from wab.run.lease import RunLeased, read_lease
+from wab.run.lifecycle import run, run_dir_for
+from wab.run.loop import Interrupted, clear_stop, request_stop
 
 
 def link_job_logs(cfg: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from wab.device import to_device
+from wab.parts.device import to_device
 
 POLICIES = (None, "trivialaugment", "autoaugment", "randaugment")
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from wab.device import compute_identity
+from wab.parts.device import compute_identity
 
 # Config keys that do not change a run's results, so they stay out of its identity.
 NOT_HASHED = (
     ("out_dir",),
-    ("device",),  # its type enters as "compute" (wab.device.compute_identity), with the CPU threads
+    ("device",),  # its type enters as "compute" (wab.parts.device.compute_identity), with the CPU threads
     ("data", "root"),
     ("data", "download"),
     ("population", "backend"),
@@ -151,7 +151,7 @@ class RunDir:
 
     def state(self) -> str:
         """done | diverged | failed | corrupt | incomplete | not launched, from the files alone
-        (a live lease or a queued job are :mod:`wab.status`'s to add)."""
+        (a live lease or a queued job are :mod:`wab.launch.status`'s to add)."""
         if not self.path.exists():
             return "not launched"
         final, problem = self._load_final()
@@ -188,3 +188,10 @@ class RunDir:
     def write_metrics(self, lines: list[dict]) -> None:
         """``metrics.jsonl`` made of exactly ``lines`` (a resume's, from its checkpoint)."""
         atomic_write_text(self.metrics, "".join(json.dumps(r, default=str) + "\n" for r in lines))
+
+
+def find_runs(root: str | os.PathLike) -> list[Path]:
+    """Every run directory (one holding config.yaml) below root, in a stable order."""
+    return sorted(
+        p.parent for p in Path(root).rglob("config.yaml") if not any(part.startswith(".") for part in p.parent.parts)
+    )

@@ -5,7 +5,7 @@ member sends (a full exchange of the parameters is D elements per member), ``byt
 bytes, ``calls`` how many times the operation ran (its rounds), and ``pattern`` the collective it
 is on a network: ``all_reduce`` (a mean), ``all_gather`` (every member's values to every member),
 ``neighbour`` (point-to-point exchanges with a few peers; ``elements`` counts every peer's copy)
-or ``broadcast`` (one member's values to all). :mod:`wab.network` costs them on a named link.
+or ``broadcast`` (one member's values to all). :mod:`wab.parts.network` costs them on a named link.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The run spec: a resolved run config read once into typed fields, with every check of its
 values in this one place (:meth:`RunSpec.from_config` for the config alone,
 :meth:`RunSpec.steps_per_epoch` for what needs the dataset's size). Building a spec reads no data
-and allocates nothing, so validation (:func:`wab.validate.check_config`) and a real start make
+and allocates nothing, so validation (:func:`wab.run.validate.check_config`) and a real start make
 the same checks. Imports the method registry, the logger names and the distributed backends'
 names; builds nothing.
 """
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from wab.data import DataSplits
-from wab.distributed import BACKENDS
-from wab.loggers import RunLoggers, logger_problems
+from wab.core.distributed import BACKENDS
 from wab.method import Method, get_finalizer, method_of, one_member_methods
+from wab.parts.data import DataSplits
+from wab.run.loggers import RunLoggers, logger_problems
 
 # trainer keys that are counts, with their smallest allowed value
 _COUNTS = (("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0), ("checkpoint_every", 1), ("lmc_points", 0))

@@ -1,7 +1,7 @@
 """Saving and restoring everything stateful of a run: the population, the optimizer, the method,
 the members' data order and random streams, the ledger, the records' clock, traffic and
 evaluation lines. Each process writes its own members' rows (``torch.distributed.checkpoint``
-shards, :mod:`wab.checkpoint`); the main process writes ``checkpoint.pt`` last, the commit
+shards, :mod:`wab.core.member_rows`); the main process writes ``checkpoint.pt`` last, the commit
 point, and keeps the previous one. A resume reads the newest checkpoint every process can read.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from wab.build import BuiltRun
-from wab.checkpoint import MemberRows, join_state, new_shard_dir, remove_unreferenced, split_state, write_shards
-from wab.distributed import LocalComm
-from wab.recorder import Recorder
-from wab.records import RunDir, atomic_torch_save
+from wab.core.distributed import LocalComm
+from wab.core.member_rows import MemberRows, join_state, new_shard_dir, remove_unreferenced, split_state, write_shards
+from wab.run.build import BuiltRun
+from wab.run.recorder import Recorder
+from wab.run.records import RunDir, atomic_torch_save
 
 log = logging.getLogger("wab")
 

@@ -3,9 +3,9 @@
 ``run`` never raises for a failing config: the error and traceback go to the run's own
 ``final.json`` with status ``failed`` (no ``done`` marker, so a relaunch retries it), and a
 diverged run is recorded with status ``diverged`` (terminal, ``done`` written). It raises
-:class:`~wab.lease.RunLeased` when another live process trains the run (nothing is written),
+:class:`~wab.run.lease.RunLeased` when another live process trains the run (nothing is written),
 and lets a stop (``Interrupted``, after its checkpoint) or a ``KeyboardInterrupt`` through.
-Check a config with :func:`wab.validate.validate` first: a bad value then leaves nothing behind.
+Check a config with :func:`wab.run.validate.validate` first: a bad value then leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from wab.device import resolve_compute, using_threads
-from wab.distributed import LocalComm, launch_problems
-from wab.distributed import init as init_distributed
-from wab.lease import Lease, LeaseLost, RunLeased
-from wab.provenance import provenance
-from wab.recorder import final_record
-from wab.records import RunDir, atomic_write_json, atomic_write_text, run_id
-from wab.trainer import Diverged, Interrupted, Trainer
-from wab.validate import InvalidConfig
+from wab.core.distributed import LocalComm, launch_problems
+from wab.core.distributed import init as init_distributed
+from wab.parts.device import resolve_compute, using_threads
+from wab.run.lease import Lease, LeaseLost, RunLeased
+from wab.run.loop import Diverged, Interrupted, Trainer
+from wab.run.provenance import provenance
+from wab.run.recorder import final_record
+from wab.run.records import RunDir, atomic_write_json, atomic_write_text, run_id
+from wab.run.validate import InvalidConfig
 
 log = logging.getLogger("wab")
 
 def plain_config(cfg: dict | DictConfig) -> dict[str, Any]:
     """A plain dict with the device and CPU threads explicit (``auto`` resolved for this process,
-    :func:`wab.device.resolve_compute`): the config a run records and is named by."""
+    :func:`wab.parts.device.resolve_compute`): the config a run records and is named by."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return resolve_compute(cfg)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """The training loop every method runs through, and only the loop: steps, hooks, the evaluation
 and checkpoint cadence, stop and lease checks. What it runs is built elsewhere (the spec,
-:mod:`wab.spec`; the components, :mod:`wab.build`), and what it keeps is written elsewhere
-(:mod:`wab.checkpointing`, :mod:`wab.recorder`).
+:mod:`wab.run.spec`; the components, :mod:`wab.run.build`), and what it keeps is written elsewhere
+(:mod:`wab.run.checkpointing`, :mod:`wab.run.recorder`).
 
 Per step: each member takes its own batch (its own permutation of the training set every epoch,
 its own augmentation), the members' losses are summed and back-propagated once, one optimizer
@@ -24,17 +24,17 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from wab.build import BuiltRun, build_run
-from wab.checkpointing import Checkpointer
-from wab.device import to_device
-from wab.distributed import LocalComm
-from wab.lease import Lease, LeaseLost
-from wab.optim import lr_at
-from wab.recorder import Recorder
-from wab.records import RunDir
-from wab.saved_models import save_models
-from wab.spec import RunSpec
-from wab.step import population_step
+from wab.core.distributed import LocalComm
+from wab.core.step import population_step
+from wab.parts.device import to_device
+from wab.parts.optim import lr_at
+from wab.run.build import BuiltRun, build_run
+from wab.run.checkpointing import Checkpointer
+from wab.run.lease import Lease, LeaseLost
+from wab.run.recorder import Recorder
+from wab.run.records import RunDir
+from wab.run.saved_models import save_models
+from wab.run.spec import RunSpec
 
 log = logging.getLogger("wab")
 
@@ -140,7 +140,7 @@ class Trainer:
         return loss
 
     def evaluate(self, final: bool) -> dict:
-        """One evaluation (:class:`~wab.evaluate.Evaluator`); the final one also runs the method's
+        """One evaluation (:class:`~wab.core.evaluate.Evaluator`); the final one also runs the method's
         ``finalize`` and the finalizers, and saves the delivered models (``trainer.save_models``)."""
         finals = {}
         if final:
@@ -164,7 +164,7 @@ class Trainer:
         return metrics
 
     def model_meta(self, final_model: str) -> dict:
-        """What :func:`wab.saved_models.load_model` needs to rebuild a delivered model."""
+        """What :func:`wab.run.saved_models.load_model` needs to rebuild a delivered model."""
         d = self.data
         return {"final_model": final_model, "model": self.cfg["model"], "in_channels": d.in_channels,
                 "image_size": d.image_size, "num_classes": d.num_classes, "mean": d.mean, "std": d.std}  # fmt: skip

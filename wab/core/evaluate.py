@@ -19,10 +19,10 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
-from wab.augment import Normalizer
-from wab.data import DataSplits, ImageSet
-from wab.lmc import connectivity
-from wab.population import Held, Population
+from wab.core.lmc import connectivity
+from wab.core.population import Held, Population
+from wab.parts.augment import Normalizer
+from wab.parts.data import DataSplits, ImageSet
 
 ECE_BINS = 15
 
@@ -117,10 +117,10 @@ class Evaluator:
         """Every metric of one evaluation on the test split (see README, final.json). With ``keep``,
         the state_dicts of the delivered models this process writes are stored in it (``avg_bn``
         and the shared final models, as evaluated, on the main process; a member's own model,
-        :class:`~wab.population.Held`, on the process holding it). ``diagnose`` (the final
+        :class:`~wab.core.population.Held`, on the process holding it). ``diagnose`` (the final
         evaluation) also measures each member after recalibrating its own BatchNorm statistics
         (``members_recal``) and, with ``lmc_points`` >= 2, the members' linear mode connectivity
-        (:mod:`wab.lmc`)."""
+        (:mod:`wab.core.lmc`)."""
         finals = finals or {}
         n = len(population.members)  # this process's share of the per-member work
         extra = n + (1 + n) * max(lmc_points - 2, 0) if diagnose else 0

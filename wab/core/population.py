@@ -7,7 +7,7 @@ in a flat [N, B] tensor the same way. Every collective operation (mean, average 
 lerp toward the mean, mixing, permuting elements across members) is a method here and records
 what one member would send in the communication ledger.
 
-With a distributed communicator (``population.backend=distributed``, :mod:`wab.distributed`)
+With a distributed communicator (``population.backend=distributed``, :mod:`wab.core.distributed`)
 each process holds a contiguous slice of the members (:func:`member_slice`) in the same flat
 [n_local, P] layout, and the same calls are collectives: the mean is a float64 all-reduce, a
 shuffle all-gathers only the selected values, a mix all-gathers the rows, one member's state is
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from wab.checkpoint import MemberRows
-from wab.device import to_device
-from wab.distributed import LocalComm
-from wab.ledger import CommLedger
+from wab.core.distributed import LocalComm
+from wab.core.ledger import CommLedger
+from wab.core.member_rows import MemberRows
+from wab.parts.device import to_device
 
 _MEAN_CHUNK = 1 << 16
 
@@ -514,7 +514,7 @@ class Population:
 
     # --------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
-        """This process's members' state, as :class:`~wab.checkpoint.MemberRows` (a checkpoint
+        """This process's members' state, as :class:`~wab.core.member_rows.MemberRows` (a checkpoint
         stores them per member: no process gathers another's)."""
         named = [dict(m.named_buffers()) for m in self.members]
         other = [k for k, b in named[0].items() if not b.is_floating_point()]

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wab.lease import read_lease
-from wab.records import RunDir
+from wab.run.lease import read_lease
+from wab.run.records import RunDir
 
 STATES = ("done", "diverged", "failed", "corrupt", "running", "queued", "dead", "incomplete", "not launched")
 FINISHED = ("done", "diverged")
@@ -185,7 +185,7 @@ def read_manifest(directory: Path) -> dict | None:
 def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
     """Every run of a sweep (its manifest's runs, in grid order) or, for any other directory,
     every run directory below it."""
-    from wab.analysis.collect import find_runs
+    from wab.run.records import find_runs
 
     directory = Path(directory)
     manifest = read_manifest(directory)

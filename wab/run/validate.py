@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 
-from wab.config import compose_config, default_config, flatten, format_value, group_options
 from wab.errors import UserError, did_you_mean, directory_problem
 from wab.method import available_methods
+from wab.run.config import compose_config, default_config, flatten, format_value, group_options
 
 GROUPS = ("data", "model", "optim", "method")
 FRACTIONAL_OK = ("optim.warmup_epochs",)  # integer defaults that also take fractions
@@ -153,7 +153,7 @@ def check_config(cfg: dict[str, Any], gpus: int | None = None) -> list[str]:
     problems = device_problems(cfg, gpus)
     if problem := directory_problem(cfg["out_dir"], "out_dir"):
         problems.append(problem)
-    from wab.trainer import Trainer
+    from wab.run.loop import Trainer
 
     try:
         Trainer(cfg, dry=True).check()

@@ -35,7 +35,7 @@ def step_flops(build: Callable[[], nn.Module], batch_size: int, channels: int, i
 
 @functools.lru_cache(maxsize=64)
 def _cached(model_json: str, batch_size: int, channels: int, image_size: int, classes: int) -> int:
-    from wab.models import model_factory
+    from wab.parts.models import model_factory
 
     mcfg = json.loads(model_json)
     build = model_factory(mcfg.pop("name"), channels, image_size, classes, **mcfg)
@@ -46,7 +46,7 @@ def run_flops(cfg: dict[str, Any], steps: int) -> dict[str, int]:
     """``{"per_member_step", "per_step", "train"}`` FLOPs of a run with config ``cfg`` (a resolved
     config) after ``steps`` optimizer steps: per_step = members x per_member_step and
     train = steps x per_step."""
-    from wab.data import SHAPES, dataset_shape
+    from wab.parts.data import SHAPES, dataset_shape
 
     d = cfg["data"]
     shape = SHAPES.get(d["name"]) or dataset_shape(d["name"], d.get("root"), False, int(d.get("image_size", 32)))

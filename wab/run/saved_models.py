@@ -7,7 +7,7 @@ returns: ``greedy_soup``, ``swa_0``, ``twa``...), each a plain ``state_dict`` th
 classes, normalisation and which model is the method's final one). :func:`load_model` rebuilds
 one::
 
-    from wab.saved_models import load_model, normalize
+    from wab.run.saved_models import load_model, normalize
     model = load_model("results/runs/wash-1eb86831f9d4", "final").eval()
     logits = model(normalize("results/runs/wash-1eb86831f9d4", images_uint8))
 """
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from wab.errors import UserError
-from wab.models import model_factory
-from wab.records import RunDir, atomic_torch_save, atomic_write_json
+from wab.parts.models import model_factory
+from wab.run.records import RunDir, atomic_torch_save, atomic_write_json
 
 MODELS_DIR = "models"
 

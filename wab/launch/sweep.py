@@ -30,14 +30,14 @@ import torch
 import yaml
 
 from wab import CONFIG_DIR
-from wab.config import format_value
-from wab.device import resolve_compute
 from wab.errors import UserError, did_you_mean, directory_problem
-from wab.jobs import PoolWorker, RunJob, run_unless_leased
-from wab.records import RunDir, atomic_write_json, run_id
-from wab.status import BUSY, FINISHED, MANIFEST, directory_status, is_launch_job, read_manifest, slurm_jobs
-from wab.status import STATES as STATUS_STATES
-from wab.validate import InvalidConfig, check_config, compose_checked
+from wab.launch.jobs import PoolWorker, RunJob, run_unless_leased
+from wab.launch.status import BUSY, FINISHED, MANIFEST, directory_status, is_launch_job, read_manifest, slurm_jobs
+from wab.launch.status import STATES as STATUS_STATES
+from wab.parts.device import resolve_compute
+from wab.run.config import format_value
+from wab.run.records import RunDir, atomic_write_json, run_id
+from wab.run.validate import InvalidConfig, check_config, compose_checked
 
 CLUSTERS = ("slurm", "local", "debug")
 SPEC_KEYS = {"name", "out_dir", "base", "grid", "variants", "resources"}
@@ -142,7 +142,7 @@ def expand(spec: SweepSpec) -> list[list[str]]:
 def plan(spec: SweepSpec, check: bool = True, gpus: int | None = None) -> list[PlannedRun]:
     """Every run of the sweep, with its resolved config and id (duplicates removed): the device
     and CPU threads a run leaves at ``auto`` are those of its jobs' ``resources``. With
-    ``check``, each run's ``problems`` lists what :func:`wab.validate.check_config` finds
+    ``check``, each run's ``problems`` lists what :func:`wab.run.validate.check_config` finds
     (``gpus``: per job on a cluster; None: this machine's devices); a point whose overrides do
     not even compose gets its error there and no config."""
     runs, seen = [], set()
@@ -435,7 +435,7 @@ def _manifest(
 def cancel(out_dir: str | Path, stale: bool = False) -> list[str]:
     """Cancel every job of a sweep that is still queued or running (SLURM arrays, local workers);
     a run that trains saves a checkpoint first (TERM). With ``stale``, only the SLURM tasks that
-    still run although their run is finished or its lease expired (:func:`wab.status.run_status`).
+    still run although their run is finished or its lease expired (:func:`wab.launch.status.run_status`).
     Only jobs that are still the sweep's own are touched. Returns what was cancelled."""
     manifest = read_manifest(Path(out_dir))
     if manifest is None:

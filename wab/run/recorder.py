@@ -1,7 +1,7 @@
 """A run's records, built by what holds their data: the evaluation lines of ``metrics.jsonl``
 (kept in memory and in the checkpoint, never read back from disk), the ``comm`` block (the
 analytic ledger and the traffic the collectives measured), the run's clock, the external loggers
-and ``final.json``'s record. The files themselves are written through :class:`wab.records.RunDir`.
+and ``final.json``'s record. The files themselves are written through :class:`wab.run.records.RunDir`.
 Imports the run's parts; nothing of the command line or the analysis.
 """
 
@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from wab.build import BuiltRun
-from wab.cost import run_flops, time_to_target
-from wab.device import device_name
-from wab.distributed import LocalComm, merge_traffic
-from wab.ledger import measured_summary
-from wab.loggers import RunLoggers
+from wab.core.distributed import LocalComm, merge_traffic
+from wab.core.ledger import measured_summary
 from wab.method import method_origin
-from wab.provenance import provenance
-from wab.records import RunDir
-from wab.spec import RunSpec
+from wab.parts.cost import run_flops, time_to_target
+from wab.parts.device import device_name
+from wab.run.build import BuiltRun
+from wab.run.loggers import RunLoggers
+from wab.run.provenance import provenance
+from wab.run.records import RunDir
+from wab.run.spec import RunSpec
 
 log = logging.getLogger("wab")
 
@@ -152,7 +152,7 @@ class Recorder:
 
     # ---------------------------------------------------------------------------------- final
     def cost(self, wall: float) -> dict[str, Any]:
-        """Training FLOPs (measured, :mod:`wab.cost`), training and evaluation time, and, with
+        """Training FLOPs (measured, :mod:`wab.parts.cost`), training and evaluation time, and, with
         ``trainer.target_acc``, the cost of first reaching it."""
         cfg, steps = self.spec.cfg, self.built.state.step
         try:
