@@ -62,6 +62,7 @@ def test_a_bad_value_is_one_line_and_leaves_no_run_behind(tmp_path, args, messag
     assert not (tmp_path / "runs").exists()  # no failed run left behind
 
 
+@pytest.mark.slow
 def test_an_unusable_output_directory_is_one_line_for_train_report_and_sweep(tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("not a directory")
@@ -119,6 +120,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert p.returncode == 2 and "Traceback" in p.stderr and "wab: error: wash p must be in [0, 1]" in p.stderr
 
 
+@pytest.mark.slow
 def test_user_errors_of_report_and_status_are_one_line(tmp_path):
     for args in (["report", str(tmp_path / "nope")], ["report", str(tmp_path)], ["status", str(tmp_path)],
                  ["sweep", "nope", "--cluster", "debug"]):  # fmt: skip
@@ -131,6 +133,7 @@ SLOW = ["data=digits", "model.width=8", "population.size=2", "trainer.epochs=6",
         "trainer.progress=false", "device=cpu"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_to_the_same_result(tmp_path):
     from wab.run.config import compose_config
     from wab.run.lifecycle import run, run_dir_for
@@ -188,6 +191,7 @@ def test_the_demo_runs_every_registered_method(tmp_path):
         assert any(line.split()[:1] == [name] for line in p.stdout.splitlines()), name
 
 
+@pytest.mark.slow
 def test_wab_train_multirun_with_the_basic_launcher(tmp_path):
     out = tmp_path / "multi"
     p = _run(
@@ -199,6 +203,7 @@ def test_wab_train_multirun_with_the_basic_launcher(tmp_path):
     assert len(list(out.glob("independent-*/done"))) == 2
 
 
+@pytest.mark.slow
 def test_a_multirun_with_a_failing_run_exits_non_zero(tmp_path):
     from .test_sweep import corrupt_cifar10
 

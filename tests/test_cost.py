@@ -125,7 +125,7 @@ def test_loggers_write_the_same_numbers_with_the_real_packages(tiny, tmp_path, m
 
 def test_a_failing_logger_never_stops_the_run(tiny, monkeypatch, caplog):
     pytest.importorskip("tensorboard")
-    from wab import loggers
+    from wab.run import loggers
 
     class Broken(loggers._TensorBoard):
         def epoch(self, step, values):
@@ -139,7 +139,7 @@ def test_a_failing_logger_never_stops_the_run(tiny, monkeypatch, caplog):
 
 def test_an_interrupted_run_closes_its_loggers(tiny, monkeypatch):
     pytest.importorskip("tensorboard")
-    from wab import loggers
+    from wab.run import loggers
     from wab.run.loop import Interrupted, request_stop
 
     closed = []

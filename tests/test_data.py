@@ -36,6 +36,7 @@ def test_mnist_like_from_the_offline_files(name, first_test_labels):
     assert torch.bincount(d.test.y, minlength=10).min() > 800
 
 
+@pytest.mark.slow
 @requires_data
 def test_cifar10_from_the_offline_binary_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WAB_CACHE", str(tmp_path))

@@ -22,7 +22,10 @@ from wab.run.lifecycle import run_dir_for
 from .run_methods import configs
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch.distributed without gloo")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not dist.is_gloo_available(), reason="torch.distributed without gloo"),
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 

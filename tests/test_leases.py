@@ -39,6 +39,7 @@ def _fake_lease(path, host, heartbeat, pid=1, job=None, gen=1):
     (path / LEASE_DIR / f"{gen:08d}.json").write_text(json.dumps(lease))
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_a_leased_run_exits_at_once_and_nothing_is_written_twice(tmp_path):
     out = tmp_path / "runs"
     first = _start(out)
@@ -56,6 +57,7 @@ def test_a_second_trainer_on_a_leased_run_exits_at_once_and_nothing_is_written_t
     assert read_lease(rd.path) is None  # released at the end
 
 
+@pytest.mark.slow
 def test_a_killed_holder_is_taken_over_at_once_and_the_run_resumes_to_the_same_result(tmp_path):
     reference = run(compose_config([*SLOW, f"out_dir={tmp_path / 'reference'}"]))
     out = tmp_path / "runs"

@@ -36,7 +36,7 @@ def _cluster_problem() -> str | None:
 PROBLEM = _cluster_problem()
 if PROBLEM and os.environ.get("WAB_REQUIRE_SLURM") == "1":
     raise RuntimeError(f"WAB_REQUIRE_SLURM=1 but {PROBLEM}")
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 
 TINY = ["data=digits", "model=cnn", "model.width=4", "population.size=2", "trainer.epochs=1",
         "trainer.batch_size=256", "device=cpu"]  # fmt: skip

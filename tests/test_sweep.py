@@ -159,6 +159,7 @@ def _intervals(out_dir):
     return spans
 
 
+@pytest.mark.slow
 def test_a_local_sweep_runs_at_most_array_parallelism_runs_at_once(tmp_path):
     spec = load_sweep(
         write_sweep(
