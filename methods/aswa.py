@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.core.member_rows import MemberRows
-from wab.method import Method, RunState, heldout_selection, register
+from wab.method import MemberRows, MemberValues, Method, RunState, heldout_selection, register
 
 
 def aswa_decision(v_run: float, v_prov: float, v_avg: float) -> str:
@@ -50,7 +49,7 @@ class Aswa(Method):
 
     def setup(self, run: RunState) -> None:
         self.heldout_size = len(run.data.heldout)
-        pop = self.pop = run.population
+        pop = run.population
         held = len(pop.members)  # each process keeps the averages of the members it holds
         self.params = [torch.zeros_like(p) for p in pop.params]
         self.buffers = [torch.zeros_like(b) for b in pop.buffers]
@@ -95,26 +94,22 @@ class Aswa(Method):
 
         return pop.member_models("aswa", build)
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         """Each member's decisions, and the held-out accuracy its average was accepted on."""
-        accs = self.pop.all_members(self.acc)
-        return {"decisions": self.pop.all_members(self.decisions),
-                "selection": [heldout_selection(a, self.heldout_size) for a in accs]}  # fmt: skip
+        selection = [heldout_selection(a, self.heldout_size) for a in self.acc]
+        return {"decisions": MemberValues(self.decisions), "selection": MemberValues(selection)}
 
-    def state_dict(self) -> dict:
-        pop = self.pop
+    def state_dict(self, run: RunState) -> dict:
         return {
             "params": [MemberRows(a) for a in self.params],
             "buffers": [MemberRows(b) for b in self.buffers],
-            "n": pop.all_members(self.n),
-            "acc": pop.all_members(self.acc),
-            "decisions": pop.all_members(self.decisions),
+            "n": MemberValues(self.n),
+            "acc": MemberValues(self.acc),
+            "decisions": MemberValues(self.decisions),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        pop = self.pop
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         for a, v in zip(self.params + self.buffers, state["params"] + state["buffers"]):
             a.copy_(v.rows)
-        lo, hi = pop.local_indices.start, pop.local_indices.stop
-        self.n, self.acc = list(state["n"][lo:hi]), list(state["acc"][lo:hi])
-        self.decisions = [list(d) for d in state["decisions"][lo:hi]]
+        self.n, self.acc = list(state["n"].values), list(state["acc"].values)
+        self.decisions = [list(d) for d in state["decisions"].values]

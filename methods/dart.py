@@ -21,7 +21,7 @@ Unverified (config options): T, N and the architecture for CIFAR (DomainBed's co
 T = 600-1000 steps and N = 4).
 """
 
-from wab.method import Method, RunState, heldout_selection, register
+from wab.method import Method, OneOf, Range, RunState, heldout_selection, register
 
 FINALS = ("heldout", "average")
 
@@ -30,20 +30,17 @@ FINALS = ("heldout", "average")
 class Dart(Method):
     """DART: per-member augmentations, averaged into every member every T steps."""
 
+    constraints = {"every_steps": Range(1), "final": OneOf(FINALS), "warmup_epochs": Range(0)}
+
     demo_overrides = ("method.every_steps=20",)
     demo_note = "every_steps=20 instead of 600, so that the demo's 350 steps aggregate at all"
     recalibrate_outputs = False  # the held-out choice is delivered as it was evaluated
 
     def setup(self, run: RunState) -> None:
-        self.every = int(self.cfg["every_steps"])
-        if self.every < 1:
-            raise ValueError(f"dart every_steps must be >= 1, got {self.every}")
-        self.final = str(self.cfg["final"])
-        if self.final not in FINALS:
-            raise ValueError(f"dart final must be one of {FINALS}, got {self.final!r}")
+        self.every, self.final = self.hp.every_steps, self.hp.final
         if self.final == "heldout" and len(run.data.heldout) == 0:
             raise ValueError("dart final=heldout chooses on the held-out split: set data.heldout_fraction > 0")
-        self.warmup_steps = int(self.cfg["warmup_epochs"]) * run.steps_per_epoch
+        self.warmup_steps = self.hp.warmup_epochs * run.steps_per_epoch
         self.heldout_size = len(run.data.heldout)
         self.aggregations: list[dict] = []  # step and held-out accuracy of each aggregation
         self.best = None  # (params, buffers) of the best aggregated model on held-out data
@@ -69,20 +66,20 @@ class Dart(Method):
             return {}
         return {"dart_heldout": run.population.model_from(*self.best)}
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         best = self.aggregations[self.best_index] if self.best is not None else None
         out = {"aggregations": self.aggregations, "final": self.final, "chosen": best}
         if best is not None:
             out["selection"] = heldout_selection(best["heldout_acc"], self.heldout_size)
         return out
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         state: dict = {"aggregations": self.aggregations}
         if self.best is not None:
             state.update(best_params=self.best[0], best_buffers=self.best[1], best_index=self.best_index)
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         self.aggregations = [dict(a) for a in state["aggregations"]]
         if "best_params" in state:
             self.best = (list(state["best_params"]), list(state["best_buffers"]))

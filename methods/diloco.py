@@ -16,32 +16,33 @@ from __future__ import annotations
 
 import torch
 
-from wab.method import Method, RunState, register
+from wab.method import Method, Range, RunState, register
 
 
 @register("diloco")
 class DiLoCo(Method):
     """DiLoCo: H inner AdamW steps per member, then an outer Nesterov step on the global model."""
 
+    constraints = {
+        "every_steps": Range(1),
+        "outer_lr": Range(0, low_open=True),
+        "outer_momentum": Range(0, 1, high_open=True),
+    }
+
     demo_overrides = ("method.every_steps=10",)
     demo_note = "every_steps=10 instead of 500: the demo has 350 steps"
 
     def setup(self, run: RunState) -> None:
-        c = self.cfg
-        self.every = int(c["every_steps"])
-        self.include_buffers = bool(c["include_buffers"])
-        lr, momentum = float(c["outer_lr"]), float(c["outer_momentum"])
-        if self.every < 1:
-            raise ValueError(f"diloco every_steps must be >= 1, got {self.every}")
-        if lr <= 0 or not 0 <= momentum < 1:
-            raise ValueError(f"diloco outer_lr must be > 0 and outer_momentum in [0, 1), got {lr}, {momentum}")
-        if bool(c["outer_nesterov"]) and momentum == 0:
+        hp = self.hp
+        self.every, self.include_buffers = hp.every_steps, hp.include_buffers
+        lr, momentum = hp.outer_lr, hp.outer_momentum
+        if hp.outer_nesterov and momentum == 0:
             raise ValueError("diloco outer_nesterov needs outer_momentum > 0 (torch's Nesterov SGD refuses 0)")
         pop = run.population
         start, start_buffers = pop.member_state(0)
         pop.load_all(start, start_buffers)  # every member starts from the global model (a resume loads over it)
         self.global_params = [torch.nn.Parameter(p.clone()) for p in start]
-        self.outer = torch.optim.SGD(self.global_params, lr=lr, momentum=momentum, nesterov=bool(c["outer_nesterov"]))
+        self.outer = torch.optim.SGD(self.global_params, lr=lr, momentum=momentum, nesterov=hp.outer_nesterov)
         self.rounds = 0
 
     @torch.no_grad()
@@ -57,14 +58,14 @@ class DiLoCo(Method):
         pop.load_all([g.detach() for g in self.global_params], buffers if self.include_buffers else None)
         self.rounds += 1
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         return {"outer_steps": self.rounds}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"global": [g.detach().clone() for g in self.global_params], "outer": self.outer.state_dict(),
                 "rounds": self.rounds}  # fmt: skip
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         with torch.no_grad():
             for g, v in zip(self.global_params, state["global"]):
                 g.copy_(v)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.core.member_rows import MemberRows
-from wab.method import Method, RunState, register
+from wab.method import MemberRows, Method, Range, RunState, register
 
 
 def ema_decay(beta: float, step: int) -> float:
@@ -24,13 +23,12 @@ def ema_decay(beta: float, step: int) -> float:
 class Ema(Method):
     """EMA of every member's weights, one delivered model per member."""
 
+    constraints = {"decay": Range(0, 1, high_open=True)}
+
     min_members = 1
 
     def setup(self, run: RunState) -> None:
-        self.beta = float(self.cfg["decay"])
-        if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"ema decay must be in [0, 1), got {self.beta}")
-        self.pop = run.population
+        self.beta = self.hp.decay
         self.averages = [p.detach().clone() for p in run.population.params]  # the members held here
 
     @torch.no_grad()
@@ -43,9 +41,9 @@ class Ema(Method):
         pop = run.population
         return pop.member_models("ema", lambda k: pop.model_from([a[k] for a in self.averages]))
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"averages": [MemberRows(a) for a in self.averages]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         for a, s in zip(self.averages, state["averages"]):
             a.copy_(s.rows)

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from wab.method import Method, RunState, register
+from wab.method import Method, OneOf, RunState, register
 
 TOPOLOGIES = ("ring", "torus", "random_peer")
 
@@ -60,11 +60,10 @@ def mixing_matrix(topology: str, n: int, gen: torch.Generator) -> torch.Tensor:
 class Gossip(Method):
     """Gossip: every member averages with its neighbours after every step."""
 
+    constraints = {"topology": OneOf(TOPOLOGIES)}
+
     def setup(self, run: RunState) -> None:
-        self.topology = str(self.cfg["topology"])
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(f"gossip topology must be one of {TOPOLOGIES}, got {self.topology!r}")
-        self.include_buffers = bool(self.cfg["include_buffers"])
+        self.topology, self.include_buffers = self.hp.topology, self.hp.include_buffers
         n = run.population.size
         if self.topology != "random_peer":
             self.w = mixing_matrix(self.topology, n, run.rng)

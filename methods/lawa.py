@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import torch
 
-from wab.core.member_rows import MemberRows
-from wab.method import Method, RunState, register
+from wab.method import MemberRows, Method, Range, RunState, register
 
 
 @register("lawa")
 class Lawa(Method):
     """LAWA: each member's latest k per-epoch checkpoints, averaged."""
 
+    constraints = {"k": Range(1)}
+
     min_members = 1
 
     def setup(self, run: RunState) -> None:
-        self.k = int(self.cfg["k"])
-        if self.k < 1:
-            raise ValueError(f"lawa k must be >= 1 checkpoint, got {self.k}")
-        self.pop = run.population
+        self.k = self.hp.k
         self.snapshots: list[list[torch.Tensor]] = []  # per epoch: the held members' rows, per group
 
     def after_epoch(self, run: RunState) -> None:
@@ -36,11 +34,11 @@ class Lawa(Method):
         latest = [torch.stack([s[g] for s in self.snapshots]).mean(0) for g in range(len(pop.params))]
         return pop.member_models("lawa", lambda k: pop.model_from([a[k] for a in latest]))
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         return {"checkpoints_averaged": len(self.snapshots)}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"snapshots": [[MemberRows(g) for g in s] for s in self.snapshots]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         self.snapshots = [[g.rows.clone() for g in s] for s in state["snapshots"]]

@@ -10,27 +10,26 @@ default true, like DART and PAPA; the mean of the running statistics). Communica
 all-reduce of D (+ B) every H steps, (D + B) / H per member per step.
 """
 
-from wab.method import Method, RunState, register
+from wab.method import Method, Range, RunState, register
 
 
 @register("local_sgd")
 class LocalSgd(Method):
     """Local SGD: every member replaced by the members' mean every H steps."""
 
+    constraints = {"every_steps": Range(0), "every_epochs": Range(0)}
+
     demo_overrides = ("method.every_steps=8",)
     demo_note = "every_steps=8 instead of 16, for the demo's short run"
 
     def setup(self, run: RunState) -> None:
-        self.every_steps = int(self.cfg["every_steps"])
-        self.every_epochs = int(self.cfg["every_epochs"])
-        self.include_buffers = bool(self.cfg["include_buffers"])
+        self.every_steps, self.every_epochs = self.hp.every_steps, self.hp.every_epochs
+        self.include_buffers = self.hp.include_buffers
         if (self.every_steps > 0) == (self.every_epochs > 0):
             raise ValueError(
                 f"local_sgd needs exactly one of every_steps and every_epochs >= 1 (the other 0), got "
                 f"every_steps={self.every_steps}, every_epochs={self.every_epochs}"
             )
-        if min(self.every_steps, self.every_epochs) < 0:
-            raise ValueError("local_sgd every_steps and every_epochs must be >= 0")
 
     def after_step(self, run: RunState) -> None:
         if self.every_steps and run.step % self.every_steps == 0:

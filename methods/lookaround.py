@@ -11,7 +11,7 @@ here keep their own, and ``average_buffers`` (default true) averages them with t
 k steps, the nearest to sharing. Communication: one all-reduce of D (+ B) every k steps.
 """
 
-from wab.method import Method, RunState, register
+from wab.method import Method, Range, RunState, register
 from wab.parts.augment import recipe
 
 
@@ -19,19 +19,18 @@ from wab.parts.augment import recipe
 class Lookaround(Method):
     """Lookaround: heads on their own augmentations of the same batches, averaged every k steps."""
 
+    constraints = {"every_steps": Range(1)}
+
     shared_data_order = True
 
     def member_augment(self, size: int, image_size: int) -> list[dict]:
-        names = list(self.cfg["augmentations"])
+        names = list(self.hp.augmentations)
         if not names:
             raise ValueError("lookaround augmentations must name at least one recipe")
         return [recipe(names[i % len(names)], image_size) for i in range(size)]
 
     def setup(self, run: RunState) -> None:
-        self.k = int(self.cfg["every_steps"])
-        if self.k < 1:
-            raise ValueError(f"lookaround every_steps must be >= 1, got {self.k}")
-        self.average_buffers = bool(self.cfg["average_buffers"])
+        self.k, self.average_buffers = self.hp.every_steps, self.hp.average_buffers
 
     def after_step(self, run: RunState) -> None:
         if run.step % self.k == 0:

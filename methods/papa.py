@@ -12,7 +12,7 @@ lr of the step just taken. Communication ~ (D + B) / every per member per step. 
 is the uniform average (after BatchNorm recalibration).
 """
 
-from wab.method import Method, RunState, register
+from wab.method import Method, OneOf, Range, RunState, register
 
 COUNTERS = ("authors", "end")
 
@@ -21,21 +21,15 @@ COUNTERS = ("authors", "end")
 class Papa(Method):
     """PAPA: a small lr-scaled pull of every member toward the mean every k steps."""
 
+    constraints = {"alpha": Range(0, 1), "every": Range(1), "counter": OneOf(COUNTERS)}
+
     # alpha = 0.99 is tuned for 300 epochs (~23k pulls); the demo's few hundred steps need more pull
     demo_overrides = ("method.alpha=0.9",)
     demo_note = "alpha=0.9: the default 0.99 is tuned for ~23,000 pulls; the demo makes 40"
 
     def setup(self, run: RunState) -> None:
-        self.alpha = float(self.cfg["alpha"])
-        self.every = int(self.cfg["every"])
-        self.include_buffers = bool(self.cfg["include_buffers"])
-        self.counter = str(self.cfg["counter"])
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"papa alpha must be in [0, 1], got {self.alpha}")
-        if self.every < 1:
-            raise ValueError(f"papa every must be >= 1 step, got {self.every}")
-        if self.counter not in COUNTERS:
-            raise ValueError(f"papa counter must be one of {COUNTERS}, got {self.counter!r}")
+        self.alpha, self.every, self.counter = self.hp.alpha, self.hp.every, self.hp.counter
+        self.include_buffers = self.hp.include_buffers
 
     def pulls_now(self, run: RunState) -> bool:
         """Whether a pull follows the step just taken (``run.epoch_step`` is 1-based)."""

@@ -11,7 +11,7 @@ parents' mixed channel statistics, measured on ``repair_batches`` batches of
 
 import torch
 
-from wab.method import Method, RunState, register
+from wab.method import Method, Range, RunState, register
 from wab.methods._repair import conv_statistics, mixed_goals, repair
 
 
@@ -28,10 +28,11 @@ class PapaAll(Method):
     """PAPA-all: average all members into the mean every K epochs."""
 
     op = "average_into_members"
+    constraints = {"every_epochs": Range(1), "repair_batches": Range(1), "repair_batch_size": Range(1)}
 
     def setup(self, run: RunState) -> None:
-        self.merges = set(merge_epochs(run.epochs, int(self.cfg["every_epochs"]), bool(self.cfg["include_first"])))
-        self.repair = bool(self.cfg["repair"])
+        self.merges = set(merge_epochs(run.epochs, self.hp.every_epochs, self.hp.include_first))
+        self.repair = self.hp.repair
         self.done: list[dict] = []
 
     def after_epoch(self, run: RunState) -> None:
@@ -48,9 +49,9 @@ class PapaAll(Method):
         weights = self.mixing(run)
         stats, batches = self.parent_statistics(run) if self.repair else (None, None)
         if self.op == "average_into_members":
-            pop.average_into_members(include_buffers=bool(self.cfg["include_buffers"]))
+            pop.average_into_members(include_buffers=self.hp.include_buffers)
         else:
-            pop.mix(weights, include_buffers=bool(self.cfg["include_buffers"]), op=self.op)
+            pop.mix(weights, include_buffers=self.hp.include_buffers, op=self.op)
         repaired = self.repair_children(run, weights, stats, batches) if self.repair else 0
         self.done.append({"epoch": run.epoch + 1, "repaired_convs": repaired})
 
@@ -70,27 +71,27 @@ class PapaAll(Method):
             run.ledger.record("repair_stats", channels, 4)
         repaired: dict[tuple, tuple] = {}
         count = 0
-        for k, i in enumerate(pop.local_indices):
-            key = tuple(weights[i].tolist())
+        for k, row in enumerate(pop.held_rows(weights)):  # each child's mixing weights over the parents
+            key = tuple(row.tolist())
             if key not in repaired:
                 child = pop.model_from([p[k] for p in pop.params], [b[k] for b in pop.buffers])
-                count = repair(child, mixed_goals(stats, weights[i].tolist()), batches)
+                count = repair(child, mixed_goals(stats, row.tolist()), batches)
                 repaired[key] = pop.state_of(child)
-            pop.load_member(i, *repaired[key])
+            pop.load_held(k, *repaired[key])
         return count  # the same for every child: the convs of the architecture
 
     def repair_batches(self, run: RunState) -> list[torch.Tensor]:
         """``repair_batches`` batches of plain training images, drawn from the method's stream."""
-        train, size = run.data.train, int(self.cfg["repair_batch_size"])
-        order = torch.randperm(len(train), generator=run.rng)[: int(self.cfg["repair_batches"]) * size]
+        train, size = run.data.train, self.hp.repair_batch_size
+        order = torch.randperm(len(train), generator=run.rng)[: self.hp.repair_batches * size]
         order = order.to(train.x.device)
         return [run.evaluator.normalize(train.x[idx]) for idx in order.split(size)]
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         return {"merges": self.done, "repair": self.repair}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"done": self.done}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         self.done = [dict(d) for d in state["done"]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from wab.method import Method, RunState, register
+from wab.method import Method, Range, RunState, register
 from wab.methods.wash import sample_positions
 from wab.parts.device import to_device
 
@@ -25,14 +25,13 @@ from wab.parts.device import to_device
 class Sparta(Method):
     """SPARTA: average a random fraction p of parameter positions across members every step."""
 
+    constraints = {"p": Range(0, 1, low_open=True)}
+
     demo_overrides = ("method.p=0.05",)
     demo_note = "p=0.05: the default 0.005 mixes independent members too little in the demo's 350 steps"
 
     def setup(self, run: RunState) -> None:
-        self.p = float(self.cfg["p"])
-        if not 0.0 < self.p <= 1.0:
-            raise ValueError(f"sparta p must be in (0, 1], got {self.p}")
-        self.include_buffers = bool(self.cfg["include_buffers"])
+        self.p, self.include_buffers = self.hp.p, self.hp.include_buffers
 
     def after_step(self, run: RunState) -> None:
         pop = run.population

@@ -17,23 +17,20 @@ import math
 
 import torch
 
-from wab.core.member_rows import MemberRows
-from wab.method import Method, RunState, register
+from wab.method import MemberRows, Method, Range, RunState, register
 
 
 @register("swa")
 class Swa(Method):
     """SWA: a running average of each member's weights from swa_start, every c epochs."""
 
+    constraints = {"start": Range(0, 1), "cycle": Range(1)}
+
     min_members = 1  # the paper's setting is one trajectory
 
     def setup(self, run: RunState) -> None:
-        start = float(self.cfg["start"])
-        self.cycle = int(self.cfg["cycle"])
-        if not 0.0 <= start <= 1.0 or self.cycle < 1:
-            raise ValueError(f"swa start must be a fraction in [0, 1] and cycle >= 1, got {start}, {self.cycle}")
-        self.start_epoch = max(1, math.ceil(start * run.epochs))  # 1-based, as swa_start in the authors' code
-        self.pop = run.population
+        self.cycle = self.hp.cycle
+        self.start_epoch = max(1, math.ceil(self.hp.start * run.epochs))  # 1-based, as swa_start in the authors' code
         self.averages = [torch.zeros_like(p) for p in run.population.params]  # one row per member held here
         self.n = 0
 
@@ -55,10 +52,10 @@ class Swa(Method):
                                                                       [b[k] for b in pop.buffers]))  # fmt: skip
         return pop.member_models("swa", lambda k: pop.model_from([a[k] for a in self.averages]))
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"averages": [MemberRows(a) for a in self.averages], "n": self.n}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         for a, s in zip(self.averages, state["averages"]):
             a.copy_(s.rows)
         self.n = int(state["n"])

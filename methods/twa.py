@@ -35,9 +35,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from wab.core.member_rows import MemberRows
 from wab.core.population import Population
-from wab.method import Method, RunState, heldout_selection, register
+from wab.method import MemberRows, Method, OneOf, Range, RunState, heldout_selection, register
 
 VARIANTS = ("t", "v")
 CANDIDATES = ("members", "snapshots", "both")
@@ -96,20 +95,16 @@ class Twa(Method):
     """TWA: learn the coefficients that average the candidates."""
 
     min_members = 1  # on one model, from its trajectory's snapshots (candidates=snapshots)
+    constraints = {"variant": OneOf(VARIANTS), "candidates": OneOf(CANDIDATES), "snapshot_start": Range(0, 1)}
 
     def setup(self, run: RunState) -> None:
-        self.variant = str(self.cfg["variant"])
-        self.source = str(self.cfg["candidates"])
-        if self.variant not in VARIANTS:
-            raise ValueError(f"twa variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.source not in CANDIDATES:
-            raise ValueError(f"twa candidates must be one of {CANDIDATES}, got {self.source!r}")
+        self.variant, self.source = self.hp.variant, self.hp.candidates
         if self.variant == "v" and len(run.data.heldout) == 0:
             raise ValueError("twa variant v trains on the held-out split: set data.heldout_fraction > 0")
         if self.source == "members" and run.population.size < 2:
             raise ValueError("twa candidates=members needs population.size >= 2; on one model use candidates=snapshots")
         self.selection: dict = {}
-        self.snapshot_start = math.ceil(float(self.cfg["snapshot_start"]) * run.epochs)
+        self.snapshot_start = math.ceil(self.hp.snapshot_start * run.epochs)
         self.snapshots: list[Tensor] = []
 
     def after_epoch(self, run: RunState) -> None:
@@ -146,7 +141,7 @@ class Twa(Method):
             self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
         return {"twa": model}
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         return {"candidates": self.source, "variant": self.variant, **({"selection": self.selection}
                                                                        if self.selection else {})}  # fmt: skip
 
@@ -160,42 +155,34 @@ class Twa(Method):
         return run.population.computed_once(gradient, theta, "twa_gradient")
 
     def train_t(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
-        c, pop = self.cfg, run.population
+        c, pop = self.hp, run.population
         inverse = pseudo_inverse(pop.gram(cands, "twa_gram"))  # the projector is C^T G^+ C
         theta = pop.combine_rows(cands, torch.full((len(cands),), 1 / len(inverse)), "twa_step").to(cands.dtype)
         buf = torch.zeros_like(theta)
-        epochs, bs = int(c["epochs"]), int(c["batch_size"])
-        lr0, wd, mom = float(c["lr"]), float(c["weight_decay"]), float(c["momentum"])
+        epochs, bs = c.epochs, c.batch_size
+        lr0, wd, mom = c.lr, c.weight_decay, c.momentum
         for epoch in run.bar(range(epochs), "TWA-t epochs"):
             lr = twa_t_lr(lr0, epoch, epochs)
             for batch in self._batches(run, "train", bs):
                 g = (self._gradient(run, fm, theta, batch) + wd * theta).double()
                 dots = pop.all_rows(torch.stack([torch.dot(k.double(), g) for k in cands]), "twa_dots")
-                mine = (inverse @ dots)[self._offset(run, len(cands)) :][: len(cands)]
+                mine = pop.held_rows(inverse @ dots)
                 g = pop.combine_rows(cands, mine, "twa_step").to(theta.dtype)
                 buf.mul_(mom).add_(g)
                 theta.sub_(buf, alpha=lr)
         return theta
 
-    @staticmethod
-    def _offset(run: RunState, rows: int) -> int:
-        """Where this process's rows start among every member's (each member holds as many)."""
-        pop = run.population
-        return pop.local_indices.start * rows // len(pop.members)
-
     def train_v(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
-        c = self.cfg
-        pop = run.population
+        c, pop = self.hp, run.population
         segments = pop.param_segments
         total_rows = len(cands) * pop.size // len(pop.members)
         mean = pop.combine_rows(cands, torch.full((len(cands),), 1 / total_rows), "twa_step").to(cands.dtype)
         block_of = torch.cat([torch.full((s.numel,), i, dtype=torch.long) for i, s in enumerate(segments)])
         block_of = block_of.to(mean.device)
         basis = block_basis(cands, mean, block_of, len(segments))
-        mine = slice(self._offset(run, len(cands)), self._offset(run, len(cands)) + len(cands))
         coeffs = torch.zeros(total_rows, len(segments), device=mean.device, requires_grad=True)
-        opt = torch.optim.AdamW([coeffs], lr=float(c["lr_v"]), weight_decay=float(c["weight_decay_v"]))
-        epochs, bs = int(c["epochs"]), min(int(c["batch_size"]), len(run.data.heldout))
+        opt = torch.optim.AdamW([coeffs], lr=c.lr_v, weight_decay=c.weight_decay_v)
+        epochs, bs = c.epochs, min(c.batch_size, len(run.data.heldout))
         total = epochs * max(1, len(run.data.heldout) // bs)
         warm = max(1, int(0.2 * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -204,7 +191,8 @@ class Twa(Method):
         )
 
         def weights() -> Tensor:  # theta = mean + sum_k X[k, block(j)] * basis[k, j]
-            return mean + pop.combine_rows(basis, coeffs.detach()[mine][:, block_of], "twa_step").to(mean.dtype)
+            mine = pop.held_rows(coeffs.detach())[:, block_of]  # the coefficients of this process's candidates
+            return mean + pop.combine_rows(basis, mine, "twa_step").to(mean.dtype)
 
         theta = weights()
         for _ in run.bar(range(epochs), "TWA-v epochs"):
@@ -218,8 +206,8 @@ class Twa(Method):
                 theta = weights()
         return theta
 
-    def state_dict(self) -> dict:
+    def state_dict(self, run: RunState) -> dict:
         return {"snapshots": [MemberRows(s) for s in self.snapshots]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, run: RunState, state: dict) -> None:
         self.snapshots = [s.rows.clone() for s in state["snapshots"]]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from wab.core.population import Population, Segment
-from wab.method import Method, RunState, register
+from wab.method import Method, OneOf, Range, RunState, register
 from wab.parts.device import to_device
 
 SCHEDULES = ("linear", "constant")
@@ -89,6 +89,8 @@ def random_permutations(k: int, n: int, gen: torch.Generator) -> torch.Tensor:
 class Wash(Method):
     """WASH: shuffle a few parameter elements across members after every step."""
 
+    constraints = {"p": Range(0, 1), "schedule": OneOf(SCHEDULES), "convention": OneOf(CONVENTIONS)}
+
     move_optimizer_state = False
     demo_overrides = ("method.p=0.05", "method.lr_scaled=true")
     demo_note = (
@@ -98,15 +100,11 @@ class Wash(Method):
     )
 
     def setup(self, run: RunState) -> None:
-        self.p = float(self.cfg["p"])
-        schedule = str(self.cfg["schedule"])
-        self.convention = str(self.cfg["convention"])
-        self.lr_scaled = bool(self.cfg["lr_scaled"])
-        if self.convention not in CONVENTIONS:
-            raise ValueError(f"wash convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        self.p, schedule, self.convention = self.hp.p, self.hp.schedule, self.hp.convention
+        self.lr_scaled = self.hp.lr_scaled
         pop = run.population
         self.param_probs = selection_probabilities(self.p, len(pop.param_segments), schedule, self.convention, pop.size)
-        self.shuffle_buffers = bool(self.cfg["shuffle_buffers"])
+        self.shuffle_buffers = self.hp.shuffle_buffers
         if self.shuffle_buffers and pop.buffer_segments:
             self.buffer_probs = selection_probabilities(
                 self.p, len(pop.buffer_segments), schedule, self.convention, pop.size

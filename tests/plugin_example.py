@@ -9,8 +9,7 @@ import sys
 import torch
 
 from wab.cli import main
-from wab.core.member_rows import MemberRows
-from wab.method import Method, register
+from wab.method import MemberRows, MemberValues, Method, register
 
 
 @register("plugin_example")
@@ -34,15 +33,15 @@ class PluginExample(Method):
 
     def finalize(self, run):
         pop = run.population
-        norms = pop.all_members([float(sum(a[k].norm() ** 2 for a in self.averages)) for k in range(len(pop.members))])
-        run.reports["average_sq_norms"] = norms  # one per member of the whole population
+        norms = [float(sum(a[k].norm() ** 2 for a in self.averages)) for k in range(len(pop.members))]
+        run.reports["average_sq_norms"] = MemberValues(norms)  # reported as one per member of the population
         _, buffers = pop.mean(record=False)
         return {"mean_of_averages": pop.model_from([pop.mean_rows(a) for a in self.averages], buffers)}
 
-    def state_dict(self):
+    def state_dict(self, run):
         return {"averages": [MemberRows(a) for a in self.averages], "count": self.count}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, run, state):
         for avg, saved in zip(self.averages, state["averages"]):
             avg.copy_(saved.rows)
         self.count = int(state["count"])

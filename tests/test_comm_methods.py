@@ -103,10 +103,10 @@ def test_diloco_resumes_with_its_outer_state(tiny, tmp_path):
     cfg = tiny("method=diloco", "method.every_steps=3", "trainer.epochs=2")
     trainer = Trainer(cfg, run_dir_for(cfg))
     trainer.fit()
-    state = trainer.method.state_dict()
+    state = trainer.method.state_dict(trainer.state)
     again = Trainer(cfg, run_dir_for(cfg))
     again.method.setup(again.state)
-    again.method.load_state_dict(state)
+    again.method.load_state_dict(again.state, state)
     assert torch.equal(again.method.global_params[0], trainer.method.global_params[0])
     assert again.method.outer.state_dict()["state"][0]["momentum_buffer"].equal(
         trainer.method.outer.state_dict()["state"][0]["momentum_buffer"]

@@ -356,7 +356,7 @@ def test_aswa_follows_a_scripted_sequence_of_heldout_scores(tiny, monkeypatch):
     state.epoch = 5
     m.after_epoch(state)
     assert m.decisions[0][-1] == "soft" and m.n[0] == 2
-    (selection,) = m.report()["selection"]
+    (selection,) = pop.report_values(m.report(state))["selection"]
     assert selection["heldout_acc"] == 0.75 and selection["heldout_size"] == len(state.data.heldout)
     torch.testing.assert_close(m.params[0][0], (snaps[4] + pop.params[0][0]) / 2)
     assert torch.equal(pop.params[0][0], running)  # the running model is never modified
@@ -420,7 +420,7 @@ def test_twa_training_lowers_the_loss_it_trains_on(tiny, variant):
         q, _ = torch.linalg.qr(twa.candidates(state).double().t(), mode="reduced")
         assert (theta - q @ (q.t() @ theta)).norm() < 1e-5 * theta.norm()
     if variant == "v":  # fitted on the held-out split: the report says how large it is and what it can resolve
-        sel = twa.report()["selection"]
+        sel = twa.report(state)["selection"]
         assert sel["heldout_size"] == len(state.data.heldout) and sel["heldout_acc"] == ev.accuracy(trained)
 
 

@@ -174,7 +174,7 @@ def test_member_state_roundtrip_and_model_from():
     pop.members[2].eval()
     model.eval()
     torch.testing.assert_close(model(x), pop.members[2](x), rtol=0, atol=0)
-    pop.load_member(0, params, buffers)
+    pop.load_held(0, params, buffers)
     torch.testing.assert_close(pop.params[0][0], pop.params[0][2], rtol=0, atol=0)
 
 

@@ -1,4 +1,6 @@
-"""The method plugin API: a base class with four hooks, one run-state object, and a registry.
+"""The method plugin API: a base class with four hooks, one run-state object, and a registry;
+with the per-member state types :class:`MemberRows` and :class:`MemberValues`, the one module a
+plugin imports.
 
 A method is one file ``methods/<name>.py`` defining a :class:`Method` subclass decorated with
 ``@register("<name>")`` and one config ``configs/method/<name>.yaml``. Methods that live in other
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions
 from importlib.metadata import version as distribution_version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
@@ -26,11 +29,66 @@ from tqdm.auto import tqdm
 
 from wab.core.evaluate import Evaluator
 from wab.core.ledger import CommLedger
+from wab.core.member_rows import MemberRows, MemberValues  # noqa: F401  (part of the plugin API)
 from wab.core.population import Population
 from wab.errors import UserError, did_you_mean
 from wab.parts.data import DataSplits
 
 HOOKS = ("setup", "after_step", "after_epoch", "finalize")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric hyper-parameter must lie in (``low_open``/``high_open`` exclude an end)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if above and below:
+            return None
+        if math.isinf(self.high):
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        if math.isinf(self.low):
+            return f"must be {'<' if self.high_open else '<='} {self.high}"
+        return f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The values a hyper-parameter may take."""
+
+    choices: tuple
+
+    def problem(self, value: Any) -> str | None:
+        return None if value in self.choices else f"must be one of {self.choices}"
+
+
+def declared_defaults(cls: type[Method]) -> dict[str, Any]:
+    """A method's hyper-parameters with their defaults, as its config node declares them (its
+    YAML in ``configs/method/``, or a plugin's own, :func:`plugin_config`)."""
+    from wab import CONFIG_DIR
+
+    path = CONFIG_DIR / "method" / f"{cls.name}.yaml"
+    if path.exists():
+        text = path.read_text()
+        node = yaml.safe_load(text) or {}
+        node = node.get("method", {}) if text.lstrip().startswith("# @package _global_") else node
+    else:
+        node, is_global = plugin_config(cls)
+        node = node.get("method", {}) if is_global else node
+    return {k: v for k, v in node.items() if k not in ("name", "_target_")}
+
+
+def _typed(value: Any, default: Any) -> Any:
+    """``value`` as its declared default's type (a float setting given as an integer is a float)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 ENTRY_POINT_GROUP = "wab.methods"
 
 
@@ -104,9 +162,26 @@ class Method:
     # beside its module or lists its hyper-parameters and defaults here: either becomes its config
     # node (``method=<name>``), so its defaults are in every run's config and its id.
     hyperparameters: ClassVar[dict[str, Any]] = {}
+    # What each hyper-parameter may be beyond its type, checked by wab before a run starts:
+    # {"p": Range(0, 1), "schedule": OneOf(("linear", "constant"))}.
+    constraints: ClassVar[dict[str, Range | OneOf]] = {}
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = dict(cfg)
+        defaults = declared_defaults(type(self)) if self.name else {}
+        #: the hyper-parameters, each of its declared default's type: ``self.hp.p``
+        self.hp = SimpleNamespace(**{k: _typed(self.cfg.get(k, d), d) for k, d in defaults.items()})
+
+    @classmethod
+    def hyperparameter_problems(cls, cfg: dict) -> list[str]:
+        """Each hyper-parameter of ``cfg`` (a method config) outside its declared constraint."""
+        defaults = declared_defaults(cls)
+        out = []
+        for key, constraint in cls.constraints.items():
+            value = _typed(cfg.get(key, defaults.get(key)), defaults.get(key))
+            if (problem := constraint.problem(value)) is not None:
+                out.append(f"{cls.name} {key} {problem}, got {value!r}")
+        return out
 
     def setup(self, run: RunState) -> None:
         """Before the first step; also on a resume, before the method's saved state is loaded."""
@@ -125,17 +200,21 @@ class Method:
         """Per-member augmentation overrides (member i gets entry i), or None for the config's."""
         return None
 
-    def state_dict(self) -> dict:
-        """What the method must carry over a checkpoint (tensors, numbers, strings, lists, dicts)."""
+    def state_dict(self, run: RunState) -> dict:
+        """What the method must carry over a checkpoint (tensors, numbers, strings, lists, dicts);
+        per-member state as :class:`MemberRows` (tensors) or :class:`MemberValues` (Python values),
+        one entry per member this process holds."""
         return {}
 
-    def report(self) -> dict:
+    def report(self, run: RunState) -> dict:
         """What the method did, for the run's final.json (``method_report``): merges, repairs,
-        the step its final model was chosen at... Numbers, strings, lists and dicts."""
+        the step its final model was chosen at... Numbers, strings, lists and dicts; a
+        :class:`MemberValues` becomes the list over every member of the population."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, run: RunState, state: dict) -> None:
+        """Restore :meth:`state_dict`'s state; its ``MemberRows`` and ``MemberValues`` hold the
+        entries of the members this process holds now (any number of processes)."""
 
     @classmethod
     def overridden_hooks(cls) -> set[str]:

@@ -16,7 +16,7 @@ import contextlib
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.distributed.checkpoint.api import CheckpointException
 
 _ROWS = "__member_rows__"
+_VALUES = "__member_values__"
 
 
 @dataclass
@@ -35,6 +36,49 @@ class MemberRows:
     and handed back to ``load_state_dict`` as the rows of the members the loading process holds."""
 
     rows: Tensor
+
+
+@dataclass
+class MemberValues:
+    """Python values with one entry per member this process holds (a count, a list of decisions):
+    checkpointed and reported as the list over every member of the population, and handed back
+    to ``load_state_dict`` as the entries of the members the loading process holds."""
+
+    values: list
+
+
+def gather_values(obj: Any, all_members: Callable[[list], list]) -> Any:
+    """``obj`` with every :class:`MemberValues` replaced by the list over every member
+    (``all_members``: the population's gather of one value per held member, a collective)."""
+    if isinstance(obj, MemberValues):
+        return {_VALUES: all_members(list(obj.values))}
+    if isinstance(obj, dict):
+        return {k: gather_values(v, all_members) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(gather_values(v, all_members) for v in obj)
+    return obj
+
+
+def held_values(obj: Any, held: Sequence[int]) -> Any:
+    """The inverse of :func:`gather_values` for the members ``held`` (their indices)."""
+    if isinstance(obj, dict) and _VALUES in obj:
+        return MemberValues([obj[_VALUES][i] for i in held])
+    if isinstance(obj, dict):
+        return {k: held_values(v, held) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(held_values(v, held) for v in obj)
+    return obj
+
+
+def reported(obj: Any, all_members: Callable[[list], list]) -> Any:
+    """A method's report with every :class:`MemberValues` as the plain list over every member."""
+    if isinstance(obj, MemberValues):
+        return all_members(list(obj.values))
+    if isinstance(obj, dict):
+        return {k: reported(v, all_members) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(reported(v, all_members) for v in obj)
+    return obj
 
 
 def split_state(obj: Any, members: Sequence[int], path: str = "") -> tuple[Any, dict[str, Tensor]]:

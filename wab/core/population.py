@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from wab.core.distributed import LocalComm
 from wab.core.ledger import CommLedger
-from wab.core.member_rows import MemberRows
+from wab.core.member_rows import MemberRows, gather_values, held_values, join_state, reported, split_state
 from wab.parts.device import to_device
 
 _MEAN_CHUNK = 1 << 16
@@ -242,6 +244,30 @@ class Population:
         """A list with one entry per local member, as the list over every member."""
         return [v for part in self.comm.all_gather_objects(list(values)) for v in part]
 
+    def held(self, values: Sequence) -> list:
+        """The entries of the members this process holds, from a list over every member."""
+        return [values[i] for i in self.local_indices]
+
+    def held_rows(self, t: Tensor) -> Tensor:
+        """The rows of the members this process holds, from a tensor with the same number of rows
+        for every member of the population, member after member (e.g. one per candidate)."""
+        per_member = len(t) // self.size
+        return t[self.local_indices.start * per_member : self.local_indices.stop * per_member]
+
+    def shard_state(self, state: Any) -> tuple[Any, dict[str, Tensor]]:
+        """A state to checkpoint split into its skeleton (the same on every process: every
+        :class:`MemberValues` gathered over all members, a collective) and the rows of this
+        process's members (every :class:`MemberRows`), :func:`wab.core.member_rows.split_state`."""
+        return split_state(gather_values(state, self.all_members), self.local_indices)
+
+    def unshard_state(self, skeleton: Any, directory: Path) -> Any:
+        """:meth:`shard_state`'s inverse for the members this process holds now (any number of processes)."""
+        return held_values(join_state(skeleton, directory, self.local_indices, self.device), self.local_indices)
+
+    def report_values(self, report: Any) -> Any:
+        """A method's report with every :class:`MemberValues` as the list over every member (a collective)."""
+        return reported(report, self.all_members)
+
     @property
     def num_params(self) -> int:
         """D: trainable elements per member."""
@@ -431,11 +457,8 @@ class Population:
                 range(len(self.members))]  # fmt: skip
 
     @torch.no_grad()
-    def load_member(self, i: int, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> None:
-        """Set member i (on the process that holds it; the others do nothing)."""
-        k = self._local(i)
-        if k is None:
-            return
+    def load_held(self, k: int, params: Sequence[Tensor], buffers: Sequence[Tensor] | None = None) -> None:
+        """Set the k-th member this process holds (``members[k]``, row k of the flat tensors)."""
         for flat, v in zip(self.params, params):
             flat[k].copy_(v)
         for flat, v in zip(self.buffers, buffers or []):

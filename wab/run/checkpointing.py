@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from wab.core.distributed import LocalComm
-from wab.core.member_rows import MemberRows, join_state, new_shard_dir, remove_unreferenced, split_state, write_shards
+from wab.core.member_rows import MemberRows, new_shard_dir, remove_unreferenced, write_shards
 from wab.run.build import BuiltRun
 from wab.run.recorder import Recorder
 from wab.run.records import RunDir, atomic_torch_save
@@ -39,10 +39,10 @@ class Checkpointer:
         per_member = {
             "population": pop.state_dict(),
             "optimizer": pop.optimizer_state_dict(b.optimizer),
-            "method": b.method.state_dict(),
+            "method": b.method.state_dict(s),
             "perms": MemberRows(torch.stack(perms)) if perms is not None else None,
         }
-        skeleton, tensors = split_state(per_member, pop.local_indices)
+        skeleton, tensors = pop.shard_state(per_member)
         write_shards(tensors, self.dir.path / name, self.group.world)  # each process its own members' rows
         records = self.recorder.state_dict()
         ckpt = {
@@ -72,8 +72,7 @@ class Checkpointer:
                 ckpt = torch.load(path, map_location=self.built.device, weights_only=True)
                 if "shards" not in ckpt:
                     raise ValueError("written by a wab before checkpoints were sharded by member")
-                ckpt["state"] = join_state(ckpt["state"], self.dir.path / ckpt["shards"],
-                                           self.built.population.local_indices, self.built.device)  # fmt: skip
+                ckpt["state"] = self.built.population.unshard_state(ckpt["state"], self.dir.path / ckpt["shards"])
             except Exception as e:  # truncated, a shard missing or damaged, or not a checkpoint at all
                 ckpt, problem = None, f"{type(e).__name__}: {str(e)[:160]}"
             if self.group.any_of(ckpt is None)[0]:  # every process falls back together
@@ -93,10 +92,9 @@ class Checkpointer:
         state = ckpt["state"]
         pop.load_state_dict(state["population"])
         pop.load_optimizer_state_dict(b.optimizer, state["optimizer"])
-        b.method.load_state_dict(state["method"])
+        b.method.load_state_dict(s, state["method"])
         b.ledger.load_state_dict(ckpt["ledger"])
-        lo, hi = pop.local_indices.start, pop.local_indices.stop
-        for rng, st in zip(b.rngs, ckpt["member_rngs"][lo:hi]):
+        for rng, st in zip(b.rngs, pop.held(ckpt["member_rngs"])):
             rng.bit_generator.state = st
         if b.order_rng is not None:
             b.order_rng.bit_generator.state = ckpt["order_rng"]

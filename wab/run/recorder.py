@@ -179,7 +179,8 @@ class Recorder:
         return final_record(
             self.spec.cfg, outcome, self.base(), wall=wall, steps=s.step, epochs=s.epoch, metrics=metrics,
             comm={} if alone else self.comm(), cost=self.cost(wall),
-            method_report={} if alone else {**method.report(), **s.reports}, method_source=method_origin(type(method)),
+            method_report={} if alone else self.built.population.report_values({**method.report(s), **s.reports}),
+            method_source=method_origin(type(method)),
         )  # fmt: skip
 
 

@@ -58,6 +58,8 @@ class RunSpec:
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ValueError(f"population.timeout_min={timeout} must be a number of minutes > 0, e.g. 5")
         method_cls = method_of(cfg)
+        if problems := method_cls.hyperparameter_problems(cfg["method"]):
+            raise ValueError("; ".join(problems))
         finalizers = tuple(get_finalizer(name) for name in pcfg.get("finalizers") or [])
         size = int(pcfg["size"])
         _check_size(size, method_cls)
