@@ -42,3 +42,12 @@ def test_augmenting_a_batch_on_cuda_needs_no_sync_and_matches_cpu():
     bc = cpu(x.flip(0), y.flip(0), np.random.default_rng(3))
     torch.testing.assert_close(bg.x.cpu(), bc.x)
     assert torch.equal(bg.y_b.cpu(), bc.y_b) and bg.lam == bc.lam
+
+
+def test_a_cpu_record_names_the_processor_and_the_instructions_torch_uses():
+    """Two CPU models round differently (results/reference does not reproduce bit for bit on
+    another processor): the record says which one ran."""
+    from wab.parts.device import cpu_model, device_name
+
+    name = device_name("cpu")
+    assert name == f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()})" and cpu_model()

@@ -9,8 +9,11 @@ computed, and :func:`compute_identity` is the part of them the id includes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,10 +64,24 @@ def compute_identity(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def device_name(device: str) -> str:
-    """``cpu``, or the GPU's model (recorded: GPUs of another model may round differently)."""
+    """The GPU's model, or ``cpu (<model>, <the vector instructions torch uses>)``: recorded, not
+    in the run id, because devices of another model round differently (the same runs on two CPU
+    models gave other numbers, BENCHMARKS.md), so a report flags a table that mixes them."""
     if not device.startswith("cuda") or not torch.cuda.is_available():
-        return "cpu"
+        return f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()})"
     return torch.cuda.get_device_name(torch.device(device))
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else the platform's word for it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
 
 
 @contextlib.contextmanager

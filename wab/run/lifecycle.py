@@ -207,10 +207,14 @@ def _train(cfg: dict[str, Any], rd: RunDir, lease: Lease | None, group: LocalCom
         trainer.loggers.close()
     if record["status"] in ("done", "diverged"):
         atomic_write_text(rd.done, "")
+    _log_end(rd, record)
+    return record
+
+
+def _log_end(rd: RunDir, record: dict[str, Any]) -> None:
     m = record["metrics"]
     result = f"final model {m['final_model']} {m['final_acc']:.4f}" if m.get("final_acc") is not None else ""
     log.info(
         "run %s ended: %s after %d steps, %.1f s; %s",
         rd.path.name, record["status"], record["steps"], record["wall_time_s"], result or record.get("error", ""),
     )  # fmt: skip
-    return record
