@@ -63,7 +63,7 @@ def rebasin(run: RunState) -> dict[str, nn.Module]:
     aligned_params = [torch.empty_like(p) for p in pop.params]
     aligned_buffers = [torch.empty_like(b) for b in pop.buffers]
     moved, stats = [], []
-    for k, i in enumerate(pop.local_indices):
+    for k, i in enumerate(pop.member_numbers()):  # member i is aligned to member 0 with seed i
         model = pop.model_from([p[k] for p in pop.params], [b[k] for b in pop.buffers])
         if i > 0:
             perms = weight_matching(spec, reference, model.state_dict(), seed=i)

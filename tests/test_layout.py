@@ -69,3 +69,10 @@ def test_every_package_says_what_it_owns_and_what_it_may_import():
     for package in ("parts", "core", "run", "launch"):
         doc = ast.get_docstring(ast.parse((ROOT / "wab" / package / "__init__.py").read_text())) or ""
         assert "import" in doc, package
+
+
+def test_no_method_knows_where_members_live():
+    """Methods see members through the population's calls only: no rank, world size or local index."""
+    words = ("local_indices", ".rank", ".world", "population.comm", "pop.comm", "_local(")
+    found = [f"{p.name}: {w}" for p in (ROOT / "methods").glob("*.py") for w in words if w in p.read_text()]
+    assert found == []

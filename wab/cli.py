@@ -174,8 +174,7 @@ def train_multirun(overrides: list[str]) -> int:
 
     logging.getLogger("submitit").setLevel(logging.ERROR)  # its polling warns twice a poll when sacct is missing
     _last_status.clear()
-    t0 = time.time()
-    argv = sys.argv
+    t0, argv = time.time(), sys.argv
     sys.argv = ["wab train", *method_overrides(overrides)]  # a plugin's config in hydra's store
     try:
         app()
@@ -304,6 +303,12 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each run's state under a directory (a sweep's, or any results directory)")
     status.add_argument("directory")
     report = sub.add_parser("report", help="tables, figures and a summary page from every run under a directory")
+    _report_options(report)
+    return parser
+
+
+def _report_options(report: argparse.ArgumentParser) -> None:
+    """``wab report``'s options."""
     report.add_argument("results", help="a results directory (searched recursively for runs)")
     report.add_argument("--out", default=None, help="where the report goes (default: <results>/report)")
     report.add_argument(
@@ -343,7 +348,6 @@ def _parser() -> argparse.ArgumentParser:
         help="a claim between two methods (repeatable): each row of method A against method B's row with "
         "otherwise the same settings, e.g. --versus twa:swa",
     )
-    return parser
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -127,68 +127,16 @@ class Evaluator:
         bar = tqdm(total=n + 2 + len(finals) + extra, desc="evaluating", leave=False,
                    disable=None if progress else True)  # fmt: skip
         with bar:
-            y = self.data.test.y
-            logits = []  # [n_local, M, C]: this process's members; every member and ensemble metric from them
-            for i, m in zip(population.local_indices, population.members):
-                bar.set_description(f"evaluating member {i}")
-                logits.append(self.logits(m))
-                bar.update()
-            local = torch.stack(logits)
-            probs = local.softmax(2)
-            members = population.all_members([prob_metrics(p, y) for p in probs])
-            accs = [m["acc"] for m in members]
-            ens_logit = logit_metrics(population.mean_rows(local), y)
-            ens_prob = prob_metrics(population.mean_rows(probs), y)
-            disagreement = _disagreement(population, local.argmax(2), local.shape[2])
-            # single models: each evaluated by one process, the metrics shared; a member's own
-            # model (Held) by the process holding it, the others in turn
-            avg_model = population.average_model()
-            world, rank = population.comm.world, population.comm.rank
-            owners = {"avg": 0, **{name: m.owner if isinstance(m, Held) else j % world
-                                   for j, (name, m) in enumerate(finals.items(), 1)}}  # fmt: skip
-            jobs = {"avg": lambda: self._average(avg_model, bar)}
-            for name, m in finals.items():
-                model = m.model if isinstance(m, Held) else m
-                jobs[name] = lambda name=name, model=model: self._final(name, model, recalibrate_finals, bar)
-            done = _split_jobs(population, jobs, owners)
-            if keep is not None:  # the delivered models, as their evaluator recalibrated them
-                _share_buffers(population, avg_model, owners["avg"])
-                if rank == 0:
-                    keep["avg_bn"] = avg_model.state_dict()
-                for name, m in finals.items():
-                    if isinstance(m, Held):  # saved by the process holding it
-                        if m.owner == rank:
-                            keep[name] = m.model.state_dict()
-                        continue
-                    if recalibrate_finals:
-                        _share_buffers(population, m, owners[name])
-                    if rank == 0:
-                        keep[name] = m.state_dict()
-            avg, avg_bn = done["avg"]
-            final = {name: done[name] for name in finals}
-            bar.update(2 + len(finals))
+            ensemble = self._members_and_ensemble(population, bar)
+            avg, avg_bn, final = self._single_models(population, finals, recalibrate_finals, keep, bar)
             diagnostics = self._diagnostics(population, avg_bn, lmc_points, bar) if diagnose else {}
         final_name = next(iter(final), "avg_bn")
         primary = final.get(final_name, avg_bn)
+        disagreement = ensemble.pop("disagreement")
         out = {
-            "individual": accs,
-            "individual_mean": sum(accs) / len(accs),
-            "individual_min": min(accs),
-            "individual_max": max(accs),
-            "individual_nll_mean": sum(m["nll"] for m in members) / len(members),
-            "individual_ece_mean": sum(m["ece"] for m in members) / len(members),
-            "ensemble_acc": ens_logit["acc"],
-            "ensemble_nll": ens_logit["nll"],
-            "ensemble_ece": ens_logit["ece"],
-            "ensemble_prob_acc": ens_prob["acc"],
-            "ensemble_prob_nll": ens_prob["nll"],
-            "ensemble_prob_ece": ens_prob["ece"],
-            "avg_acc": avg["acc"],
-            "avg_nll": avg["nll"],
-            "avg_ece": avg["ece"],
-            "avg_bn_acc": avg_bn["acc"],
-            "avg_bn_nll": avg_bn["nll"],
-            "avg_bn_ece": avg_bn["ece"],
+            **ensemble,
+            **{f"avg_{k}": v for k, v in avg.items()},
+            **{f"avg_bn_{k}": v for k, v in avg_bn.items()},
             "final_model": final_name,
             "final_acc": primary["acc"],
             "nll": primary["nll"],
@@ -199,6 +147,64 @@ class Evaluator:
             **diagnostics,
         }
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+    def _members_and_ensemble(self, population: Population, bar: tqdm) -> dict:
+        """Each member's metrics, their mean, min and max, the ensembles' and the disagreement,
+        from the logits of this process's members (the members' logits are never gathered)."""
+        y = self.data.test.y
+        logits = []  # [n_local, M, C]
+        for k, m in enumerate(population.members):
+            bar.set_description(f"evaluating member {k + 1} of {len(population.members)} held here")
+            logits.append(self.logits(m))
+            bar.update()
+        local = torch.stack(logits)
+        probs = local.softmax(2)
+        members = population.all_members([prob_metrics(p, y) for p in probs])
+        accs = [m["acc"] for m in members]
+        ens_logit = logit_metrics(population.mean_rows(local), y)
+        ens_prob = prob_metrics(population.mean_rows(probs), y)
+        return {
+            "individual": accs,
+            "individual_mean": sum(accs) / len(accs),
+            "individual_min": min(accs),
+            "individual_max": max(accs),
+            "individual_nll_mean": sum(m["nll"] for m in members) / len(members),
+            "individual_ece_mean": sum(m["ece"] for m in members) / len(members),
+            **{f"ensemble_{k}": v for k, v in ens_logit.items()},
+            **{f"ensemble_prob_{k}": v for k, v in ens_prob.items()},
+            "disagreement": _disagreement(population, local.argmax(2), local.shape[2]),
+        }
+
+    def _single_models(self, population: Population, finals: dict[str, nn.Module], recalibrate_finals: bool,
+                       keep: dict[str, dict[str, Tensor]] | None, bar: tqdm) -> tuple[dict, dict, dict]:  # fmt: skip
+        """The uniform average (as it is, and after BN recalibration) and each delivered model:
+        each evaluated by one process and the metrics shared; a member's own model (Held) by the
+        process holding it, the others in turn. With ``keep``, the state_dicts this process writes."""
+        avg_model = population.average_model()
+        world, rank = population.comm.world, population.comm.rank
+        owners = {"avg": 0, **{name: m.owner if isinstance(m, Held) else j % world
+                               for j, (name, m) in enumerate(finals.items(), 1)}}  # fmt: skip
+        jobs = {"avg": lambda: self._average(avg_model, bar)}
+        for name, m in finals.items():
+            model = m.model if isinstance(m, Held) else m
+            jobs[name] = lambda name=name, model=model: self._final(name, model, recalibrate_finals, bar)
+        done = _split_jobs(population, jobs, owners)
+        if keep is not None:  # the delivered models, as their evaluator recalibrated them
+            _share_buffers(population, avg_model, owners["avg"])
+            if rank == 0:
+                keep["avg_bn"] = avg_model.state_dict()
+            for name, m in finals.items():
+                if isinstance(m, Held):  # saved by the process holding it
+                    if m.owner == rank:
+                        keep[name] = m.model.state_dict()
+                    continue
+                if recalibrate_finals:
+                    _share_buffers(population, m, owners[name])
+                if rank == 0:
+                    keep[name] = m.state_dict()
+        bar.update(2 + len(finals))
+        avg, avg_bn = done["avg"]
+        return avg, avg_bn, {name: done[name] for name in finals}
 
     def _average(self, model: nn.Module, bar: tqdm) -> tuple[dict, dict]:
         """The average's metrics as it is, then after BN recalibration (in place)."""

@@ -244,6 +244,11 @@ class Population:
         """A list with one entry per local member, as the list over every member."""
         return [v for part in self.comm.all_gather_objects(list(values)) for v in part]
 
+    def member_numbers(self) -> list[int]:
+        """The numbers (0..N-1) of the members this process holds, in the order of ``members``:
+        a member's identity (its seed, member 0 as a reference), not where it lives."""
+        return list(self.local_indices)
+
     def held(self, values: Sequence) -> list:
         """The entries of the members this process holds, from a list over every member."""
         return [values[i] for i in self.local_indices]
