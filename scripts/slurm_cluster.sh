@@ -118,10 +118,13 @@ stop() {
 
 status() { sinfo -N -l; squeue; }
 
-case "${1:-start}" in
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+
+case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 install|start|status|stop" >&2; exit 2 ;;
+  ""|-h|--help) usage; exit 2 ;;  # nothing is installed or started without a word for it
+  *) echo "unknown command ${1}: use install, start, status or stop" >&2; usage; exit 2 ;;
 esac

@@ -214,3 +214,23 @@ def test_a_multirun_with_a_failing_run_exits_non_zero(tmp_path):
               f"out_dir={out}"], tmp_path)  # fmt: skip
     assert p.returncode == 1 and "1 run(s) failed: independent-" in p.stderr
     assert len(list(out.glob("independent-*/done"))) == 1
+
+
+def test_train_help_lists_the_groups_and_every_method(tmp_path):
+    from wab.method import available_methods
+
+    p = _run(["train", "--help"], tmp_path)
+    assert p.returncode == 0 and "usage: wab train" in p.stdout and "Exception" not in p.stderr
+    assert all(name in p.stdout for name in available_methods())
+
+
+def test_a_negative_seed_is_named(tmp_path):
+    p = _run(["train", "data=digits", "seed=-1", f"out_dir={tmp_path}"], tmp_path)
+    assert p.returncode == 2 and "wab: error: seed=-1 must be an integer >= 0" in p.stderr
+
+
+def test_the_slurm_script_without_a_command_prints_its_usage_and_changes_nothing():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_cluster.sh"
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "WAB_SLURM_DIR": "/nonexistent/wab-slurm"})  # fmt: skip
+    assert p.returncode == 2 and "scripts/slurm_cluster.sh install" in p.stderr and p.stdout == ""

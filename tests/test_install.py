@@ -5,6 +5,8 @@ selected as ``method=pkg.module:Class``), in a local sweep and a report."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -101,26 +103,36 @@ PLUGIN = {
 }
 
 
-def test_a_method_from_an_installed_package_runs_in_a_local_sweep_and_a_report(tmp_path):
-    src = tmp_path / "plugin"
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    """wab and the plugin package above, each built into a wheel and installed into one folder."""
+    work = tmp_path_factory.mktemp("plugin")
+    src = work / "plugin"
     for name, text in PLUGIN.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(textwrap.dedent(text).lstrip())
-    site = tmp_path / "site"
-    build_and_install(copy_of_wab(tmp_path / "src"), site, tmp_path)
-    build_and_install(src, site, tmp_path)
-    env, cwd = installed_env(site), tmp_path / "work"
-    cwd.mkdir()
-    spec = {"base": TINY, "out_dir": "sweep", "resources": {"array_parallelism": 2},
+    site = work / "site"
+    build_and_install(copy_of_wab(work / "src"), site, work)
+    build_and_install(src, site, work)
+    return site
+
+
+def _plugin_sweep(cwd, env, cluster: str, resources: dict) -> dict[str, dict]:
+    """The plugin's two settings, its unregistered class and the control, through ``cluster``."""
+    spec = {"base": TINY, "out_dir": "sweep", "resources": resources,
             "variants": [{"method": ["halfmean"], "method.pull": [0.5, 0.3]},
                          {"method": ["halfmean_plugin.nudge:Nudge"]}, {"method": ["independent"]}]}  # fmt: skip
     (cwd / "grid.yaml").write_text(yaml.safe_dump(spec))
-    _ok(wab_installed(["sweep", "grid.yaml", "--cluster", "local"], cwd, env))
-    deadline = time.time() + 300
+    _ok(wab_installed(["sweep", "grid.yaml", "--cluster", cluster], cwd, env))
+    deadline = time.time() + 600
     while time.time() < deadline and len(list((cwd / "sweep").glob("*/done"))) < 4:
         time.sleep(1)
     finals = {p.parent.name: json.loads(p.read_text()) for p in (cwd / "sweep").glob("*/final.json")}
     assert sorted(f["status"] for f in finals.values()) == ["done"] * 4, wab_installed(["status", "sweep"], cwd, env)
+    return finals
+
+
+def _check_plugin_records(finals: dict[str, dict]) -> None:
     half = sorted((f for f in finals.values() if f["method"] == "halfmean"),
                   key=lambda f: f["config"]["method"]["pull"])  # fmt: skip
     assert [f["config"]["method"]["pull"] for f in half] == [0.3, 0.5]  # overridden without "+"
@@ -131,8 +143,43 @@ def test_a_method_from_an_installed_package_runs_in_a_local_sweep_and_a_report(t
     (nudge,) = (f for f in finals.values() if f["method"] == "nudge")
     assert nudge["config"]["method"] == {"name": "nudge", "pull": 0.25, "_target_": "halfmean_plugin.nudge:Nudge"}
     assert nudge["comm"]["ops"]["lerp_toward_mean"]["calls"] == 1
+
+
+def test_a_method_from_an_installed_package_runs_in_a_local_sweep_and_a_report(plugin_site, tmp_path):
+    env, cwd = installed_env(plugin_site), tmp_path / "work"
+    cwd.mkdir()
+    _check_plugin_records(_plugin_sweep(cwd, env, "local", {"array_parallelism": 2}))
     _ok(wab_installed(["report", "sweep"], cwd, env))
     summary = (cwd / "sweep" / "report" / "summary.md").read_text()
     assert "halfmean" in summary and "nudge" in summary
     unknown = wab_installed(["train", "method=halfmaen", *TINY], cwd, env)
     assert unknown.returncode == 2 and "did you mean 'halfmean'" in unknown.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode,
+                    reason="no SLURM cluster answers (scripts/slurm_cluster.sh start)")  # fmt: skip
+def test_a_method_from_an_installed_package_runs_in_a_slurm_sweep(plugin_site, tmp_path):
+    env, cwd = installed_env(plugin_site), tmp_path / "work"
+    cwd.mkdir()
+    resources = {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 15, "array_parallelism": 2}
+    _check_plugin_records(_plugin_sweep(cwd, env, "slurm", resources))
+
+
+def test_a_method_from_an_installed_package_gives_the_same_records_on_the_distributed_backend(plugin_site, tmp_path):
+    env = {**installed_env(plugin_site), "OMP_NUM_THREADS": "1"}
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    args = ["train", "method=halfmean", *TINY, "population.size=4", "trainer.epochs=2"]
+    _ok(wab_installed([*args, "out_dir=local"], cwd, env))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-S", "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={port}", "-m", "wab.cli", *args, "population.backend=distributed", "out_dir=dist"]
+    p = subprocess.run(torchrun, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (ref,) = [json.loads(f.read_text()) for f in (cwd / "local").glob("halfmean-*/final.json")]
+    (got,) = [json.loads(f.read_text()) for f in (cwd / "dist").glob("halfmean-*/final.json")]
+    assert got["run_id"] == ref["run_id"] and got["metrics"] == ref["metrics"]
+    assert got["method_source"]["distribution"] == "wab-halfmean-plugin"

@@ -350,10 +350,33 @@ def _report_options(report: argparse.ArgumentParser) -> None:
     )
 
 
+def _train_help() -> str:
+    """``wab train --help``: the config groups and their options (plugins included)."""
+    from wab.method import available_methods
+    from wab.run.config import group_options
+
+    options = {"method": available_methods(), **{g: group_options(g) for g in ("data", "model", "optim", "trainer")}}
+    lines = [
+        "usage: wab train [-m] [OVERRIDE ...]",
+        "",
+        "Train one run (or, with -m, a hydra multirun) from hydra overrides of wab's config tree, e.g.",
+        "  wab train method=wash data=digits population.size=4 method.p=0.05",
+        "",
+        "config groups (select one with group=option; override a key with group.key=value):",
+        *(f"  {g:<8} {', '.join(o)}" for g, o in options.items()),
+        "",
+        "every key and its default: docs/training.md; a sweep of many runs: wab sweep --help",
+    ]
+    return "\n".join(lines)
+
+
 def _dispatch(argv: list[str]) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
+        if any(a in ("-h", "--help") for a in rest):
+            print(_train_help())
+            return 0
         multirun = any(a in ("-m", "--multirun") for a in rest)
         return train_multirun(rest) if multirun else train_one(rest)
     if rest:

@@ -74,6 +74,8 @@ class RunSpec:
                 raise ValueError(f"trainer.{key}={value} must be an integer >= {low}")
         if tcfg.get("lmc_points") == 1:
             raise ValueError("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
+        if not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
+            raise ValueError(f"seed={cfg['seed']} must be an integer >= 0")
         epochs = int(tcfg["epochs"])
         if epochs < 1:
             raise ValueError(f"trainer.epochs must be >= 1, got {epochs}")
