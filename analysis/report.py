@@ -11,7 +11,7 @@ import pandas as pd
 from wab.analysis import aggregate, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
-from wab.errors import UserError, directory_problem
+from wab.errors import UserError, did_you_mean, directory_problem
 from wab.parts.network import load_links
 
 
@@ -44,6 +44,9 @@ def write_report(
         raise UserError(f"--margin {margin} must be a positive number of accuracy points")
     if target is not None and not 0 < target <= 100:
         raise UserError(f"--target {target} must be an accuracy in percent, in (0, 100]")
+    if target is not None and target <= 1:  # trainer.target_acc is a fraction: say which was meant
+        raise UserError(f"--target {target} is in percent ({target}% is below chance): for {target * 100:g}% write "
+                        f"--target {target * 100:g}")  # fmt: skip
     metric_cols = [verdicts.metric_column(m) for m in metrics] if metrics else verdicts.HEADLINE
     link_table = load_links(links or None) if links is not None else None
     spec = verdicts.parse_baseline(baseline)
@@ -54,6 +57,7 @@ def write_report(
     df, skipped = collect_runs(results)
     if df.empty and not skipped:
         raise UserError(f"no runs under {results} (a run directory holds config.yaml); nothing to report")
+    _check_methods_named(df, baseline, spec, pairs, results)
     out = Path(out) if out else results / "report"
     if problem := directory_problem(out, "--out"):
         raise UserError(problem)
@@ -149,6 +153,20 @@ def _table_order(table, group: pd.DataFrame) -> dict:
     order = list(table.runs)
     labels = group.drop_duplicates("setting_id").set_index("setting_id")["variant"]
     return {sid: order.index(lab) if lab in order else len(order) for sid, lab in labels.items()}
+
+
+def _check_methods_named(df: pd.DataFrame, baseline: str | None, spec: dict | str, pairs: list[tuple[str, str]],
+                         results: Path) -> None:  # fmt: skip
+    """A method that ``--baseline method=...`` or ``--versus A:B`` names must have runs here: a
+    comparison with nothing would leave its tables out without a word."""
+    methods = set(df["method"].dropna().astype(str)) if not df.empty else set()
+    named = [("--baseline", spec["method.name"])] if baseline is not None and isinstance(spec, dict) and \
+        "method.name" in spec else []  # fmt: skip
+    named += [("--versus", m) for pair in pairs for m in pair]
+    for option, method in named:
+        if method not in methods:
+            raise UserError(f"{option}: no run of method {method!r} under {results}"
+                            f"{did_you_mean(method, methods)}; methods there: {', '.join(sorted(methods)) or 'none'}")
 
 
 def _verdicts(

@@ -379,6 +379,12 @@ def test_report_options_are_checked(golden, tmp_path):
         write_report(golden, tmp_path / "r", metrics=["nll"])
     with pytest.raises(UserError, match="--baseline 'indep' is neither a row label nor overrides"):
         write_report(golden, tmp_path / "r", baseline="indep")
+    with pytest.raises(UserError, match=r"--target 0.85 is in percent .*write --target 85"):
+        write_report(golden, tmp_path / "r", target=0.85)
+    with pytest.raises(UserError, match="--baseline: no run of method 'nosuchmethod' under .*methods there: .*wash"):
+        write_report(golden, tmp_path / "r", baseline="method=nosuchmethod")
+    with pytest.raises(UserError, match="--versus: no run of method 'nosuch'"):
+        write_report(golden, tmp_path / "r", versus=["wash:nosuch"])
     text = write_report(golden, tmp_path / "r", baseline="papa_all", target=10.0).read_text()
     assert "| wash | papa_all | final model |" in text and "| 10.00 | --target |" in text
 
@@ -413,3 +419,16 @@ def test_a_rows_label_follows_its_own_config_order_whatever_shares_its_table():
     other = ({"method.name": "x", "method.lr_scaled": True}, {"method.name": "x", "method.lr_scaled": False})
     beside, _ = label_settings([other[0], sparta, wash], [other[1], sparta_defaults, defaults])
     assert alone == ["wash (p=0.05, lr_scaled=true)"] and beside[2] == alone[0]
+
+
+def test_a_folder_of_links_to_run_directories_is_collected_once_each(golden, tmp_path):
+    """Runs gathered from elsewhere as symbolic links are found; a link back into the folder
+    does not count a run twice."""
+    links = tmp_path / "links"
+    links.mkdir()
+    for run_dir in sorted(p for p in golden.iterdir() if (p / "config.yaml").exists()):
+        (links / run_dir.name).symlink_to(run_dir, target_is_directory=True)
+    (links / "again").symlink_to(links, target_is_directory=True)
+    df_links, skipped_links = collect_runs(links)
+    df, skipped = collect_runs(golden)
+    assert len(df_links) == len(df) > 0 and len(skipped_links) == len(skipped)

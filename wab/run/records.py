@@ -191,7 +191,17 @@ class RunDir:
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every run directory (one holding config.yaml) below root, in a stable order."""
-    return sorted(
-        p.parent for p in Path(root).rglob("config.yaml") if not any(part.startswith(".") for part in p.parent.parts)
-    )
+    """Every run directory (one holding config.yaml) below root, in a stable order; symbolic
+    links to directories are followed (a folder of links to runs gathered from elsewhere), each
+    real directory once. Hidden directories (``.submitit``...) are not searched."""
+    found, seen = [], set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # reached again through a link: searched already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "config.yaml" in files:
+            found.append(Path(here))
+    return sorted(found)
