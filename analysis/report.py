@@ -4,6 +4,8 @@ summary page."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -61,91 +63,113 @@ def write_report(
     out = Path(out) if out else results / "report"
     if problem := directory_problem(out, "--out"):
         raise UserError(problem)
-    out.mkdir(parents=True, exist_ok=True)
-    if not df.empty:
-        df.to_csv(out / "runs.csv", index=False)
-        try:
-            df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(out / "runs.parquet")
-        except ImportError:
-            pass
-    lines = [f"# wab report: {results}", ""]
-    statuses = df["status"].value_counts().to_dict() if not df.empty else {}
-    lines.append(
-        f"{len(df)} runs collected ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items())) or 'none'}); "
-        f"{len(skipped)} skipped. One row per setting (the whole config but the seed); accuracies in %; "
-        "communication in elements per member per step, and as a fraction of the model size D."
-    )
-    tables = summary_tables(df) if not df.empty else {}
-    done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
-    curves = collect_curves(done) if tables else pd.DataFrame()
-    all_verdicts, all_targets, all_network = [], [], []
-    if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
-        raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
-                        + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
-    for key, table in tables.items():
-        lines += ["", f"## {table.title}", "", markdown(table)]
-        lines += ["<details><summary>runs in each row</summary>", ""]
-        lines += [f"- {label}: {', '.join(ids)}" for label, ids in table.runs.items()]
-        lines += ["", "</details>", ""]
-        group = done
-        for col, value in zip(GROUP, key):
-            group = group[group[col] == value]
-        rows = verdicts.rows_of(group.loc[group["setting_id"].map(_table_order(table, group)).sort_values().index])
-        same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
-        singles = verdicts.rows_of(done[same_task & (done["population_size"] == 1) & (done["method"] == "independent")])
-        found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1, pairs)
-        if found:
-            lines += ["", f"### Paired verdicts ({table.title})", ""]
-            for title, frame in found:
-                lines += [f"**{title}**", "", verdicts.markdown(frame), ""]
-                all_verdicts.append(frame.assign(table=table.title, comparison=title))
-            lines += [verdicts.caption(margin), ""]
-        tt = targets.targets(rows, curves, spec, target, margin)
-        if not tt.empty:
-            lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
-            all_targets.append(tt.assign(table=table.title))
-        if link_table:
-            nt = network.network_table(rows, link_table)
-            lines += ["", f"### Communication on a network: an estimate ({table.title})", "",
-                      network.markdown(nt, link_table), "", network.CAPTION, ""]  # fmt: skip
-            all_network.append(nt.assign(table=table.title))
-        figures = [
-            ("accuracy_vs_communication", plots.accuracy_vs_communication(group, table.title)),
-            ("lmc_barriers", plots.lmc_barriers(group, table.title)),
-            ("ensemble_vs_average", plots.ensemble_vs_average(group, table.title)),
-            ("disagreement_vs_average", plots.disagreement_vs_average(group, table.title)),
-        ]
-        gcurves = curves[curves["run_dir"].isin(group["run_dir"])] if not curves.empty else curves
-        if not gcurves.empty:
-            figures.append(("accuracy_over_epochs", plots.accuracy_over_epochs(gcurves, table.title)))
-        for param in plots.varied_hyperparameters(group):
-            figures.append((f"sensitivity_{param}", plots.sensitivity(group, param, f"{table.title}: {param}")))
-        for name, fig in figures:
-            if fig is None:
-                continue
-            png = plots.save(fig, out / "figures", f"{name}_{_slug(key)}")
-            lines += [f"![{name}](figures/{png.name})", ""]
-    lines += _fronts(done, out, link_table)
-    lines += _across_tasks(done, out)
-    write_tables(tables, out / "tables")
-    if all_verdicts:
-        pd.concat(all_verdicts, ignore_index=True).to_csv(out / "tables" / "verdicts.csv", index=False)
-    if all_targets:
-        pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
-    if all_network:
-        pd.concat(all_network, ignore_index=True).to_csv(out / "tables" / "network.csv", index=False)
-    failed = df[df["status"] != "done"] if not df.empty else df
-    if len(failed) or skipped:
-        lines += ["", "## Runs not in the tables", "", "| run | reason |", "|---|---|"]
-        for _, r in failed.iterrows():
-            reason = str(r.get("error") or r["status"]).splitlines()[0][:120]
-            lines.append(f"| {Path(r['run_dir']).name} | {r['status']}: {reason} |")
-        for run_dir, reason in skipped:
-            lines.append(f"| {Path(run_dir).name} | skipped: {reason} |")
-    summary = out / "summary.md"
-    lines += ["", _how(spec, margin)]
-    summary.write_text("\n".join(lines) + "\n")
-    return summary
+    final_out, out = out, _staging(out)  # written aside, then moved into place whole
+    try:
+        if not df.empty:
+            df.to_csv(out / "runs.csv", index=False)
+            try:
+                df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(out / "runs.parquet")
+            except ImportError:
+                pass
+        lines = [f"# wab report: {results}", ""]
+        statuses = df["status"].value_counts().to_dict() if not df.empty else {}
+        lines.append(
+            f"{len(df)} runs collected ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items())) or 'none'}); "
+            f"{len(skipped)} skipped. One row per setting (the whole config but the seed); accuracies in %; "
+            "communication in elements per member per step, and as a fraction of the model size D."
+        )
+        tables = summary_tables(df) if not df.empty else {}
+        done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
+        curves = collect_curves(done) if tables else pd.DataFrame()
+        all_verdicts, all_targets, all_network = [], [], []
+        if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
+            raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
+                            + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
+        for key, table in tables.items():
+            lines += ["", f"## {table.title}", "", markdown(table)]
+            lines += ["<details><summary>runs in each row</summary>", ""]
+            lines += [f"- {label}: {', '.join(ids)}" for label, ids in table.runs.items()]
+            lines += ["", "</details>", ""]
+            group = done
+            for col, value in zip(GROUP, key):
+                group = group[group[col] == value]
+            rows = verdicts.rows_of(group.loc[group["setting_id"].map(_table_order(table, group)).sort_values().index])
+            same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
+            one_model = same_task & (done["population_size"] == 1) & (done["method"] == "independent")
+            singles = verdicts.rows_of(done[one_model])
+            found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1, pairs)
+            if found:
+                lines += ["", f"### Paired verdicts ({table.title})", ""]
+                for title, frame in found:
+                    lines += [f"**{title}**", "", verdicts.markdown(frame), ""]
+                    all_verdicts.append(frame.assign(table=table.title, comparison=title))
+                lines += [verdicts.caption(margin), ""]
+            tt = targets.targets(rows, curves, spec, target, margin)
+            if not tt.empty:
+                lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
+                all_targets.append(tt.assign(table=table.title))
+            if link_table:
+                nt = network.network_table(rows, link_table)
+                lines += ["", f"### Communication on a network: an estimate ({table.title})", "",
+                          network.markdown(nt, link_table), "", network.CAPTION, ""]  # fmt: skip
+                all_network.append(nt.assign(table=table.title))
+            figures = [
+                ("accuracy_vs_communication", plots.accuracy_vs_communication(group, table.title)),
+                ("lmc_barriers", plots.lmc_barriers(group, table.title)),
+                ("ensemble_vs_average", plots.ensemble_vs_average(group, table.title)),
+                ("disagreement_vs_average", plots.disagreement_vs_average(group, table.title)),
+            ]
+            gcurves = curves[curves["run_dir"].isin(group["run_dir"])] if not curves.empty else curves
+            if not gcurves.empty:
+                figures.append(("accuracy_over_epochs", plots.accuracy_over_epochs(gcurves, table.title)))
+            for param in plots.varied_hyperparameters(group):
+                figures.append((f"sensitivity_{param}", plots.sensitivity(group, param, f"{table.title}: {param}")))
+            for name, fig in figures:
+                if fig is None:
+                    continue
+                png = plots.save(fig, out / "figures", f"{name}_{_slug(key)}")
+                lines += [f"![{name}](figures/{png.name})", ""]
+        lines += _fronts(done, out, link_table)
+        lines += _across_tasks(done, out)
+        write_tables(tables, out / "tables")
+        if all_verdicts:
+            pd.concat(all_verdicts, ignore_index=True).to_csv(out / "tables" / "verdicts.csv", index=False)
+        if all_targets:
+            pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
+        if all_network:
+            pd.concat(all_network, ignore_index=True).to_csv(out / "tables" / "network.csv", index=False)
+        failed = df[df["status"] != "done"] if not df.empty else df
+        if len(failed) or skipped:
+            lines += ["", "## Runs not in the tables", "", "| run | reason |", "|---|---|"]
+            for _, r in failed.iterrows():
+                reason = str(r.get("error") or r["status"]).splitlines()[0][:120]
+                lines.append(f"| {Path(r['run_dir']).name} | {r['status']}: {reason} |")
+            for run_dir, reason in skipped:
+                lines.append(f"| {Path(run_dir).name} | skipped: {reason} |")
+        lines += ["", _how(spec, margin)]
+        (out / "summary.md").write_text("\n".join(lines) + "\n")
+    except BaseException:  # an error or Ctrl-C: the previous report stays as it was, nothing half-written
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    _publish(out, final_out)
+    return final_out / "summary.md"
+
+
+def _staging(out: Path) -> Path:
+    """A fresh hidden directory beside ``out`` to write a report into."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Replace ``out`` by the finished report in ``staging`` (the old one is removed after)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _table_order(table, group: pd.DataFrame) -> dict:

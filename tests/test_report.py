@@ -432,3 +432,18 @@ def test_a_folder_of_links_to_run_directories_is_collected_once_each(golden, tmp
     df_links, skipped_links = collect_runs(links)
     df, skipped = collect_runs(golden)
     assert len(df_links) == len(df) > 0 and len(skipped_links) == len(skipped)
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(golden, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    summary = write_report(golden, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "save", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(golden, out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert summary.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["golden", "r"]  # no partial copy
