@@ -234,3 +234,42 @@ def test_the_slurm_script_without_a_command_prints_its_usage_and_changes_nothing
     p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
                        env={**os.environ, "WAB_SLURM_DIR": "/nonexistent/wab-slurm"})  # fmt: skip
     assert p.returncode == 2 and "scripts/slurm_cluster.sh install" in p.stderr and p.stdout == ""
+
+
+def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypatch):
+    """Provenance counts files git does not track in the code folders (a new method), not run outputs."""
+    from wab.run import provenance as prov
+
+    repo = tmp_path / "repo"
+    (repo / "methods").mkdir(parents=True)
+    (repo / "methods" / "a.py").write_text("")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(prov, "_REPO", repo)
+    prov.provenance.cache_clear()
+    try:
+        (repo / "results").mkdir()
+        (repo / "results" / "run.json").write_text("{}")
+        assert prov.provenance()["git_dirty"] is False  # run outputs do not count
+        prov.provenance.cache_clear()
+        (repo / "methods" / "halfmean.py").write_text("# a new method")
+        assert prov.provenance()["git_dirty"] is True
+    finally:
+        prov.provenance.cache_clear()
+
+
+def test_already_done_says_when_the_method_s_code_changed_since(tmp_path):
+    module = tmp_path / "mymethods.py"
+    module.write_text("from wab.method import Method\n\nclass Nudge(Method):\n    '''Does nothing.'''\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    args = [*WAB, "train", "method=mymethods:Nudge", "data=digits", "model.width=4", "population.size=2",
+            "trainer.epochs=1", "trainer.batch_size=256", "trainer.progress=false", "device=cpu", f"out_dir={tmp_path}"]
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    same = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "already done" in same.stdout and "changed since" not in same.stderr
+    module.write_text(module.read_text() + "\n# edited\n")
+    edited = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "already done" in edited.stdout and "mymethods changed since this run was trained" in edited.stderr

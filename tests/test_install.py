@@ -137,8 +137,10 @@ def _check_plugin_records(finals: dict[str, dict]) -> None:
                   key=lambda f: f["config"]["method"]["pull"])  # fmt: skip
     assert [f["config"]["method"]["pull"] for f in half] == [0.3, 0.5]  # overridden without "+"
     assert all(f["config"]["optim"]["lr"] == 0.07 for f in half)  # the plugin's YAML sets an optimizer default
-    assert half[0]["method_source"] == {"class": "halfmean_plugin.halfmean:HalfMean",
-                                        "distribution": "wab-halfmean-plugin", "version": "0.3.1"}  # fmt: skip
+    source = half[0]["method_source"]
+    assert {k: source[k] for k in ("class", "distribution", "version")} == {
+        "class": "halfmean_plugin.halfmean:HalfMean", "distribution": "wab-halfmean-plugin", "version": "0.3.1"}
+    assert len(source["source_sha256"]) == 64
     assert all(f["comm"]["ops"]["lerp_toward_mean"]["calls"] == 1 for f in half)
     (nudge,) = (f for f in finals.values() if f["method"] == "nudge")
     assert nudge["config"]["method"] == {"name": "nudge", "pull": 0.25, "_target_": "halfmean_plugin.nudge:Nudge"}

@@ -88,8 +88,11 @@ def train_one(overrides: list[str]) -> int:
         if group.world > 1:
             run(cfg, group)  # the other processes wait for the main one's word that there is nothing to do
         print(f"already {state}: {rd.path} (nothing to do; delete the directory to train it again)")
-        if line := _summary(rd.read_final() or {}):
+        record = rd.read_final() or {}
+        if line := _summary(record):
             print(line)
+        if note := _code_changed(cfg, record):
+            print(note, file=sys.stderr)
         return 0
     _console_logging()
     try:
@@ -109,6 +112,20 @@ def train_one(overrides: list[str]) -> int:
     if line := _summary(record):
         print(line)
     return 0
+
+
+def _code_changed(cfg: dict, record: dict) -> str | None:
+    """A warning when the method's source file differs from the one the finished run recorded:
+    the run id names the config, not the code, so the record may be stale."""
+    from wab.method import method_of, source_hash
+
+    recorded = (record.get("method_source") or {}).get("source_sha256")
+    now = source_hash(method_of(cfg))
+    if recorded is None or now is None or recorded == now:
+        return None
+    cls = method_of(cfg)
+    return (f"note: {cls.__module__} changed since this run was trained (its record is of the code before); "
+            "delete the run directory, or change a setting, to train it with the code as it is now")
 
 
 def _follow(cfg: dict, group) -> int:

@@ -10,6 +10,7 @@ packages register through the entry-point group ``wab.methods``
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import pkgutil
@@ -382,7 +383,17 @@ def method_origin(cls: type[Method]) -> dict[str, str | None]:
             version = distribution_version(dist)
         except PackageNotFoundError:
             version = None
-    return {"class": target_of(cls), "distribution": dist, "version": version}
+    return {"class": target_of(cls), "distribution": dist, "version": version, "source_sha256": source_hash(cls)}
+
+
+def source_hash(cls: type[Method]) -> str | None:
+    """The SHA-256 of the file that defines a method (None when it has none, e.g. in a notebook):
+    a run records it, so a later ``wab train`` of the same config can say the code changed since."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def plugin_config(cls: type[Method]) -> tuple[dict[str, Any], bool]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import wab
 
 _REPO = Path(wab.__file__).resolve().parent.parent
+CODE = ("wab", "methods", "configs", "analysis")  # the folders whose files make a run's results
 
 
 def _git(*args: str) -> str | None:
@@ -23,9 +24,15 @@ def _git(*args: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def provenance() -> dict[str, str | bool | None]:
     """``{"wab_version", "git_commit", "git_dirty"}``; commit and dirty are None outside a git
-    checkout. Dirty means tracked files differ from the commit (run outputs are not tracked)."""
+    checkout. Dirty means tracked files differ from the commit, or the code folders (``wab/``,
+    ``methods/``, ``configs/``, ``analysis/``) hold files git does not track and does not ignore
+    (a new method the commit has not got); run outputs are not tracked and do not count."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status = None
+    if commit:
+        tracked = _git("status", "--porcelain", "--untracked-files=no")
+        new = _git("status", "--porcelain", "--untracked-files=all", "--", *CODE)
+        status = None if tracked is None or new is None else tracked + new
     return {
         "wab_version": wab.__version__,
         "git_commit": commit.strip() if commit else None,
