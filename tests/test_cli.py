@@ -84,6 +84,7 @@ def test_an_unusable_output_directory_is_one_line_for_train_report_and_sweep(tmp
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a-file", "s.yaml"]  # nothing created
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -260,6 +261,7 @@ def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypa
         prov.provenance.cache_clear()
 
 
+@pytest.mark.slow
 def test_already_done_says_when_the_method_s_code_changed_since(tmp_path):
     module = tmp_path / "mymethods.py"
     module.write_text("from wab.method import Method\n\nclass Nudge(Method):\n    '''Does nothing.'''\n")
