@@ -178,6 +178,9 @@ def test_wab_demo_compares_methods(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "independent" in p.stdout and "ensemble" in p.stdout and "averaged+BN" in p.stdout
     assert len(list((tmp_path / "demo").glob("independent-*/done"))) == 1
+    (row,) = [line.split() for line in p.stdout.splitlines() if line.split()[:1] == ["independent"]][-1:]
+    individual, ensemble = float(row[1]), float(row[2])
+    assert 1 < individual <= 100 and 1 < ensemble <= 100 and "(accuracies in %)" in p.stdout  # as the report
 
 
 @pytest.mark.slow
@@ -190,6 +193,7 @@ def test_the_demo_runs_every_registered_method(tmp_path):
     for name in available_methods():
         assert len(list((tmp_path / "demo").glob(f"{name}-*/done"))) == 1, name
         assert any(line.split()[:1] == [name] for line in p.stdout.splitlines()), name
+    assert "  wash and wash_opt: " in p.stdout  # a note WASH+Opt shares with WASH is said once
 
 
 @pytest.mark.slow

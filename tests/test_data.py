@@ -116,3 +116,16 @@ def test_crop_and_flip_in_one_gather_equal_cropping_then_flipping():
         ref = padded[b, :, off[0, b] : off[0, b] + 10, off[1, b] : off[1, b] + 12]
         assert torch.equal(out[b], ref.flip(2) if flips[b] else ref)
     assert 10 < flips.sum() < 54
+
+
+def test_an_empty_or_missing_imagefolder_says_what_it_needs(tmp_path):
+    from wab.errors import UserError
+    from wab.parts.data import dataset_shape
+
+    for d in ("train/cat", "test/cat"):
+        (tmp_path / "imgs" / d).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"holds no images: it needs train/<class>/\*\.png .*0 training"):
+        dataset_shape("imagefolder", root=str(tmp_path / "imgs"))
+    with pytest.raises(UserError, match="dataset 'imagefolder' not found") as missing:
+        dataset_shape("imagefolder", root=str(tmp_path / "nothing"))
+    assert "download" not in str(missing.value)  # torchvision cannot fetch an image folder

@@ -24,3 +24,5 @@ def test_unknown_models_are_named():
         model_factory("vit", 3, 32, 10)
     with pytest.raises(ValueError, match="model.arch set to a timm model name, got 'nope'"):
         model_factory("timm", 3, 32, 10, arch="nope")
+    with pytest.raises(ValueError, match=r"got 'resnett18' \(did you mean 'resnet18'\?\)"):
+        model_factory("timm", 3, 32, 10, arch="resnett18")

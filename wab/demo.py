@@ -37,12 +37,17 @@ COLUMNS = {
 }
 
 
+ACCURACIES = ("individual", "ensemble", "averaged", "averaged+BN", "final")
+
+
 def comparison_table(root: str | Path) -> pd.DataFrame:
-    """Individual, ensemble, averaged and final-model accuracy and communication, one row per run."""
+    """Individual, ensemble, averaged and final-model accuracy (%) and communication, one row per run."""
     df, _ = collect_runs(root)
     if df.empty:
         return df
     df = df[df["status"] == "done"].reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
+    for col in ACCURACIES:  # in percent, as the report gives them
+        df[col] = df[col] * 100
     return df.sort_values("method").reset_index(drop=True)
 
 
@@ -63,11 +68,15 @@ def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print()
         print(table.to_string(index=False))
-    notes = [(n, get_method(n)) for n in names if get_method(n).demo_note]
+        print("(accuracies in %)")
+    notes: dict[str, list[str]] = {}  # a note shared by several methods (WASH+Opt inherits WASH's) once
+    for n in names:
+        if note := get_method(n).demo_note:
+            notes.setdefault(note, []).append(n)
     if notes:
         print("\nnot the papers' settings (the demo is a few hundred steps; see results/reference for the defaults):")
-        for name, cls in notes:
-            print(f"  {name}: {cls.demo_note}")
+        for note, which in notes.items():
+            print(f"  {' and '.join(which)}: {note}")
     print(f"\nruns in {out}/")
     print(f"report: {write_report(out)}")
     return 1 if failed else 0

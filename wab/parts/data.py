@@ -170,10 +170,11 @@ def find_dataset(name: str, root: str | os.PathLike | None = None) -> Path | Non
 
 def _not_found(name: str, root: str | os.PathLike | None) -> DatasetNotFound:
     looked = ", ".join(str(r) for r in data_roots(root))
+    fetch = "" if name == "imagefolder" else ", or pass data.download=true to let torchvision fetch it"
     return DatasetNotFound(
         f"dataset {name!r} not found: looked for {_HOW_TO_GET[name]} under {looked}. "
         f"Set data.root=<dir> or WAB_DATA=<dir> to a folder holding those files "
-        f"(e.g. WAB_DATA=../shared/data), or pass data.download=true to let torchvision fetch it."
+        f"(e.g. WAB_DATA=../shared/data){fetch}."
     )
 
 
@@ -195,7 +196,11 @@ def dataset_shape(name: str, root: str | None = None, download: bool = False, im
     def count(d: Path) -> int:
         return sum(1 for c in d.iterdir() if c.is_dir() for f in c.iterdir() if f.is_file())
 
-    return DatasetShape(3, image_size, len(classes), count(train_dir), count(test_dir))
+    shape = DatasetShape(3, image_size, len(classes), count(train_dir), count(test_dir))
+    if not classes or not shape.train or not shape.test:
+        raise UserError(f"imagefolder {found} holds no images: it needs {_HOW_TO_GET[name]} "
+                        f"(found {len(classes)} class folders, {shape.train} training and {shape.test} test files)")
+    return shape
 
 
 def _progress(items, desc: str):

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from wab.errors import did_you_mean
+
 
 class MLP(nn.Module):
     """Flatten, one hidden layer with BatchNorm, linear head."""
@@ -151,7 +153,9 @@ def model_factory(name: str, in_channels: int, image_size: int, num_classes: int
         import timm
 
         arch = kwargs.get("arch")
-        if not arch or arch not in timm.list_models():
-            raise ValueError(f"model=timm needs model.arch set to a timm model name, got {arch!r}")
+        known = timm.list_models()
+        if not arch or arch not in known:
+            hint = did_you_mean(str(arch), known) if arch else ""
+            raise ValueError(f"model=timm needs model.arch set to a timm model name, got {arch!r}{hint}")
         return lambda: timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
