@@ -210,3 +210,10 @@ def test_channels_last_layout_changes_nothing_but_the_layout():
     cl.members[1].eval()
     model.eval()
     torch.testing.assert_close(model(x), cl.members[1](x), rtol=0, atol=0)
+
+
+def test_held_rows_refuses_rows_that_do_not_split_evenly_among_the_members():
+    pop = make_pop(n=3)
+    assert torch.equal(pop.held_rows(torch.arange(6)), torch.arange(6))  # one process holds every member
+    with pytest.raises(ValueError, match="7 rows are not the same number for each of the 3 members"):
+        pop.held_rows(torch.arange(7))

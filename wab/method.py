@@ -76,13 +76,20 @@ def declared_defaults(cls: type[Method]) -> dict[str, Any]:
 
     path = CONFIG_DIR / "method" / f"{cls.name}.yaml"
     if path.exists():
-        text = path.read_text()
-        node = yaml.safe_load(text) or {}
-        node = node.get("method", {}) if text.lstrip().startswith("# @package _global_") else node
+        _, _, method = read_method_yaml(path)
     else:
         node, is_global = plugin_config(cls)
-        node = node.get("method", {}) if is_global else node
-    return {k: v for k, v in node.items() if k not in ("name", "_target_")}
+        method = node.get("method", {}) if is_global else node
+    return {k: v for k, v in method.items() if k not in ("name", "_target_")}
+
+
+def read_method_yaml(path: Path) -> tuple[dict[str, Any], bool, Any]:
+    """A method's YAML: the whole node, whether it is a ``# @package _global_`` one, and its
+    method part (the node itself, or its ``method`` key)."""
+    text = path.read_text()
+    is_global = text.lstrip().startswith("# @package _global_")
+    node = yaml.safe_load(text) or {}
+    return node, is_global, node.get("method", {}) if is_global else node
 
 
 def _typed(value: Any, default: Any) -> Any:
@@ -408,10 +415,7 @@ def plugin_config(cls: type[Method]) -> tuple[dict[str, Any], bool]:
         candidate = Path(module.__file__).with_name(f"{cls.name}.yaml")
         yaml_path = candidate if candidate.exists() else None
     if yaml_path is not None:
-        text = yaml_path.read_text()
-        is_global = text.lstrip().startswith("# @package _global_")
-        node = yaml.safe_load(text) or {}
-        method = node.get("method", {}) if is_global else node
+        node, is_global, method = read_method_yaml(yaml_path)
         if not isinstance(method, dict) or method.get("name", cls.name) != cls.name:
             raise UserError(f"{yaml_path}: its method name must be {cls.name!r}")
     else:

@@ -256,7 +256,9 @@ class Population:
     def held_rows(self, t: Tensor) -> Tensor:
         """The rows of the members this process holds, from a tensor with the same number of rows
         for every member of the population, member after member (e.g. one per candidate)."""
-        per_member = len(t) // self.size
+        per_member, rest = divmod(len(t), self.size)
+        if rest:  # rows that cannot be split evenly would be assigned to the wrong members
+            raise ValueError(f"held_rows: {len(t)} rows are not the same number for each of the {self.size} members")
         return t[self.local_indices.start * per_member : self.local_indices.stop * per_member]
 
     def shard_state(self, state: Any) -> tuple[Any, dict[str, Tensor]]:
