@@ -240,6 +240,9 @@ def _permuted(t: Tensor, axes: Sequence[tuple[int, int]], perms: dict[int, Tenso
     return t
 
 
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def weight_matching(
     spec: PermutationSpec,
     a: dict[str, Tensor],
@@ -249,7 +252,9 @@ def weight_matching(
 ) -> dict[int, Tensor]:
     """The permutation of every group of b that matches a best: maximise sum over the spec's
     tensors of <W_a, P W_b> (Ainsworth et al., Algorithm 1), one group at a time in a random
-    order, until a sweep improves no group. Only parameters and running means enter the cost."""
+    order, until a sweep improves no group. ``a`` and ``b`` are state_dicts; as in the authors'
+    code only parameters enter the cost (their weight matching runs on ``params``, the BatchNorm
+    statistics being recomputed after the merge), never the running statistics."""
     by_tensor = spec.of_tensor()
     perms = {g: torch.arange(n, device=next(iter(a.values())).device) for g, n in spec.sizes.items()}
     rng = np.random.default_rng(seed)
@@ -261,7 +266,7 @@ def weight_matching(
             n = spec.sizes[g]
             cost = torch.zeros(n, n, dtype=torch.float64)
             for name, axis in spec.axes[g]:
-                if "running_var" in name or name not in a:
+                if name.rpartition(".")[2] in BN_BUFFERS or name not in a:
                     continue
                 wa = a[name].double().movedim(axis, 0).reshape(n, -1)
                 wb = _permuted(b[name], by_tensor[name], perms, skip=axis).double().movedim(axis, 0).reshape(n, -1)

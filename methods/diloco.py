@@ -23,6 +23,8 @@ from wab.method import Method, Range, RunState, register
 class DiLoCo(Method):
     """DiLoCo: H inner AdamW steps per member, then an outer Nesterov step on the global model."""
 
+    synchronizes = True  # every member set to one state: the anchor of task-vector merges
+
     constraints = {
         "every_steps": Range(1),
         "outer_lr": Range(0, low_open=True),

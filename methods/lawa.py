@@ -2,9 +2,9 @@
 ImageNet and BERT training with latest weight averaging"; Sanyal et al., 2023, "Early weight
 averaging meets high learning rates"): one checkpoint of each member at the end of every epoch,
 and each member's delivered model is the uniform average of its latest k checkpoints
-(``lawa_<i>``, ``lawa_0`` the final model), evaluated after BatchNorm recalibration. Kaddour's
-scripts average the last k + 1 epochs with k = 5 on ImageNet and Sanyal et al. average groups of
-K = 5: ``k`` counts the checkpoints averaged (default 5). Communication 0.
+(``lawa_<i>``, ``lawa_0`` the final model), evaluated after BatchNorm recalibration. ``k`` counts the checkpoints
+averaged (default 5): Kaddour's scripts average the last 5 on ImageNet (their ``ks=(4)`` is an
+index into the list of k values, not k) and Sanyal et al. average groups of K = 5. Communication 0.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ rescales the average's convolutions to the aligned members' mean channel statist
 of 500 training images, as after PAPA's merges (a model without convolutions, the MLP, is left
 as averaged; its BatchNorm is recalibrated before evaluation like every final model).
 Communication: every member's weights gathered once (D per member, ``rebasin_gather``); on several
-processes member 0 travels and the aligned average is an all-reduce.
+processes member 0 travels and the aligned average is an all-reduce. The merging finalizers listed
+after it (``population.finalizers=[rebasin,fisher]``) combine the aligned members, and their
+models are named ``rebasin+<name>``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from wab.method import RunState, register_finalizer
+from wab.method import MergeInputs, RunState, register_finalizer
 from wab.methods._permutation import NotPermutable, apply_permutation, permutation_spec, weight_matching
 from wab.methods._repair import conv_statistics, mixed_goals, repair
 
@@ -79,6 +81,7 @@ def rebasin(run: RunState) -> dict[str, nn.Module]:
     repaired = repair(merged, mixed_goals(stats, [1.0 / pop.size] * pop.size), batches)
     units = sum(spec.sizes.values())
     moved = [m for m in pop.all_members(moved) if m is not None]  # members 1..N-1
+    run.aligned = MergeInputs(aligned_params, aligned_buffers, "rebasin+")  # what later merging finalizers combine
     run.reports["rebasin"] = {"groups": len(spec.sizes), "units": units, "units_moved": moved,
                               "repaired_convs": repaired}  # fmt: skip
     return {"rebasin": merged}

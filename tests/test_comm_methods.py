@@ -86,7 +86,8 @@ def test_diloco_outer_step_is_nesterov_sgd_on_global_minus_the_members_mean(tiny
 
 
 def test_diloco_with_outer_sgd_lr_1_and_no_momentum_is_local_sgd(tiny):
-    common = ("trainer.epochs=2", "trainer.batch_size=64", "population.size=3")
+    common = ("trainer.epochs=2", "trainer.batch_size=64", "population.size=3", "optim.lr=0.05",
+              "optim.weight_decay=5e-4", "optim.clip_norm=0.5")  # the same inner optimizer for both  # fmt: skip
     diloco = run(tiny("method=diloco", "method.every_steps=4", "method.outer_lr=1.0", "method.outer_momentum=0.0",
                       "method.outer_nesterov=false", "optim=sgd", *common))  # fmt: skip
     local = run(tiny("method=local_sgd", "method.every_steps=4", "population.same_init=true", *common))
@@ -158,7 +159,7 @@ def test_gossip_mixing_matrices_are_doubly_stochastic_with_the_topologys_neighbo
 
 
 def test_gossip_mixes_as_its_matrix_says_keeps_the_mean_and_counts_neighbour_exchanges(tiny):
-    trainer, state = make_run(tiny, "method=gossip", "population.size=5")
+    trainer, state = make_run(tiny, "method=gossip", "population.size=5", "method.order=adapt_then_combine")
     pop = state.population
     perturb(pop, torch.Generator().manual_seed(1))
     before = pop.params[0].clone()
@@ -172,10 +173,74 @@ def test_gossip_mixes_as_its_matrix_says_keeps_the_mean_and_counts_neighbour_exc
     assert op.pattern == "neighbour" and op.elements == 2 * d_b  # two neighbours on a ring
 
 
-def test_ema_follows_the_recursion_with_its_warm_up(tiny):
+def test_gossip_in_lians_order_mixes_the_point_before_the_step_and_adds_the_step(tiny):
+    """Lian et al., Algorithm 1: x' = W x - lr g(x), the gradient at x (not at W x, nor mixed)."""
+    trainer, state = make_run(tiny, "method=gossip", "population.size=5", "optim.momentum=0", "optim.weight_decay=0")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(1))
+    trainer.method.setup(state)
+    x = pop.params[0].clone()
+    trainer._new_epoch()
+    trainer.train_step(0)  # the optimizer's step, then the method's mix
+    grad = pop.grads[0].clone()  # g(x): the gradient of the step, taken at x
+    w = mixing_matrix("ring", 5, torch.Generator().manual_seed(member_seed_of(state)))
+    want = (w @ x.double()).float() - state.lr * grad
+    torch.testing.assert_close(pop.params[0], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pop.params[0].double().mean(0), (x.double() - state.lr * grad.double()).mean(0),
+                               rtol=0, atol=1e-6)  # fmt: skip
+    assert trainer.method.before is not None and torch.equal(trainer.method.before[0], pop.params[0])
+
+
+def member_seed_of(state):
+    from wab.run.build import member_seed
+
+    return member_seed(state.cfg["seed"], 9_999)
+
+
+def _ema_pytorch(beta, update_after_step, update_every, power=2 / 3, inv_gamma=1.0):
+    """lucidrains/ema-pytorch's EMA.update on one tensor (as in Sanyal et al.'s train_ema.py)."""
+    state = {"step": 0, "initted": False, "ema": None}
+
+    def update(current):
+        step = state["step"]
+        state["step"] += 1
+        if step % update_every != 0:
+            return
+        if step <= update_after_step:
+            state["ema"] = current.clone()
+            return
+        if not state["initted"]:
+            state["ema"] = current.clone()
+            state["initted"] = True
+        epoch = max(state["step"] - update_after_step - 1, 0.0)
+        value = 1 - (1 + epoch / inv_gamma) ** -power
+        decay = 0.0 if epoch <= 0 else min(max(value, 0.0), beta)
+        state["ema"] = state["ema"].lerp(current, 1.0 - decay)
+
+    return state, update
+
+
+@pytest.mark.parametrize("after, every", [(0, 1), (3, 2)])
+def test_ema_is_ema_pytorchs_update_at_the_authors_settings(tiny, after, every):
     _, state = make_run(tiny, "method=ema", "population.size=2")
     pop = state.population
-    m = Ema(method_cfg("ema", {"decay": 0.9}))
+    m = Ema(method_cfg("ema", {"update_after_step": after, "update_every": every}))
+    m.setup(state)
+    assert m.beta == 0.9  # Sanyal et al.'s decay
+    theirs, update = _ema_pytorch(0.9, after, every)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 40):
+        perturb(pop, gen)
+        state.step = step
+        m.after_step(state)
+        update(pop.params[0][0].clone())
+    torch.testing.assert_close(m.averages[0][0], theirs["ema"], rtol=1e-6, atol=1e-7)
+
+
+def test_ema_follows_the_tensorflow_recursion_with_its_warm_up(tiny):
+    _, state = make_run(tiny, "method=ema", "population.size=2")
+    pop = state.population
+    m = Ema(method_cfg("ema", {"decay": 0.9, "warmup": "tensorflow"}))
     m.setup(state)
     expected = pop.params[0].clone()
     gen = torch.Generator().manual_seed(0)
@@ -215,9 +280,14 @@ def test_ema_and_lawa_deliver_one_recalibrated_model_per_member_at_no_cost(tiny)
 
 
 def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny):
-    trainer, state = make_run(tiny, "method=lookaround", "population.size=3")
-    assert [a.policy for a in trainer.augment] == [None, "autoaugment", "randaugment"]
-    assert trainer.augment[0].flip
+    trainer, state = make_run(tiny, "method=lookaround", "population.size=3", "data.augment.flip=true")
+    # the authors' build_transforms: crop, then flip | AutoAugment() (ImageNet policy) | RandAugment(), no flip
+    assert [a.policy for a in trainer.augment] == [None, "autoaugment_imagenet", "randaugment"]
+    assert [a.flip for a in trainer.augment] == [True, False, False]
+    assert [a.policy_after_crop for a in trainer.augment] == [False, True, True]
+    stacked, _ = make_run(tiny, "method=lookaround", "population.size=3", "data.augment.flip=true",
+                          "method.heads=stacked", "method.augmentations=[flip,autoaugment,randaugment]")  # fmt: skip
+    assert [a.flip for a in stacked.augment] == [True, True, True]
     rec = run(tiny("method=lookaround", "population.size=3", "trainer.epochs=2", "trainer.batch_size=64"))
     steps = rec["steps"]
     assert rec["comm"]["ops"]["average_into_members"]["calls"] == steps // 5
@@ -227,6 +297,63 @@ def test_lookaround_heads_see_the_same_batches_with_their_own_augmentation(tiny)
     ckpt = torch.load(rd.checkpoint, weights_only=True)
     perms = join_state(ckpt["state"], rd.path / ckpt["shards"], range(3), torch.device("cpu"))["perms"].rows
     assert all(torch.equal(p, perms[0]) for p in perms)  # one data order for every head
+
+
+def test_lookaround_shared_statistics_are_the_sequential_update_of_one_set_by_every_head(tiny):
+    trainer, state = make_run(tiny, "method=lookaround", "population.size=3")
+    pop = state.population
+    perturb(pop, torch.Generator().manual_seed(0))
+    trainer.method.setup(state)
+    start = [b[0].clone() for b in pop.buffers]
+    batches = [state.evaluator.normalize(state.data.train.x[i * 32 : (i + 1) * 32]) for i in range(3)]
+    pop.train()
+    with torch.no_grad():
+        for member, x in zip(pop.members, batches):  # each head updates its own copy of the start
+            member(x)
+        trainer.method._share_buffers(state)
+    one = pop.model_from([p[0] for p in pop.params], start).train()  # one set of statistics, the heads in turn
+    with torch.no_grad():
+        for i, x in enumerate(batches):
+            params, _ = pop.state_of(pop.model_from([p[i] for p in pop.params]))
+            shared = pop.state_of(one)[1]
+            one = pop.model_from(params, shared).train()
+            one(x)
+    want = pop.state_of(one)[1]
+    for flat, w in zip(pop.buffers, want):
+        for row in flat:
+            torch.testing.assert_close(row, w, rtol=1e-5, atol=1e-6)
+    assert state.ledger.ops["lookaround_shared_bn"].elements == pop.num_buffers
+
+
+def test_per_member_gradient_clipping_is_torchs_clip_grad_norm_on_each_member(tiny):
+    from wab.core.step import clip_member_gradients
+
+    _, state = make_run(tiny, "population.size=3")
+    pop = state.population
+    gen = torch.Generator().manual_seed(0)
+    for g in pop.grads:
+        g.copy_(torch.randn(g.shape, generator=gen) * torch.tensor([0.001, 1.0, 10.0]).unsqueeze(1))
+    want = []
+    for member in pop.members:
+        grads = [p.grad.clone() for p in member.parameters()]
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in member.parameters()]
+        for c, g in zip(copies, grads):
+            c.grad = g
+        torch.nn.utils.clip_grad_norm_(copies, 1.0)
+        want.append([c.grad for c in copies])
+    clip_member_gradients(pop, 1.0)
+    for member, w in zip(pop.members, want):
+        for p, g in zip(member.parameters(), w):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-8)
+    assert float(pop.grads[0][0].norm()) < 1.0 and float(pop.grads[0][2].norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_dilocos_inner_optimizer_is_the_authors_adamw():
+    from wab.run.config import compose_config
+
+    optim = compose_config(["method=diloco"])["optim"]
+    assert (optim["name"], optim["lr"], optim["weight_decay"], optim["betas"], optim["clip_norm"]) == (
+        "adamw", 4e-4, 0.1, [0.9, 0.95], 1.0)  # fmt: skip
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])

@@ -41,6 +41,19 @@ def test_a_randomly_permuted_member_is_recovered_exactly_and_computes_the_same(b
     assert all(torch.equal(recovered[k], v) for k, v in a.state_dict().items())
 
 
+def test_only_parameters_enter_the_matching_cost_as_in_the_authors_code():
+    """Ainsworth et al. match ``params`` only: BatchNorm running statistics change nothing."""
+    torch.manual_seed(0)
+    a, b = TinyCNN(1, 10, width=8), TinyCNN(1, 10, width=8)
+    spec = permutation_spec(a, torch.randn(2, 1, 8, 8))
+    sa, sb = a.state_dict(), b.state_dict()
+    found = weight_matching(spec, sa, sb, seed=1)
+    noisy = {k: v + 100 * torch.randn_like(v) if k.endswith(("running_mean", "running_var")) else v
+             for k, v in sb.items()}  # fmt: skip
+    again = weight_matching(spec, sa, noisy, seed=1)
+    assert all(torch.equal(found[g], again[g]) for g in found)
+
+
 def test_residual_streams_are_one_group_and_the_classifier_stays_in_order():
     with torch.device("meta"):
         spec = permutation_spec(resnet18(3, 10), torch.empty(2, 3, 32, 32))

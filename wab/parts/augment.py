@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from wab.parts.device import to_device
 
-POLICIES = (None, "trivialaugment", "autoaugment", "randaugment")
+POLICIES = (None, "trivialaugment", "autoaugment", "autoaugment_imagenet", "randaugment")
 
 # Named per-member recipes, as overrides of data.augment: an entry of population.member_augment (or
 # of a method's list) may name one. "cutout" is half the image side (16 on CIFAR, DeVries & Taylor).
@@ -31,6 +31,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mixup": {"mixup_alpha": 1.0},
     "trivialaugment": {"policy": "trivialaugment"},
     "autoaugment": {"policy": "autoaugment"},
+    "autoaugment_imagenet": {"policy": "autoaugment_imagenet"},  # torchvision's default policy
     "randaugment": {"policy": "randaugment"},
 }
 # Named populations, a whole population.member_augment: a list (member i gets entry i, cycling) or a
@@ -103,6 +104,7 @@ class Augment:
     cutmix_alpha: float = 0.0  # Beta(a, a) box pasting (Yun et al., 2019); 0 = off
     label_smoothing: float = 0.0
     policy: str | None = None  # a policy augmentation on uint8 images: trivialaugment | autoaugment | randaugment
+    policy_after_crop: bool = False  # the policy after the crop and flip (Lookaround's code) instead of before
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -223,7 +225,8 @@ def _policy(x: Tensor, name: str) -> Tensor:
     from torchvision.transforms import v2
 
     ops = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment,
-           "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)}  # fmt: skip
+           "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+           "autoaugment_imagenet": v2.AutoAugment}  # fmt: skip
     op = ops[name]()
     return torch.stack([op(img) for img in x])
 
@@ -237,13 +240,12 @@ class Augmenter:
 
     def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator) -> Batch:
         a = self.aug
-        if a.policy:
-            # torchvision draws the policy's ops from torch's global RNG: seed it from the member's.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**62)))
-                x = _policy(x, a.policy)
+        if a.policy and not a.policy_after_crop:
+            x = self._policy(x, rng)
         if a.crop_padding or a.flip:
             x = crop_flip(x, a.crop_padding, a.flip, rng)
+        if a.policy and a.policy_after_crop:
+            x = self._policy(x, rng)
         xf = self.normalize(x)
         if a.cutout:
             xf = cutout(xf, a.cutout, rng)
@@ -270,3 +272,9 @@ class Augmenter:
                 lam = float(rng.beta(a.mixup_alpha, a.mixup_alpha))
                 xf = torch.lerp(xf[perm], xf, lam)
         return Batch(xf, y, y_b, lam, a.label_smoothing)
+
+    def _policy(self, x: Tensor, rng: np.random.Generator) -> Tensor:
+        # torchvision draws the policy's ops from torch's global RNG: seed it from the member's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            return _policy(x, self.aug.policy)

@@ -96,7 +96,8 @@ def check_optim(cfg: Mapping[str, Any]) -> None:
     """Refuse optimizer settings torch would reject (or silently misuse), naming the key."""
     checks = [("lr", lambda v: v > 0, "> 0"), ("lr_min", lambda v: v >= 0, ">= 0"),
               ("weight_decay", lambda v: v >= 0, ">= 0"), ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-              ("eps", lambda v: v > 0, "> 0"), ("warmup_epochs", lambda v: v >= 0, ">= 0")]  # fmt: skip
+              ("eps", lambda v: v > 0, "> 0"), ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+              ("clip_norm", lambda v: v >= 0, ">= 0 (0: no clipping)")]  # fmt: skip
     for key, ok, allowed in checks:
         if key in cfg and not (isinstance(cfg[key], int | float) and ok(cfg[key])):
             raise ValueError(f"optim.{key}={cfg[key]} must be a number {allowed}")
