@@ -33,10 +33,18 @@ def _val(d: dict[str, Any], key: str) -> str:
 
 
 def _defaults_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a run's settings are compared with; for the finalizers it requests, their
+    settings' defaults (which a config without them does not hash)."""
     try:
-        return setting_of(default_config(cfg))
+        defaults = default_config(cfg)
     except Exception:  # a plugin or dataset without a config file: every setting counts as changed
         return {}
+    out = setting_of(defaults)
+    finalizers = (cfg.get("population") or {}).get("finalizers")
+    if finalizers:
+        defaults["population"]["finalizers"] = finalizers
+        out.update({k: v for k, v in setting_of(defaults).items() if k.startswith("finalizer.")})
+    return out
 
 
 def label_settings(settings: list[dict[str, Any]], defaults: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wab.analysis import aggregate, network, plots, targets, verdicts
+from wab.analysis import aggregate, merging, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
 from wab.errors import UserError, did_you_mean, directory_problem
@@ -81,7 +81,7 @@ def write_report(
         tables = summary_tables(df) if not df.empty else {}
         done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
         curves = collect_curves(done) if tables else pd.DataFrame()
-        all_verdicts, all_targets, all_network = [], [], []
+        all_verdicts, all_targets, all_network, all_grids = [], [], [], []
         if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
             raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
                             + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
@@ -104,6 +104,11 @@ def write_report(
                     lines += [f"**{title}**", "", verdicts.markdown(frame), ""]
                     all_verdicts.append(frame.assign(table=table.title, comparison=title))
                 lines += [verdicts.caption(margin), ""]
+            grid = merging.merging_grid(rows, margin)
+            if not grid.empty:
+                lines += ["", f"### Training method × merge ({table.title})", "", merging.markdown(grid), "",
+                          merging.caption(margin), ""]  # fmt: skip
+                all_grids.append(grid.assign(table=table.title))
             tt = targets.targets(rows, curves, spec, target, margin)
             if not tt.empty:
                 lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
@@ -136,6 +141,8 @@ def write_report(
             pd.concat(all_verdicts, ignore_index=True).to_csv(out / "tables" / "verdicts.csv", index=False)
         if all_targets:
             pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
+        if all_grids:
+            pd.concat(all_grids, ignore_index=True).to_csv(out / "tables" / "merging.csv", index=False)
         if all_network:
             pd.concat(all_network, ignore_index=True).to_csv(out / "tables" / "network.csv", index=False)
         failed = df[df["status"] != "done"] if not df.empty else df

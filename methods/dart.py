@@ -30,6 +30,8 @@ FINALS = ("heldout", "average")
 class Dart(Method):
     """DART: per-member augmentations, averaged into every member every T steps."""
 
+    synchronizes = True  # every member set to one state: the anchor of task-vector merges
+
     constraints = {"every_steps": Range(1), "final": OneOf(FINALS), "warmup_epochs": Range(0)}
 
     demo_overrides = ("method.every_steps=20",)

@@ -17,6 +17,8 @@ from wab.method import Method, Range, RunState, register
 class LocalSgd(Method):
     """Local SGD: every member replaced by the members' mean every H steps."""
 
+    synchronizes = True  # every member set to one state: the anchor of task-vector merges
+
     constraints = {"every_steps": Range(0), "every_epochs": Range(0)}
 
     demo_overrides = ("method.every_steps=8",)

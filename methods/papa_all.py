@@ -27,6 +27,8 @@ def merge_epochs(epochs: int, every: int, include_first: bool = True) -> list[in
 class PapaAll(Method):
     """PAPA-all: average all members into the mean every K epochs."""
 
+    synchronizes = True  # every member set to one state: the anchor of task-vector merges
+
     op = "average_into_members"
     constraints = {"every_epochs": Range(1), "repair_batches": Range(1), "repair_batch_size": Range(1)}
 

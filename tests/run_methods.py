@@ -9,9 +9,11 @@ from wab.run.lifecycle import run
 
 TINY = ["data=digits", "model.width=4", "population.size=4", "trainer.epochs=2", "trainer.batch_size=128",
         "trainer.progress=false", "trainer.lmc_points=3", "device=cpu", "trainer.threads=1"]  # fmt: skip
+MERGE_SETTINGS = ["finalizer.fisher.examples=24", "finalizer.regmean.examples=64"]  # few examples: fast
 EXTRA = {  # settings that make a method act within two tiny epochs (a method not listed runs at its defaults)
-    "independent": ["population.finalizers=[rebasin,greedy_soup]"],
-    "dart": ["method.every_steps=5"],
+    "independent": ["population.finalizers=[rebasin,greedy_soup,fisher,regmean]", *MERGE_SETTINGS],
+    "dart": ["method.every_steps=5", "population.finalizers=[fisher,dare]", "finalizer.fisher.variant=sampled",
+             "finalizer.dare.combine=ties", *MERGE_SETTINGS],
     "papa": ["method.every=3"],
     "papa_all": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
     "papa_2": ["method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"],
@@ -20,7 +22,8 @@ EXTRA = {  # settings that make a method act within two tiny epochs (a method no
     "twa_t": ["method.epochs=1", "method.candidates=both", "method.snapshot_start=0.5", "method.variant=t"],
     "wash": ["method.p=0.1"],
     "wash_opt": ["method.p=0.1"],
-    "local_sgd": ["method.every_steps=3"],
+    "local_sgd": ["method.every_steps=3", "population.finalizers=[model_stock,task_arithmetic,ties,dare,regmean]",
+                  *MERGE_SETTINGS],
     "diloco": ["method.every_steps=4"],
     "sparta": ["method.p=0.05"],
     "gossip": ["method.topology=random_peer"],

@@ -88,7 +88,8 @@ def test_every_method_gives_the_local_result_on_2_and_4_processes(tmp_path):
                 for op, v in ops.items():
                     if op not in ("objects", "traffic"):  # pickled objects differ in size between processes
                         # an all-reduce gets back what it gives; an all-gather or broadcast, from procs - 1 others
-                        assert v["received"] in (pytest.approx(v["sent"]), pytest.approx(v["sent"] * (procs - 1)))
+                        assert v["received"] in (pytest.approx(v["sent"]), pytest.approx(v["sent"] * (procs - 1))), (
+                            method, op, v)  # fmt: skip
             assert measured["sent_by_phase"]["eval"] > 0 and measured["sent_by_phase"]["checkpoint"] > 0
             assert measured["sent_by_phase"]["control"] > 0
             if method == "wash":  # only the shuffled values travel: N/(N-1) times what the ledger counts

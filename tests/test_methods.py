@@ -455,12 +455,12 @@ RESUME_EXTRA = {  # settings under which a method acts before and after the inte
     "dart": ("method.every_steps=2",),
     "twa": ("method.candidates=both", "method.epochs=1"),
     "papa": ("method.every=3",),
-    "local_sgd": ("method.every_steps=3",),
+    "local_sgd": ("method.every_steps=4", "population.finalizers=[model_stock,ties,dare]"),  # the anchor resumes
     "diloco": ("method.every_steps=4",),
     "lookaround": ("method.every_steps=3",),
     "papa_all": ("method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"),
     "papa_2": ("method.every_epochs=1", "method.repair_batches=2", "method.repair_batch_size=64"),
-    "independent": ("population.finalizers=[rebasin,greedy_soup]",),
+    "independent": ("population.finalizers=[rebasin,greedy_soup,fisher]", "finalizer.fisher.examples=16"),
 }
 
 

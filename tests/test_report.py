@@ -17,6 +17,7 @@ from wab.analysis.stats import mean_ci
 from wab.analysis.tables import summary_tables
 from wab.errors import UserError
 from wab.run.config import compose_config
+from wab.run.lifecycle import run
 from wab.run.records import run_id
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -447,3 +448,30 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(golden, tmp_path, m
         write_report(golden, out)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert summary.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["golden", "r"]  # no partial copy
+
+
+def test_the_method_by_merge_grid_pairs_each_merge_with_the_uniform_average_of_its_runs(tiny, tmp_path):
+    from wab.analysis import merging
+    from wab.analysis.collect import collect_runs
+    from wab.analysis.verdicts import rows_of
+
+    merges = "population.finalizers=[task_arithmetic,ties,fisher]"
+    for seed in (0, 1, 2):
+        assert run(tiny(f"seed={seed}", "population.same_init=true", merges, "finalizer.fisher.examples=16",
+                        "finalizer.ties.k=0.05"))["status"] == "done"  # fmt: skip
+        assert run(tiny(f"seed={seed}", "method=local_sgd", "method.every_steps=1000", "population.finalizers=[ties]"))[
+            "status"] == "done"  # fmt: skip
+    df, _ = collect_runs(tmp_path)
+    grid = merging.merging_grid(rows_of(df[df["status"] == "done"]), 0.5)
+    cells = {(r["row"].split(" ")[0], r["column"]): r for _, r in grid.iterrows()}
+    ties_cell = cells[("independent", "ties")]
+    runs = df[df["method"] == "independent"].sort_values("seed")
+    x, y = 100 * runs["metrics.final.ties.acc"].to_numpy(), 100 * runs["metrics.avg_bn_acc"].to_numpy()
+    assert ties_cell["seeds"] == 3 and ties_cell["mean"] == pytest.approx(x.mean())
+    assert ties_cell["difference"] == pytest.approx((x - y).mean())  # paired with the same runs' uniform average
+    assert ties_cell["verdict"] in ("better", "worse", "inconclusive", "equivalent (±0.5)")
+    assert cells[("local_sgd", "ties")]["verdict"].startswith("skipped: no anchor")  # never synchronised
+    assert list(dict.fromkeys(grid["column"]))[:2] == ["ensemble", "uniform average"]
+    summary = write_report(tmp_path, tmp_path / "report").read_text()
+    assert "### Training method × merge" in summary and "skipped (no anchor)" in summary
+    assert (tmp_path / "report" / "tables" / "merging.csv").exists()

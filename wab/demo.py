@@ -38,6 +38,16 @@ COLUMNS = {
 
 
 ACCURACIES = ("individual", "ensemble", "averaged", "averaged+BN", "final")
+# one row of the report's method x merge grid: an independent population from one initialisation
+# (the anchor of the task-vector merges: model soups' setting), merged six ways at the end of the run
+MERGE_METHOD = "independent"
+MERGES = ("fisher", "regmean", "model_stock", "task_arithmetic", "ties", "dare")
+MERGE_OVERRIDES = (
+    "population.same_init=true",
+    f"population.finalizers=[{','.join(MERGES)}]",
+    "finalizer.fisher.examples=256",
+    "finalizer.regmean.examples=256",
+)
 
 
 def comparison_table(root: str | Path) -> pd.DataFrame:
@@ -45,25 +55,35 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
     df, _ = collect_runs(root)
     if df.empty:
         return df
-    df = df[df["status"] == "done"].reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
+    finalizers = df.get("config.population.finalizers", pd.Series([[]] * len(df), index=df.index))
+    plain = finalizers.map(lambda f: not f if isinstance(f, list) else True)  # the merge row is printed apart
+    df = df[(df["status"] == "done") & plain].reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     for col in ACCURACIES:  # in percent, as the report gives them
         df[col] = df[col] * 100
     return df.sort_values("method").reset_index(drop=True)
+
+
+def _demo_run(name: str, extra: tuple[str, ...], out: str, epochs: int | None, label: str) -> dict:
+    """One demo run of method ``name`` (with ``extra`` overrides) into ``out``; prints its status."""
+    overrides = [method_override(name), *DEMO_OVERRIDES, *get_method(name).demo_overrides, *extra, f"out_dir={out}"]
+    if epochs:
+        overrides.append(f"trainer.epochs={epochs}")
+    t0 = time.perf_counter()
+    record = run(compose_config(overrides))
+    print(f"{label:>14s}: {record['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    return record
 
 
 def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str] | None = None) -> int:
     names = methods or available_methods()
     for name in names:
         get_method(name)  # unknown names fail here, with the list of known ones
-    failed = 0
-    for name in names:
-        overrides = [method_override(name), *DEMO_OVERRIDES, *get_method(name).demo_overrides, f"out_dir={out}"]
-        if epochs:
-            overrides.append(f"trainer.epochs={epochs}")
-        t0 = time.perf_counter()
-        record = run(compose_config(overrides))
-        failed += record["status"] == "failed"
-        print(f"{name:>14s}: {record['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    records = {name: _demo_run(name, (), out, epochs, name) for name in names}
+    merge_row = None
+    if MERGE_METHOD in names:
+        merge_row = _demo_run(MERGE_METHOD, MERGE_OVERRIDES, str(Path(out) / "merging"), epochs, "+ merges")
+        records["+ merges"] = merge_row
+    failed = sum(r["status"] == "failed" for r in records.values())
     table = comparison_table(out)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print()
@@ -77,6 +97,12 @@ def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str
         print("\nnot the papers' settings (the demo is a few hundred steps; see results/reference for the defaults):")
         for note, which in notes.items():
             print(f"  {' and '.join(which)}: {note}")
+    if merge_row is not None and merge_row["status"] == "done":
+        m = merge_row["metrics"]
+        cells = [f"ensemble {100 * m['ensemble_acc']:.1f}", f"uniform average {100 * m['avg_bn_acc']:.1f}"]
+        cells += [f"{k} {100 * v['acc']:.1f}" for k, v in m["final"].items()]
+        print(f"\none row of the method x merge grid: {MERGE_METHOD} from one initialisation, its members merged (%):")
+        print("  " + " | ".join(cells))
     print(f"\nruns in {out}/")
     print(f"report: {write_report(out)}")
     return 1 if failed else 0

@@ -97,7 +97,32 @@ def _typed(value: Any, default: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
 ENTRY_POINT_GROUP = "wab.methods"
+
+
+@dataclass
+class MergeInputs:
+    """What a merging finalizer combines: the rows of the members this process holds, one
+    [n_local, P] tensor per parameter group and one per buffer group (the population's layout),
+    and the prefix of the names of the models made from them (``"rebasin+"`` once aligned)."""
+
+    params: list[torch.Tensor]
+    buffers: list[torch.Tensor]
+    prefix: str = ""
+
+
+def merge_inputs(run: RunState) -> MergeInputs:
+    """The members a merging finalizer combines: aligned by an earlier finalizer in
+    ``population.finalizers`` (``rebasin``), else the population's own."""
+    pop = run.population
+    return run.aligned if run.aligned is not None else MergeInputs(pop.params, pop.buffers)
+
+
+def finalizer_settings(run: RunState, name: str) -> dict[str, Any]:
+    """A finalizer's settings: ``finalizer.<name>`` of the run's config (empty when it has none)."""
+    return dict((run.cfg.get("finalizer") or {}).get(name) or {})
 
 
 @dataclass
@@ -124,6 +149,9 @@ class RunState:
     progress: bool = False  # show progress bars (trainer.progress)
     # what finalizers did, by finalizer name, merged into the run's method_report
     reports: dict = field(default_factory=dict)
+    # the members the merging finalizers combine, when an earlier finalizer changed them (rebasin's
+    # aligned members); None: the population's own (:func:`merge_inputs`)
+    aligned: MergeInputs | None = None
     lr: float = 0.0
     step: int = 0
     epoch_step: int = 0
@@ -162,6 +190,7 @@ class Method:
     needs_heldout: ClassVar[bool] = False
     min_members: ClassVar[int] = 2
     shared_data_order: ClassVar[bool] = False  # every member sees the same batches (Lookaround's heads)
+    synchronizes: ClassVar[bool] = False  # sets every member to one state: an anchor for task-vector merges
     min_members_reason: ClassVar[str] = ""  # why, in the error that refuses a smaller population
     recalibrate_outputs: ClassVar[bool] = True
     demo_overrides: ClassVar[tuple[str, ...]] = ()  # config overrides `wab demo` adds for this method
@@ -275,18 +304,31 @@ def _load_all() -> None:
 _FINALIZERS: dict[str, Callable[[RunState], dict[str, nn.Module]]] = {}
 
 
-def register_finalizer(name: str, needs_heldout: bool = False, check: Callable[[RunState], None] | None = None):
+def register_finalizer(
+    name: str,
+    needs_heldout: bool | Callable[[dict], bool] = False,
+    check: Callable[[RunState], None] | None = None,
+    needs_anchor: bool = False,
+    combines_inputs: bool = False,
+):
     """Decorator adding a function ``run -> {name: model}`` that any method can end with, through
     ``population.finalizers`` (e.g. the soups); a duplicate name is an error. ``needs_heldout``:
-    the finalizer selects on the held-out split (checked before the run starts); ``check(run)``
-    raises ValueError for a run it cannot finalize, and runs before anything else does (on the
-    meta device, like a method's ``setup``)."""
+    the finalizer selects on the held-out split (or a function of its settings saying whether it
+    does; checked before the run starts); ``needs_anchor``: it reads the population's anchor
+    (the shared initialisation or the last synchronisation, refused before the run starts for a
+    population that has neither); ``combines_inputs``: it merges :func:`merge_inputs` and names
+    its model with their prefix (``rebasin+<name>`` after ``rebasin``), so it may be listed once
+    before and once after ``rebasin``; ``check(run)`` raises ValueError for a run it cannot finalize,
+    and runs before anything else does (on the meta device, like a method's ``setup``). Its
+    settings are ``finalizer.<name>`` of the config (:func:`finalizer_settings`)."""
 
     def deco(fn):
         if name in _FINALIZERS and _FINALIZERS[name] is not fn:
             raise ValueError(f"finalizer name {name!r} is already registered")
         fn.name = name
-        fn.needs_heldout = needs_heldout
+        fn.needs_heldout = needs_heldout if callable(needs_heldout) else (lambda settings: needs_heldout)
+        fn.needs_anchor = needs_anchor
+        fn.combines_inputs = combines_inputs
         fn.check = check
         _FINALIZERS[name] = fn
         return fn

@@ -10,7 +10,7 @@ computed once per evaluation and serve every member and ensemble metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -108,7 +108,7 @@ class Evaluator:
         self,
         population: Population,
         finals: dict[str, nn.Module] | None = None,
-        recalibrate_finals: bool = True,
+        recalibrate_finals: bool | Collection[str] = True,
         progress: bool = False,
         keep: dict[str, dict[str, Tensor]] | None = None,
         diagnose: bool = False,
@@ -122,6 +122,9 @@ class Evaluator:
         (``members_recal``) and, with ``lmc_points`` >= 2, the members' linear mode connectivity
         (:mod:`wab.core.lmc`)."""
         finals = finals or {}
+        if isinstance(recalibrate_finals, bool):  # every final model, or none; else the names of those to recalibrate
+            recalibrate_finals = set(finals) if recalibrate_finals else set()
+        recalibrate_finals = frozenset(recalibrate_finals)
         n = len(population.members)  # this process's share of the per-member work
         extra = n + (1 + n) * max(lmc_points - 2, 0) if diagnose else 0
         bar = tqdm(total=n + 2 + len(finals) + extra, desc="evaluating", leave=False,
@@ -175,7 +178,7 @@ class Evaluator:
             "disagreement": _disagreement(population, local.argmax(2), local.shape[2]),
         }
 
-    def _single_models(self, population: Population, finals: dict[str, nn.Module], recalibrate_finals: bool,
+    def _single_models(self, population: Population, finals: dict[str, nn.Module], recalibrate_finals: frozenset[str],
                        keep: dict[str, dict[str, Tensor]] | None, bar: tqdm) -> tuple[dict, dict, dict]:  # fmt: skip
         """The uniform average (as it is, and after BN recalibration) and each delivered model:
         each evaluated by one process and the metrics shared; a member's own model (Held) by the
@@ -187,7 +190,8 @@ class Evaluator:
         jobs = {"avg": lambda: self._average(avg_model, bar)}
         for name, m in finals.items():
             model = m.model if isinstance(m, Held) else m
-            jobs[name] = lambda name=name, model=model: self._final(name, model, recalibrate_finals, bar)
+            recal = name in recalibrate_finals
+            jobs[name] = lambda name=name, model=model, recal=recal: self._final(name, model, recal, bar)
         done = _split_jobs(population, jobs, owners)
         if keep is not None:  # the delivered models, as their evaluator recalibrated them
             _share_buffers(population, avg_model, owners["avg"])
@@ -198,7 +202,7 @@ class Evaluator:
                     if m.owner == rank:
                         keep[name] = m.model.state_dict()
                     continue
-                if recalibrate_finals:
+                if name in recalibrate_finals:
                     _share_buffers(population, m, owners[name])
                 if rank == 0:
                     keep[name] = m.state_dict()

@@ -124,11 +124,13 @@ class Population:
         ledger: CommLedger | None = None,
         channels_last: bool = False,
         comm: LocalComm | None = None,
+        track_anchor: bool = False,
     ) -> None:
         """``seeds``: one per member of the whole population. ``channels_last`` stores 4-D
         (convolution) weights in channels-last order, the layout fast convolutions on CUDA want;
         the flat tensors and every operation are unchanged. ``comm`` (default: this process
-        alone) decides which members this process holds."""
+        alone) decides which members this process holds. ``track_anchor`` keeps a copy of the
+        last state every member shared (:attr:`anchor`), for the task-vector merges."""
         if len(seeds) < 1:
             raise ValueError(f"population size must be >= 1, got {len(seeds)} seeds")
         self.build_member = build_member
@@ -171,6 +173,17 @@ class Population:
                 view = seg.view(self.buffers[seg.group][i, seg.start : seg.stop])
                 view.copy_(module._buffers[attr])
                 module._buffers[attr] = view
+        #: the last state every member shared, (params, buffers) per group, the same on every
+        #: process: the shared initialisation (one seed for all), then the state after each
+        #: operation that sets every member to one state. None when untracked or never shared.
+        self.anchor: tuple[list[Tensor], list[Tensor]] | None = None
+        #: where the anchor comes from: "initialisation", or "synchronisation <k>" (the k-th)
+        self.anchor_source: str | None = None
+        self.track_anchor = track_anchor
+        self._syncs = 0
+        if track_anchor and len(set(seeds)) == 1 and not meta:
+            self.anchor = ([p[0].clone() for p in self.params], [b[0].clone() for b in self.buffers])
+            self.anchor_source = "initialisation"
 
     # ----------------------------------------------------------------------------------- sizes
     @property
@@ -322,8 +335,12 @@ class Population:
         """The mean over every member of per-member values ([n_local, ...] rows on this process):
         exact float64 sums, the same on any number of processes. ``op`` names the collective in
         the measured traffic (the ledger records a method's operations itself)."""
-        total = self.comm.all_reduce_sum(row_sum64(local.reshape(len(local), -1)), op)
-        return (total / self._size).to(local.dtype).view(local.shape[1:])
+        return (self.sum_rows(local, op) / self._size).to(local.dtype)
+
+    def sum_rows(self, local: Tensor, op: str = "") -> Tensor:
+        """The float64 sum over every member of per-member values ([n_local, ...] rows here), as
+        :meth:`mean_rows` computes it: the same on any number of processes."""
+        return self.comm.all_reduce_sum(row_sum64(local.reshape(len(local), -1)), op).view(local.shape[1:])
 
     @torch.no_grad()
     def average_into_members(self, include_buffers: bool = True) -> None:
@@ -333,6 +350,7 @@ class Population:
         for flat, m in zip(self.params + self.buffers, params + buffers):
             flat.copy_(m.expand_as(flat))
         self._record("average_into_members", include_buffers)
+        self._shared()
 
     @torch.no_grad()
     def lerp_toward_mean(self, weight: float, include_buffers: bool = True) -> None:
@@ -457,6 +475,13 @@ class Population:
             out.append([self.comm.broadcast(r, src) for r in rows])
         return out[0], out[1]
 
+    def member_row(self, local: Tensor, i: int, op: str = "") -> Tensor:
+        """Member i's row of a per-member tensor ([n_local, ...] rows here, one per member held),
+        on every process (sent by the process that holds it)."""
+        k = self._local(i)
+        row = local[k].clone() if k is not None else torch.empty_like(local[0])
+        return self.comm.broadcast(row, self.owner(i), op)
+
     def local_states(self) -> list[tuple[list[Tensor], list[Tensor]]]:
         """Copies of the (params, buffers) of the members this process holds, in member order
         (work on each member that needs no communication)."""
@@ -479,6 +504,7 @@ class Population:
             flat.copy_(v.expand_as(flat))
         for flat, v in zip(self.buffers, buffers or []):
             flat.copy_(v.expand_as(flat))
+        self._shared()
 
     @torch.no_grad()
     def copy_member_to_all(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -493,6 +519,15 @@ class Population:
                 for state in self.optimizer_state_rows(optimizer, g):
                     row = state[k].clone() if k is not None else torch.empty_like(state[0])
                     state.copy_(self.comm.broadcast(row, src).expand_as(state))
+        self._shared()
+
+    def _shared(self) -> None:
+        """Every member now holds one state (weights; buffers unless a method kept its own): it
+        becomes the anchor, when tracked. Every process holds a member, so row 0 is the state."""
+        self._syncs += 1
+        if self.track_anchor:
+            self.anchor = ([p[0].clone() for p in self.params], [b[0].clone() for b in self.buffers])
+            self.anchor_source = f"synchronisation {self._syncs}"
 
     def member_models(self, prefix: str, build: Callable[[int], nn.Module]) -> dict[str, Held]:
         """One final model per member, ``<prefix>_<i>`` for every member i of the population, each
@@ -548,11 +583,14 @@ class Population:
         stores them per member: no process gathers another's)."""
         named = [dict(m.named_buffers()) for m in self.members]
         other = [k for k, b in named[0].items() if not b.is_floating_point()]
-        return {
+        out = {
             "params": [MemberRows(p) for p in self.params],
             "buffers": [MemberRows(b) for b in self.buffers],
             "other_buffers": {k: MemberRows(torch.stack([n[k] for n in named])) for k in other},
         }
+        if self.track_anchor:  # the same on every process: kept whole
+            out["anchor"] = {"state": self.anchor, "source": self.anchor_source, "syncs": self._syncs}
+        return out
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -562,6 +600,11 @@ class Population:
         for k, v in state["other_buffers"].items():
             for member, row in zip(self.members, v.rows):
                 dict(member.named_buffers())[k].copy_(row)
+        if self.track_anchor and "anchor" in state:
+            anchor = state["anchor"]
+            self.anchor = None if anchor["state"] is None else tuple(
+                [t.to(self.device) for t in part] for part in anchor["state"])  # fmt: skip
+            self.anchor_source, self._syncs = anchor["source"], int(anchor["syncs"])
 
     def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
         """The optimizer's state, its per-member rows (momentum, Adam moments) as MemberRows."""

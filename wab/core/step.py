@@ -38,11 +38,13 @@ def population_step(
     check_finite: bool = False,
     autocast_dtype: torch.dtype | None = None,
     recipes: MemberRecipes | None = None,
+    clip_norm: float = 0.0,
 ) -> float:
     """One optimizer step of every member on its own batch (:func:`forward_backward`), as one
     optimizer step of the flat tensor (with ``recipes``, each member's own lr scale and weight
-    decay). Returns the loss summed over every member of the population (read back from the
-    device only when ``check_finite``; a non-finite loss, on any process, skips the step)."""
+    decay; with ``clip_norm`` > 0, each member's gradient clipped to that L2 norm first). Returns
+    the loss summed over every member of the population (read back from the device only when
+    ``check_finite``; a non-finite loss, on any process, skips the step)."""
     population.zero_grad()
     total = forward_backward(population, batches, autocast_dtype)
     loss = 0.0
@@ -50,6 +52,8 @@ def population_step(
         with population.comm.counting("control"):
             loss = population.comm.all_reduce_sum(total.double().view(1), "loss_check").item()
     if np.isfinite(loss):
+        if clip_norm > 0:
+            clip_member_gradients(population, clip_norm)
         lr = optimizer.param_groups[0]["lr"]
         if recipes is not None:
             recipes.before_step(lr)
@@ -57,3 +61,14 @@ def population_step(
         if recipes is not None:
             recipes.after_step(lr)
     return loss
+
+
+@torch.no_grad()
+def clip_member_gradients(population: Population, max_norm: float) -> None:
+    """Each member's gradient scaled to L2 norm at most ``max_norm``, as torch's
+    ``clip_grad_norm_`` on that member's parameters (coefficient max_norm / (norm + 1e-6),
+    at most 1)."""
+    norms = torch.stack([g.float().norm(dim=1) for g in population.grads]).norm(dim=0)  # [n_local]
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in population.grads:
+        g.mul_(coef.to(g.dtype).unsqueeze(1))

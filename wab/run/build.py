@@ -91,7 +91,8 @@ def _population(spec: RunSpec, data: DataSplits, device: torch.device, ledger: C
     # channels-last convolutions are faster on CUDA and, with oneDNN, on CPU (BENCHMARKS.md)
     channels_last = auto_flag(tcfg.get("channels_last", "auto"), device.type in ("cuda", "cpu"),
                               "trainer.channels_last")  # fmt: skip
-    population = Population(build, seeds, device, ledger, channels_last, group)
+    track_anchor = any(f.needs_anchor for f in spec.finalizers)  # a copy of one model, kept only when read
+    population = Population(build, seeds, device, ledger, channels_last, group, track_anchor)
     if tcfg.get("compile", False) and not dry:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * spec.size)
         for member in population.members:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -130,7 +131,8 @@ class Trainer:
         for i in range(len(pop.members)):
             idx = self.perms[i][k * bs : (k + 1) * bs]
             batches.append(self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i]))
-        loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype, self.recipes) / pop.size
+        loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype, self.recipes,
+                               float(self.cfg["optim"].get("clip_norm", 0.0))) / pop.size  # fmt: skip
         if not np.isfinite(loss):
             raise Diverged(f"non-finite loss {loss} at step {s.step + 1}")
         s.step += 1
@@ -142,18 +144,21 @@ class Trainer:
     def evaluate(self, final: bool) -> dict:
         """One evaluation (:class:`~wab.core.evaluate.Evaluator`); the final one also runs the method's
         ``finalize`` and the finalizers, and saves the delivered models (``trainer.save_models``)."""
-        finals = {}
+        finals, recalibrate = {}, set()
         if final:
             if "finalize" in self.hooks:
                 log.info("finalizing: %s", self.method.name)
                 finals.update(self.method.finalize(self.state))
-            for fn in self.spec.finalizers:
-                finals.update(fn(self.state))
+            if self.method.recalibrate_outputs:
+                recalibrate |= set(finals)
+            merged = self._finalizers()
+            recalibrate |= set(merged)  # a finalizer's model is recalibrated whatever the method's own
+            finals.update(merged)
         t_eval = time.perf_counter()  # what follows is evaluation; finalizing counts as training
         states: dict[str, dict] | None = {} if final and self.spec.save_models else None
         with self.group.counting("eval"):
             metrics = self.evaluator.evaluate(
-                self.population, finals, self.method.recalibrate_outputs, progress=self.state.progress, keep=states,
+                self.population, finals, recalibrate, progress=self.state.progress, keep=states,
                 diagnose=final, lmc_points=self.spec.lmc_points,
             )  # fmt: skip
         if states is not None:  # each process writes the models it holds; the main one their list
@@ -162,6 +167,24 @@ class Trainer:
         self.population.train()
         self.recorder.clock.eval_time += time.perf_counter() - t_eval
         return metrics
+
+    def _finalizers(self) -> dict:
+        """Each finalizer's models, in order; what each cost goes to final.json's ``cost.finalizers``
+        (by the names of the models it made, or its own when it made none): the matrix-product and
+        convolution FLOPs it ran on every process together (torch's FlopCounterMode) and its time."""
+        finals, costs = {}, {}
+        for fn in self.spec.finalizers:
+            log.info("finalizer %s", fn.name)
+            start = time.perf_counter()
+            with FlopCounterMode(display=False) as counter:
+                models = fn(self.state)
+            mine = (int(counter.get_total_flops()), time.perf_counter() - start)
+            every = self.group.all_gather_objects([mine], "finalizer_cost")
+            costs[", ".join(models) or fn.name] = {"flops": sum(part[0][0] for part in every),
+                                                  "time_s": round(max(part[0][1] for part in every), 3)}  # fmt: skip
+            finals.update(models)
+        self.recorder.finalizer_costs = costs
+        return finals
 
     def model_meta(self, final_model: str) -> dict:
         """What :func:`wab.run.saved_models.load_model` needs to rebuild a delivered model."""

@@ -72,6 +72,7 @@ class Recorder:
         self.lines: list[dict] = []  # every evaluation line so far, as written to metrics.jsonl
         self.process_counts = [group.world]  # every life's, when a resume changed it
         self.loggers = RunLoggers([])  # opened by open() on the process that writes the records
+        self.finalizer_costs: dict[str, dict] = {}  # what each finalizer cost (Trainer._finalizers)
 
     def open(self) -> None:
         """Start the run's clock and, on the main process, its external loggers."""
@@ -164,6 +165,8 @@ class Recorder:
         out: dict[str, Any] = {"flops_per_member_step": flops["per_member_step"], "flops_per_step": flops["per_step"],
                                "train_flops": flops["train"], "train_time_s": wall - self.clock.eval_total(),
                                "eval_time_s": self.clock.eval_total()}  # fmt: skip
+        if self.finalizer_costs:
+            out["finalizers"] = self.finalizer_costs
         target = cfg["trainer"].get("target_acc")
         if target is not None:
             out["target"] = {"metric": "final_acc", "value": float(target),

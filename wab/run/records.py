@@ -40,6 +40,7 @@ NOT_HASHED = (
 # default, so that runs at the defaults keep their ids.
 HASHED_UNLESS_DEFAULT = {
     ("optim", "fused"): True,
+    ("optim", "clip_norm"): 0.0,  # gradient clipping, added after runs without it had their ids
     ("trainer", "compile"): False,
 }
 
@@ -49,6 +50,7 @@ def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
     Where the device or thread count changes how results round, ``compute`` says which."""
     compute = compute_identity(cfg)
     cfg = json.loads(json.dumps(cfg, default=str))
+    _keep_requested_finalizers(cfg)
     defaults = [path for path, value in HASHED_UNLESS_DEFAULT.items() if _get(cfg, path) in (value, None)]
     for path in (*NOT_HASHED, *defaults):
         node = cfg
@@ -57,6 +59,19 @@ def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return {**cfg, "compute": compute} if compute else cfg
+
+
+def _keep_requested_finalizers(cfg: dict[str, Any]) -> None:
+    """Only the settings of the finalizers a run requests (``population.finalizers``) make it,
+    with those of the finalizer a requested one combines with (DARE's ``combine``): the others'
+    (``finalizer.<name>``) leave its id, so a run without them keeps its id when their settings
+    or defaults change."""
+    settings = cfg.pop("finalizer", None) or {}
+    requested = set((cfg.get("population") or {}).get("finalizers") or [])
+    requested |= {(settings.get(n) or {}).get("combine") for n in requested} - {None}
+    node = {k: v for k, v in settings.items() if k in requested}
+    if node:
+        cfg["finalizer"] = node
 
 
 def _get(cfg: dict[str, Any], path: tuple[str, ...]) -> Any:

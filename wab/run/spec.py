@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wab.core.distributed import BACKENDS
-from wab.method import Method, get_finalizer, method_of, one_member_methods
+from wab.method import Method, available_methods, get_finalizer, get_method, method_of, one_member_methods
 from wab.parts.data import DataSplits
 from wab.run.loggers import RunLoggers, logger_problems
 
@@ -60,7 +60,7 @@ class RunSpec:
         method_cls = method_of(cfg)
         if problems := method_cls.hyperparameter_problems(cfg["method"]):
             raise ValueError("; ".join(problems))
-        finalizers = tuple(get_finalizer(name) for name in pcfg.get("finalizers") or [])
+        finalizers = _finalizers(cfg, method_cls)
         size = int(pcfg["size"])
         _check_size(size, method_cls)
         target = tcfg.get("target_acc")
@@ -92,7 +92,8 @@ class RunSpec:
         train on it (a batch larger than the training set, no held-out split for a method or
         finalizer that selects on it)."""
         needs = [self.method_cls.name] if self.method_cls.needs_heldout else []
-        needs += [f.name for f in self.finalizers if f.needs_heldout]
+        fcfg = self.cfg.get("finalizer") or {}
+        needs += [f.name for f in self.finalizers if f.needs_heldout(dict(fcfg.get(f.name) or {}))]
         if needs and len(data.heldout) == 0:
             verb = "needs" if len(needs) == 1 else "need"
             raise ValueError(f"{' and '.join(needs)} {verb} a held-out split: set data.heldout_fraction > 0")
@@ -111,3 +112,29 @@ def _check_size(size: int, method_cls: type[Method]) -> None:
             f"({method_cls.min_members_reason or 'it works between members'}); population.size=1 is for the "
             f"methods that make sense on one model: {', '.join(one_member_methods())}"
         )
+
+
+def _finalizers(cfg: dict, method_cls: type[Method]) -> tuple[Callable, ...]:
+    """The finalizers ``population.finalizers`` names, each once; one that reads the anchor
+    refused for a population that never shares a state (neither ``population.same_init`` nor a
+    method that synchronizes its members)."""
+    names = list(cfg["population"].get("finalizers") or [])
+    finalizers = tuple(get_finalizer(name) for name in names)
+    # a merge of merge_inputs may come once as trained and once after rebasin (its model rebasin+<name>);
+    # any other finalizer makes one model of one name, so a second would overwrite the first
+    models = [("rebasin+" if f.combines_inputs and "rebasin" in names[:i] else "") + f.name
+              for i, f in enumerate(finalizers)]  # fmt: skip
+    if repeated := sorted({m for m in models if models.count(m) > 1}):
+        raise ValueError(f"population.finalizers would make {', '.join(repeated)} more than once: list a finalizer "
+                         f"once (a merge may also come once after rebasin)")  # fmt: skip
+    anchored = bool(cfg["population"].get("same_init")) or method_cls.synchronizes
+    if not anchored and (needing := [f.name for f in finalizers if f.needs_anchor]):
+        syncing = ", ".join(sorted(n for n in available_methods() if get_method(n).synchronizes))
+        one = len(needing) == 1
+        raise ValueError(
+            f"{'finalizer' if one else 'finalizers'} {', '.join(needing)} {'merges' if one else 'merge'} task vectors "
+            f"from an anchor, and method {method_cls.name} with "
+            f"population.same_init=false never gives its members one state: set population.same_init=true (the "
+            f"shared initialisation is the anchor) or use a method that synchronizes its members ({syncing})"
+        )
+    return finalizers

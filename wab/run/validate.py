@@ -113,7 +113,7 @@ def schema_problems(cfg: dict[str, Any]) -> list[str]:
         if key not in schema:
             problems.append(f"unknown key {key}{did_you_mean(key, schema)}")
             continue
-        kind = _kind(schema[key], key)
+        kind = None if key.startswith("finalizer.") else _kind(schema[key], key)  # each finalizer checks its own
         if kind and not kind[1](value):
             problems.append(f"{key}={format_value(value)} must be {kind[0]} (default {format_value(schema[key])})")
     missing = [k for k in schema if k not in given]
