@@ -68,12 +68,15 @@ def merging_grid(rows: list[Row], margin: float) -> pd.DataFrame:
                 if np.array_equal(x, y):
                     entry["verdict"] = "the same numbers"  # e.g. every member equal at the end: no claim
                 else:
-                    tested.append((entry, stats.paired(x, y, margin)))
+                    result = stats.paired(x, y, margin)
+                    entry.update(difference=result.diff, verdict=stats.untested(result))
+                    if entry["verdict"] is None:  # no verdict below 3 seeds or without spread: outside the family
+                        tested.append((entry, result))
             entries.append(entry)
         p_diff = stats.holm([r.p_diff for _, r in tested])
         p_equiv = stats.holm([r.p_equiv for _, r in tested])
         for (entry, r), pd_, pe in zip(tested, p_diff, p_equiv):
-            entry.update(difference=r.diff, verdict=stats.verdict(pd_, pe, r.diff, f"{margin:g}", r.n))
+            entry.update(verdict=stats.verdict(pd_, pe, r.diff, f"{margin:.2g}"))
     return pd.DataFrame(entries)
 
 
@@ -102,7 +105,7 @@ def _cell(c: pd.Series | None) -> str:
 
 
 def _short(verdict: str, diff: float | None) -> str:
-    if verdict in ("better", "worse"):
+    if verdict.startswith(("better", "worse")):
         return f"**{verdict}** ({diff:+.2f})"
     return f"*{verdict}*"
 
@@ -111,8 +114,10 @@ def caption(margin: float) -> str:
     return (
         "Each cell: the final accuracy in %, the mean over seeds [95% bootstrap CI], and the paired verdict "
         "against the uniform average after BN recalibration of the same runs (same members, same seeds), "
-        f"Holm-corrected across the cells of each row: **better**/**worse**, *equivalent (±{margin:g})*, "
-        "*inconclusive*. "
+        f"Holm-corrected across the cells of each row: **better**/**worse**, **better, within ±{margin:.2g}**/**worse, "
+        f"within ±{margin:.2g}** (shown, but negligible), *equivalent (±{margin:.2g})*, *inconclusive*, as the paired "
+        f"verdicts define them; no verdict below {stats.MIN_SEEDS} seeds or when the difference is the same on every "
+        "seed. "
         "rebasin+<merge>: the merge of the members aligned to member 0 by Git Re-Basin. A task-vector merge "
         "(Model Stock, task arithmetic, TIES, DARE) needs an anchor (the shared initialisation, or the last "
         "synchronisation); it is skipped where the members never shared a state."

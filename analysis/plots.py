@@ -187,13 +187,16 @@ EPOCH_PANELS = [("individual_mean", "individual (mean of members)"), ("ensemble_
 
 
 def _t_band(values: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
-    """Per group: mean and the Student-t 95% CI of the mean (the mean alone for one value)."""
+    """Per group of accuracies (fractions): mean and the Student-t 95% CI of the mean, clipped to
+    [0, 1]; the mean alone below stats.MIN_SEEDS values (no interval is claimed)."""
     from scipy import stats as sps
+
+    from wab.analysis.stats import MIN_SEEDS
 
     def one(v: pd.Series) -> pd.Series:
         v = v.dropna().to_numpy(float)
-        half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-        return pd.Series({"mean": v.mean(), "lo": v.mean() - half, "hi": v.mean() + half})
+        half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) >= MIN_SEEDS else 0.0
+        return pd.Series({"mean": v.mean(), "lo": max(v.mean() - half, 0.0), "hi": min(v.mean() + half, 1.0)})
 
     return values.apply(one).unstack()
 
@@ -209,12 +212,11 @@ def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
         for k, (method, variant) in enumerate(variants):
             band = _t_band(curves[curves["variant"] == variant].groupby(x)[col])
             sub = band["mean"]
-            same = sum(_same_curve(sub, other) for other in drawn)  # shift a curve that would hide under another
+            same = sum(_same_curve(sub, other) for other in drawn)  # a curve that would hide under another: dashed
             drawn.append(sub)
-            shift = sub.index * (1 + 0.01 * same)
-            ax.plot(shift, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=3,
+            ax.plot(sub.index, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=3,
                     color=method_color(method), label=variant, linestyle="--" if same else "-")  # fmt: skip
-            ax.fill_between(shift, 100 * band["lo"].values, 100 * band["hi"].values, color=method_color(method),
+            ax.fill_between(sub.index, 100 * band["lo"].values, 100 * band["hi"].values, color=method_color(method),
                             alpha=0.12, linewidth=0)  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("training step" if x == "step" else "epoch")

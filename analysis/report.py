@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wab.analysis import aggregate, merging, network, plots, targets, verdicts
+from wab.analysis import aggregate, mechanisms, merging, network, plots, targets, verdicts
 from wab.analysis.collect import GROUP, collect_curves, collect_runs
 from wab.analysis.tables import markdown, summary_tables, write_tables
 from wab.errors import UserError, did_you_mean, directory_problem
@@ -25,7 +25,7 @@ def write_report(
     results: str | Path,
     out: str | Path | None = None,
     baseline: str | None = None,
-    margin: float = 0.5,
+    margin: float | str = 0.5,
     target: float | None = None,
     metrics: list[str] | None = None,
     links: str | None = None,
@@ -36,14 +36,14 @@ def write_report(
     summary, never dropped. A missing directory, or one without any run, is a :class:`UserError`.
 
     ``baseline``: each row's baseline (a row label, or overrides; default ``method=independent``);
-    ``margin``: the equivalence margin in accuracy points; ``target``: the time-to-target accuracy
+    ``margin``: the equivalence margin in accuracy points, or a fraction of each row's headroom
+    (``"0.3h"``); ``target``: the time-to-target accuracy
     in percent (default: the runs' ``trainer.target_acc``, else the baseline's final-model
     accuracy minus the margin); ``metrics``: the accuracies verdicts are given for; ``links``: a
     YAML file of network links (``""``: the default ``configs/network.yaml``) to model each row's
     communication time on (``--network``); ``versus``: ``A:B`` claims between two methods, each row
     of method A against the row of method B with otherwise the same settings (``--versus``)."""
-    if margin <= 0:
-        raise UserError(f"--margin {margin} must be a positive number of accuracy points")
+    margin = verdicts.parse_margin(margin)
     if target is not None and not 0 < target <= 100:
         raise UserError(f"--target {target} must be an accuracy in percent, in (0, 100]")
     if target is not None and target <= 1:  # trainer.target_acc is a fraction: say which was meant
@@ -81,7 +81,7 @@ def write_report(
         tables = summary_tables(df) if not df.empty else {}
         done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
         curves = collect_curves(done) if tables else pd.DataFrame()
-        all_verdicts, all_targets, all_network, all_grids = [], [], [], []
+        all_verdicts, all_targets, all_network, all_grids, all_rooms, all_mechanisms = [], [], [], [], [], []
         if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
             raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "
                             + ", ".join(sorted({lab for t in tables.values() for lab in t.runs})))  # fmt: skip
@@ -97,19 +97,33 @@ def write_report(
             same_task = (done["dataset"] == key[0]) & (done["model"] == key[1])
             one_model = same_task & (done["population_size"] == 1) & (done["method"] == "independent")
             singles = verdicts.rows_of(done[one_model])
-            found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1, pairs)
+            rooms = verdicts.Rooms(rows, singles)
+            room = verdicts.headroom_table(rooms, margin)
+            if not room.empty:
+                lines += ["", f"### Room to gain ({table.title})", "", verdicts.headroom_markdown(room), "",
+                          verdicts.HEADROOM_CAPTION, ""]  # fmt: skip
+                all_rooms.append(room.assign(table=table.title))
+            acted = mechanisms.mechanism_table(rows)
+            if not acted.empty:
+                lines += ["", f"### How often each mechanism acted ({table.title})", "", mechanisms.markdown(acted), "",
+                          mechanisms.CAPTION, ""]  # fmt: skip
+                all_mechanisms.append(acted.assign(table=table.title))
+            found = _verdicts(rows, singles if key[2] != 1 else [], spec, metric_cols, margin, key[2] == 1, pairs,
+                              rooms)  # fmt: skip
             if found:
                 lines += ["", f"### Paired verdicts ({table.title})", ""]
                 for title, frame in found:
                     lines += [f"**{title}**", "", verdicts.markdown(frame), ""]
                     all_verdicts.append(frame.assign(table=table.title, comparison=title))
-                lines += [verdicts.caption(margin), ""]
-            grid = merging.merging_grid(rows, margin)
+                families = list(dict.fromkeys(f for _, frame in found for f in frame["family"]))
+                lines += [verdicts.caption(margin, families), ""]
+            points = _points_margin(margin, rooms)
+            grid = merging.merging_grid(rows, points)
             if not grid.empty:
                 lines += ["", f"### Training method × merge ({table.title})", "", merging.markdown(grid), "",
-                          merging.caption(margin), ""]  # fmt: skip
+                          merging.caption(points), ""]  # fmt: skip
                 all_grids.append(grid.assign(table=table.title))
-            tt = targets.targets(rows, curves, spec, target, margin)
+            tt = targets.targets(rows, curves, spec, target, points)
             if not tt.empty:
                 lines += ["", f"### Time to target ({table.title})", "", targets.markdown(tt), "", targets.CAPTION, ""]
                 all_targets.append(tt.assign(table=table.title))
@@ -143,6 +157,10 @@ def write_report(
             pd.concat(all_targets, ignore_index=True).to_csv(out / "tables" / "time_to_target.csv", index=False)
         if all_grids:
             pd.concat(all_grids, ignore_index=True).to_csv(out / "tables" / "merging.csv", index=False)
+        if all_rooms:
+            pd.concat(all_rooms, ignore_index=True).to_csv(out / "tables" / "headroom.csv", index=False)
+        if all_mechanisms:
+            pd.concat(all_mechanisms, ignore_index=True).to_csv(out / "tables" / "mechanisms.csv", index=False)
         if all_network:
             pd.concat(all_network, ignore_index=True).to_csv(out / "tables" / "network.csv", index=False)
         failed = df[df["status"] != "done"] if not df.empty else df
@@ -201,29 +219,34 @@ def _check_methods_named(df: pd.DataFrame, baseline: str | None, spec: dict | st
 
 
 def _verdicts(
-    rows, singles, spec, metric_cols: list[str], margin: float, single: bool, pairs: list[tuple[str, str]]
+    rows, singles, spec, metric_cols: list[str], margin: verdicts.Margin, single: bool, pairs: list[tuple[str, str]],
+    rooms: verdicts.Rooms,
 ) -> list[tuple[str, pd.DataFrame]]:
-    """The table's verdict families: against the baseline (per metric), between the methods of
-    ``--versus``, the average against its ensemble and the final model against its members within
-    each row, and each row against a single model at equal FLOPs."""
-    found = []
+    """The table's verdicts, one Holm family per comparison kind (:data:`verdicts.KINDS`), shown
+    per (kind, metric): against the baseline, between the methods of ``--versus``, within each
+    row (the average against its ensemble, the final model against its members and against the
+    uniform average), and each row against a single model at equal FLOPs."""
+    kinds: dict[str, list[dict]] = {k: [] for k in verdicts.KINDS}
     for col in metric_cols:
-        frame = verdicts.against_baseline(rows, spec, col, margin)
-        if not frame.empty:
-            found.append((f"{verdicts.shown(col)} against the baseline", frame))
-    frame = verdicts.versus(rows, pairs, "metrics.final_acc", margin)
-    if not frame.empty:
-        found.append(("final model against another method's", frame))
-    within = [
-        w for w in verdicts.WITHIN if not single or w[1] == "metrics.individual_mean"
-    ]  # one member: its own ensemble
+        for e in verdicts.baseline_entries(rows, spec, col, rooms):
+            kinds["baseline"].append({**e, "_title": f"{verdicts.shown(col)} against the baseline"})
+    for e in verdicts.versus_entries(rows, pairs, "metrics.final_acc", rooms):
+        kinds["versus"].append({**e, "_title": "final model against another method's"})
+    within = [w for w in verdicts.WITHIN if not single or w[1] == "metrics.individual_mean"]  # one member: no ensemble
     for col, ref in within:
-        frame = verdicts.within_rows(rows, col, ref, margin)
-        if not frame.empty:
-            found.append((f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}", frame))
-    frame = verdicts.at_equal_flops(rows, singles, "metrics.final_acc", margin)
-    if not frame.empty:
-        found.append(("final model against one model at equal training FLOPs", frame))
+        for e in verdicts.within_entries(rows, col, ref, rooms):
+            kinds["within"].append({**e, "_title": f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}"})
+    for e in verdicts.equal_flops_entries(rows, singles, "metrics.final_acc", rooms):
+        kinds["flops"].append({**e, "_title": "final model against one model at equal training FLOPs"})
+    found = []
+    for kind, entries in kinds.items():
+        titles = [e.pop("_title") for e in entries]
+        frame = verdicts.judge(entries, margin)
+        if frame.empty:
+            continue
+        frame = frame.assign(family=verdicts.KINDS[kind], _title=titles)
+        for title, part in frame.groupby("_title", sort=False):
+            found.append((title, part.drop(columns="_title").reset_index(drop=True)))
     return found
 
 
@@ -264,7 +287,17 @@ def _across_tasks(done: pd.DataFrame, out: Path) -> list[str]:
     return lines
 
 
-def _how(spec, margin: float) -> str:
+def _points_margin(margin: verdicts.Margin, rooms: verdicts.Rooms) -> float:
+    """The margin in points for a table's merge grid and time to target: the margin itself, or
+    (relative) its fraction of the table's first measured headroom (0.5 points without one)."""
+    if not margin.relative:
+        return margin.value
+    deltas = [d for h in rooms.measured.values() if (d := margin.of(h)) is not None]
+    return deltas[0] if deltas else 0.5
+
+
+def _how(spec, margin: verdicts.Margin) -> str:
     base = spec if isinstance(spec, str) else " ".join(f"{k}={v}" for k, v in spec.items())
-    return (f"Verdicts compare each row with its baseline ({base}), with the equivalence margin ±{margin:g} "
-            "accuracy points (`wab report --baseline ... --margin ...`).")  # fmt: skip
+    return (f"Verdicts compare each row with its baseline ({base}), with the equivalence margin ±{margin.text()} "
+            "accuracy points (`wab report --baseline ... --margin ...`; a margin such as `0.3h` is that fraction of "
+            "each row's headroom).")  # fmt: skip

@@ -29,17 +29,16 @@ ALPHA = 0.05  # family-wise error rate of a table's verdicts (Holm)
 RESAMPLES = 10_000
 CI_METHOD = "95% percentile bootstrap CI of the mean over seeds (scipy.stats.bootstrap, 10,000 resamples)"
 FEW_SEEDS = 5  # below this many seeds a bootstrap interval is narrower than it should be
+MIN_SEEDS = 3  # below this many seeds (or with no spread) no interval or verdict is claimed
 
 
 def mean_ci(values: np.ndarray | list[float], seed: int = 0) -> tuple[float, float] | None:
-    """The 95% percentile-bootstrap interval of the mean of ``values``; None for fewer than two
-    values (no interval), (v, v) when every value is the same."""
+    """The 95% percentile-bootstrap interval of the mean of ``values``; None (no interval is
+    claimed) for fewer than :data:`MIN_SEEDS` values or when every value is the same."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    if len(v) < 2:
+    if len(v) < MIN_SEEDS or np.all(v == v[0]):
         return None
-    if np.all(v == v[0]):
-        return float(v[0]), float(v[0])
     res = stats.bootstrap((v,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
                           random_state=np.random.default_rng(seed))  # fmt: skip
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -73,8 +72,9 @@ class Paired:
 def paired(x: np.ndarray | list[float], y: np.ndarray | list[float], margin: float) -> Paired:
     """Compare paired samples x and y (same seeds, same order) with margin ``margin``.
 
-    With no spread in the differences the tests are exact: a constant non-zero difference is a
-    difference (p 0) and equivalent only when within the margin."""
+    Below :data:`MIN_SEEDS` shared seeds, or when the difference is the same on every seed (no
+    spread: one test image in every seed reads as certainty to a t-test), no interval and no
+    p-value is given: the comparison stays out of its Holm family and :func:`untested` says why."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(x)
     if n == 0:
@@ -82,12 +82,7 @@ def paired(x: np.ndarray | list[float], y: np.ndarray | list[float], margin: flo
     d = x - y
     out = Paired(n, diff=float(d.mean()))
     out.prob_improvement = probability_of_improvement(x, y)
-    if n < 2:
-        return out
-    if np.all(d == d[0]):
-        out.ci = (float(d[0]), float(d[0]))
-        out.p_diff = 0.0 if d[0] != 0 else 1.0
-        out.p_equiv = 0.0 if abs(d[0]) < margin else 1.0
+    if n < MIN_SEEDS or np.all(d == d[0]):
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -101,18 +96,27 @@ def paired(x: np.ndarray | list[float], y: np.ndarray | list[float], margin: flo
     return out
 
 
-def verdict(p_diff_adj: float, p_equiv_adj: float, diff: float, margin_text: str, n: int) -> str:
-    """better | worse (a difference at the table's family-wise level), equivalent (within the
-    margin, by TOST, when no difference is shown), inconclusive; or why no test was possible."""
-    if n == 0:
+def untested(result: Paired) -> str | None:
+    """Why a paired comparison gets no verdict (no shared seed, too few, no spread), or None."""
+    if result.n == 0:
         return "no shared seeds"
-    if n < 2:
-        return "inconclusive (1 shared seed)"
-    if p_diff_adj < ALPHA:
-        return "better" if diff > 0 else "worse"
-    if p_equiv_adj < ALPHA:
-        return f"equivalent (±{margin_text})"
-    return "inconclusive"
+    if result.n < MIN_SEEDS:
+        return f"no verdict ({result.n} shared seed{'s' if result.n > 1 else ''}: at least {MIN_SEEDS} needed)"
+    if result.ci is None:
+        same = "the same numbers" if result.diff == 0 else f"the same difference {result.diff:+.2f}"
+        return f"no verdict ({same} on every seed: no spread to test)"
+    return None
+
+
+def verdict(p_diff_adj: float, p_equiv_adj: float, diff: float, margin_text: str) -> str:
+    """The outcome of a tested comparison from its Holm-adjusted p-values (the report's caption and
+    docs/reports.md define each): better | worse, "better, within ±δ" | "worse, within ±δ"
+    (significant and TOST-equivalent), "equivalent (±δ)", inconclusive."""
+    side = "better" if diff > 0 else "worse"
+    shown, equivalent = p_diff_adj < ALPHA, p_equiv_adj < ALPHA
+    if shown:
+        return f"{side}, within ±{margin_text}" if equivalent else side
+    return f"equivalent (±{margin_text})" if equivalent else "inconclusive"
 
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:

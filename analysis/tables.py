@@ -46,7 +46,7 @@ class Table:
     key: tuple
     rows: pd.DataFrame
     shared: str  # changed settings every row shares, as overrides
-    single_seed: bool  # some row has one seed: its cells have no spread
+    single_seed: bool  # some row has fewer than stats.MIN_SEEDS seeds: its cells claim no interval
     runs: dict[str, list[str]]  # row label -> the run ids averaged in it
     numbers: pd.DataFrame  # per row and column: mean, ci_low, ci_high, std, n (the CSV)
     commits: list[str]  # the code the rows' runs were trained with ("unknown" for older records)
@@ -76,7 +76,8 @@ class Table:
             parts.append(f"Every row: {self.shared}.")
         parts.append("Settings not shown are wab's defaults.")
         if self.single_seed:
-            parts.append("Rows with 1 seed show the value alone: no interval.")
+            parts.append(f"Rows with fewer than {stats.MIN_SEEDS} seeds show the mean alone: no interval is claimed "
+                         "(nor for a cell with the same value on every seed).")
         if len(self.commits) > 1:
             parts.append(f"**Rows come from {len(self.commits)} different commits ({', '.join(self.commits)}).**")
         if len(self.builds) > 1:
@@ -138,7 +139,7 @@ def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
             key=tuple(key),
             rows=pd.DataFrame(rows),
             shared=str(group["shared_settings"].iloc[0]),
-            single_seed=any(r["seeds"] == 1 for r in rows),
+            single_seed=any(r["seeds"] < stats.MIN_SEEDS for r in rows),
             runs=runs,
             numbers=pd.DataFrame(numbers),
             commits=commits_of(group),

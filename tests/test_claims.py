@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from wab.analysis import plots, verdicts
 from wab.analysis.claims import END, START, claims_markdown, replace_block
@@ -65,10 +66,12 @@ def test_versus_is_checked_and_skips_rows_whose_settings_differ():
 def test_a_within_row_verdict_needs_two_different_metrics():
     same = [0.80, 0.82, 0.81]
     members = [0.78, 0.79, 0.80]
-    runs = pd.DataFrame({"metrics.final_acc": same, "metrics.avg_bn_acc": same, "metrics.individual_mean": members},
-                        index=pd.Index([0, 1, 2], name="seed"))  # fmt: skip
+    runs = pd.DataFrame({"metrics.final_acc": same, "metrics.avg_bn_acc": same, "metrics.individual_mean": members,
+                         "metrics.final_model": "avg_bn"}, index=pd.Index([0, 1, 2], name="seed"))  # fmt: skip
     row = verdicts.Row("a", "papa", "papa", {}, runs)
-    assert verdicts.within_rows([row], "metrics.final_acc", "metrics.avg_bn_acc", 0.5).empty  # the same model
+    same_model = verdicts.within_rows([row], "metrics.final_acc", "metrics.avg_bn_acc", 0.5)
+    assert same_model["verdict"].tolist() == ["the same model (its final model is its averaged+BN)"]
+    assert not same_model["in family"].iloc[0]
     frame = verdicts.within_rows([row], "metrics.final_acc", "metrics.individual_mean", 0.5)
     assert frame["difference"].iloc[0] == pytest.approx(100 * np.mean([0.02, 0.03, 0.01]))
 
@@ -101,8 +104,9 @@ def test_claims_quote_the_reports_verdicts_and_costs(report):
     text = claims_markdown(report, CLAIMS)
     v = pd.read_csv(report / "tables" / "verdicts.csv").set_index(["comparison", "row"])
     r = v.loc[("final model against the baseline", "papa_all")]
+    ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if np.isfinite(r["ci_low"]) else "(no interval)"
     assert (f"`papa_all` against {r['baseline']} (2 epochs): **{r['verdict']}**, {r['difference']:+.2f} "
-            f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] points over {int(r['seeds'])} seeds") in text  # fmt: skip
+            f"{ci} points over {int(r['seeds'])} seeds") in text  # fmt: skip
     assert "Remaining confounds: none known" in text
     q = v.loc[("final model against another method's", "wash (p=0.1)")]
     assert f"`wash (p=0.1)` against papa_all (2 epochs): **{q['verdict']}**" in text
@@ -159,3 +163,21 @@ def test_provenance_counts_the_runs_of_each_commit_and_names_a_refresh(report, t
     assert f"trained at commit aaaaaaaaaaaa ({len(runs) - 2} runs), bbbbbbbbbbbb (2 runs)" in text
     assert "the study took 100 minutes on 2 CPU cores" in text
     assert "then 4 minutes to train 2 runs again at bbbbbbbbbbbb" in text
+
+
+def test_a_claim_states_a_hypothesis_and_never_its_outcome(tmp_path):
+    from wab.analysis.claims import load_claims
+
+    good = {"paper": "P", "claim": "whether the average matches its ensemble", "table": TABLE, "rows": ["a"],
+            "comparison": "x"}  # fmt: skip
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump([good]))
+    assert load_claims(path)[0]["claim"] == good["claim"]
+    for bad, why in [("the average matches its ensemble", "worded 'whether ...'"),
+                     ("whether it falls far below its ensemble", "'far' asserts how large"),
+                     ("whether it falls below; from one initialisation it stays close", "two statements")]:  # fmt: skip
+        path.write_text(yaml.safe_dump([{**good, "claim": bad}]))
+        with pytest.raises(UserError, match=f"claim 0 .* is not neutral: .*{why}"):
+            load_claims(path)
+    # the study's own claims pass
+    assert load_claims(ROOT / "configs" / "study" / "claims.yaml")

@@ -18,7 +18,9 @@ def test_the_cell_interval_is_scipys_percentile_bootstrap_of_the_mean():
                         random_state=np.random.default_rng(0)).confidence_interval  # fmt: skip
     assert (low, high) == (pytest.approx(ref.low), pytest.approx(ref.high))
     assert min(values) <= low < np.mean(values) < high <= max(values)
-    assert stats.mean_ci([0.5]) is None and stats.mean_ci([0.5, 0.5]) == (0.5, 0.5)
+    # below 3 values, or with no spread, no interval is claimed
+    assert stats.mean_ci([0.5]) is None and stats.mean_ci([0.5, 0.6]) is None and stats.mean_ci([0.5] * 5) is None
+    assert stats.mean_ci([0.5, 0.6, 0.7]) is not None
 
 
 def test_the_paired_interval_and_tests_match_the_formulas():
@@ -47,13 +49,33 @@ def test_tost_says_equivalent_for_a_tight_small_difference_and_not_for_a_large_o
     far = base + rng.normal(1.5, 0.1, 10)
     tight = stats.paired(close, base, 0.5)
     assert tight.p_equiv < 0.05 and tight.p_diff > 0.05
-    assert stats.verdict(tight.p_diff, tight.p_equiv, tight.diff, "0.5", 10) == "equivalent (±0.5)"
+    assert stats.verdict(tight.p_diff, tight.p_equiv, tight.diff, "0.5") == "equivalent (±0.5)"
     apart = stats.paired(far, base, 0.5)
     assert apart.p_diff < 0.05 and apart.p_equiv > 0.05
-    assert stats.verdict(apart.p_diff, apart.p_equiv, apart.diff, "0.5", 10) == "better"
+    assert stats.verdict(apart.p_diff, apart.p_equiv, apart.diff, "0.5") == "better"
     noisy = stats.paired(base + rng.normal(0, 2, 10), base, 0.5)
-    assert stats.verdict(noisy.p_diff, noisy.p_equiv, noisy.diff, "0.5", 10) == "inconclusive"
-    assert stats.verdict(0.0, 1.0, 1.0, "0.5", 1) == "inconclusive (1 shared seed)"
+    assert stats.verdict(noisy.p_diff, noisy.p_equiv, noisy.diff, "0.5") == "inconclusive"
+    # a difference that is shown and whose whole interval lies inside the margin: real but negligible
+    small = stats.paired(base - rng.normal(0.2, 0.03, 10), base, 0.5)
+    assert small.p_diff < 0.05 and small.p_equiv < 0.05 and -0.5 < small.ci[0] < small.ci[1] < 0
+    assert stats.verdict(small.p_diff, small.p_equiv, small.diff, "0.5") == "worse, within ±0.5"
+
+
+def test_no_verdict_below_three_seeds_or_without_spread():
+    two = stats.paired([90.0, 91.0], [34.44, 35.44], 0.5)  # +55.56 twice: a t-test would call it certain
+    assert (
+        two.ci is None
+        and np.isnan(two.p_diff)
+        and stats.untested(two) == "no verdict (2 shared seeds: at least 3 needed)"
+    )
+    one_image = stats.paired([88.0, 87.0, 89.0], [88.28, 87.28, 89.28], 0.5)  # one test image in every seed
+    assert one_image.ci is None and np.isnan(one_image.p_equiv)
+    assert stats.untested(one_image) == "no verdict (the same difference -0.28 on every seed: no spread to test)"
+    assert stats.untested(stats.paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 0.5)).startswith(
+        "no verdict (the same numbers"
+    )
+    assert stats.untested(stats.paired([], [], 0.5)) == "no shared seeds"
+    assert stats.untested(stats.paired([1.0, 2.0, 3.5], [1.0, 2.1, 3.0], 0.5)) is None
 
 
 def test_holm_adjusts_step_down():
@@ -103,8 +125,11 @@ def test_each_row_is_compared_with_its_own_baseline_and_rows_without_shared_seed
     assert "differs in optim.schedule" in table.loc["swa", "baseline"]
     within = within_rows(rows, "metrics.final_acc", "metrics.ensemble_acc", 0.5).set_index("row")
     assert within.loc["independent", "difference"] == pytest.approx(-0.1)
-    # a difference shown at the family-wise level is a difference, even one within the margin
-    assert within.loc["independent", "verdict"] == "worse"
+    # the same -0.1 on every seed: no spread, so no verdict is claimed (a t-test would call it certain)
+    assert (
+        within.loc["independent", "verdict"]
+        == "no verdict (the same difference -0.10 on every seed: no spread to test)"
+    )
 
 
 def test_the_equal_compute_baseline_is_the_one_model_of_the_same_flops():

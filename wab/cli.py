@@ -334,7 +334,8 @@ def _report_options(report: argparse.ArgumentParser) -> None:
         help="each row's baseline: a row label, or overrides of the row "
         "(default: method=independent, the independent population with the same everything else)",
     )
-    report.add_argument("--margin", type=float, default=0.5, help="equivalence margin in accuracy points (0.5)")
+    report.add_argument("--margin", default="0.5", help="equivalence margin in accuracy points (0.5), or a "
+                        "fraction of each row's headroom, the independent ensemble's gain over a member (0.3h)")
     report.add_argument(
         "--target",
         type=float,
