@@ -6,8 +6,9 @@ method. Each known method names what it counts, where its records hold the count
 calls, ``method_report``), and the count its paper's setting implies, from ``METHODS.md``: PAPA's
 k = 10 over 300 CIFAR epochs at batch 64 (782 steps an epoch), PAPA-all's K = 5 epochs of 300,
 WASH's shuffle after every step, Lookaround's k = 5 over 200 epochs at batch 128, LAWA's 5
-checkpoints. A row more than 10x away from its paper's count is flagged "outside its paper's
-regime"; a method without a paper count is shown with its count alone.
+checkpoints; TWA's fit is counted by its weights' distance from uniform. A row more than 10x
+away from its paper's count is flagged "outside its paper's regime"; a method without a paper
+count is shown with its count alone.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MECHANISMS = {
     "gossip": Mechanism("gossip rounds", "comm.ops.gossip_ring.calls"),
     "dart": Mechanism("aggregations", "comm.ops.average_into_members.calls"),
     "soups": Mechanism("soup ingredients chosen", "method_report.greedy_soup.ingredients", per_list=True),
+    "twa": Mechanism("fitted weights' L1 distance from uniform", "method_report.fit.distance_from_uniform"),
 }  # fmt: skip
 
 

@@ -90,6 +90,28 @@ def twa_t_lr(lr0: float, epoch: int, epochs: int) -> float:
     return lr0 * 0.1 ** sum(epoch >= m for m in twa_t_milestones(epochs))
 
 
+def fitted_weights(pop: Population, cands: Tensor, theta: Tensor) -> dict:
+    """What the fit did, for ``method_report.fit``: the effective weight of each candidate (the
+    least-squares coefficients of theta on the candidates, G^+ C theta: exact for TWA-t, whose
+    theta stays in their span), their L1 distance from uniform, and how far theta moved from the
+    candidates' mean as a fraction of the candidates' mean distance from it (0: the uniform
+    average; 1: as far as a candidate). Candidates in member order, each member's r together."""
+    gram = pop.gram(cands, "twa_gram")  # [K, K], every candidate of every process
+    k = len(gram)
+    dots = pop.all_rows(torch.stack([torch.dot(c.double(), theta.double()) for c in cands]), "twa_dots")
+    weights = pseudo_inverse(gram) @ dots
+    uniform = torch.full((k,), 1 / k, dtype=torch.float64)
+    # squared distances from the mean m = C^T u: |c_i - m|^2 = G_ii - 2 (G u)_i + u^T G u, |theta - m|^2 likewise
+    gu, ugu = gram @ uniform, uniform @ gram @ uniform
+    spread = (torch.diagonal(gram) - 2 * gu + ugu).clamp_min(0).sqrt().mean()
+    moved = (theta.double().square().sum() - 2 * dots @ uniform + ugu).clamp_min(0).sqrt()
+    return {
+        "weights": [round(float(w), 6) for w in weights],
+        "distance_from_uniform": float((weights - uniform).abs().sum()),
+        "moved_from_mean": float(moved / spread) if spread > 0 else 0.0,
+    }
+
+
 @register("twa")
 class Twa(Method):
     """TWA: learn the coefficients that average the candidates."""
@@ -104,6 +126,7 @@ class Twa(Method):
         if self.source == "members" and run.population.size < 2:
             raise ValueError("twa candidates=members needs population.size >= 2; on one model use candidates=snapshots")
         self.selection: dict = {}
+        self.fit: dict = {}
         self.snapshot_start = math.ceil(self.hp.snapshot_start * run.epochs)
         self.snapshots: list[Tensor] = []
 
@@ -136,6 +159,7 @@ class Twa(Method):
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()
         theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
+        self.fit = fitted_weights(pop, cands, theta)
         model = fm.to_module(theta)
         if self.variant == "v":  # fitted on the held-out split: say what that split can tell apart
             self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
@@ -143,7 +167,8 @@ class Twa(Method):
 
     def report(self, run: RunState) -> dict:
         return {"candidates": self.source, "variant": self.variant, **({"selection": self.selection}
-                                                                       if self.selection else {})}  # fmt: skip
+                                                                       if self.selection else {}),
+                **({"fit": self.fit} if self.fit else {})}  # fmt: skip
 
     def _gradient(self, run: RunState, fm: FlatModel, theta: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The loss gradient at theta on a batch, computed once for every process."""

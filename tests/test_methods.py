@@ -14,7 +14,7 @@ from wab.methods.papa_2 import Papa2, pair_mixing_matrix
 from wab.methods.papa_all import PapaAll, merge_epochs
 from wab.methods.soups import greedy_ingredients
 from wab.methods.swa import Swa
-from wab.methods.twa import block_basis, pseudo_inverse
+from wab.methods.twa import block_basis, fitted_weights, pseudo_inverse
 from wab.methods.wash import Wash, layer_probabilities, random_permutations, sample_positions
 from wab.methods.wash_opt import WashOpt
 from wab.run.config import compose_config
@@ -422,6 +422,30 @@ def test_twa_training_lowers_the_loss_it_trains_on(tiny, variant):
     if variant == "v":  # fitted on the held-out split: the report says how large it is and what it can resolve
         sel = twa.report(state)["selection"]
         assert sel["heldout_size"] == len(state.data.heldout) and sel["heldout_acc"] == ev.accuracy(trained)
+
+
+def test_twa_t_moves_far_from_uniform_toward_the_one_good_candidate_and_records_its_weights(tiny):
+    """Members 1 and 2 are member 0 plus large noise: the best point of the candidates' span is
+    member 0 itself, effective weights (1, 0, 0), far from the uniform (1/3, 1/3, 1/3)."""
+    trainer, state = make_run(tiny, "method=twa", "population.size=3", "method.variant=t", "trainer.epochs=3")
+    trainer.fit()
+    pop, twa = state.population, trainer.method
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        good = pop.params[0][0]
+        for i in (1, 2):
+            pop.params[0][i] = good + 2 * good.abs().mean() * torch.randn(good.shape, generator=gen)
+    cands = twa.candidates(state).double()
+    known = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)  # the recorder recovers known weights exactly
+    fit = fitted_weights(pop, cands, known @ cands)
+    assert fit["weights"] == pytest.approx(known.tolist(), abs=1e-6)
+    assert fit["distance_from_uniform"] == pytest.approx(float((known - 1 / 3).abs().sum()), abs=1e-6)
+    assert fitted_weights(pop, cands, cands.mean(0))["moved_from_mean"] == pytest.approx(0, abs=1e-6)
+    twa.cfg.update({"epochs": 5})
+    twa.finalize(state)
+    fit = twa.report(state)["fit"]
+    assert fit["weights"][0] > 0.6 and max(abs(w) for w in fit["weights"][1:]) < 0.25, fit
+    assert fit["distance_from_uniform"] > 0.5 and fit["moved_from_mean"] > 0.3, fit
 
 
 # ----------------------------------------------------------------------------------------- soups
