@@ -132,6 +132,7 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]
             continue
         seen[rid] = str(run_dir)
         row = flatten(rec)
+        row.update(member_baselines(rec))
         row.update(flatten(cfg, "config."))
         row["run_dir"] = str(run_dir)
         row["setting_id"] = setting_id(cfg)
@@ -145,6 +146,26 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]
         _add_labels(df)
         df = df.drop(columns="_config")
     return df, skipped
+
+
+def member_baselines(rec: dict[str, Any]) -> dict[str, float]:
+    """The accuracies of the single members a method's final model is judged against, as its
+    paper does (each after BN recalibration where the record has it, like the final model):
+    ``own_member_acc``, the last iterate of the member whose average is delivered (EMA's, LAWA's,
+    SWA's ``<name>_<i>``); ``heldout_best_member_acc``, the member the greedy soup starts from,
+    the best one on the held-out split."""
+    metrics = rec.get("metrics") or {}
+    members = metrics.get("members_recal") or metrics.get("individual")
+    if not isinstance(members, list) or not members:
+        return {}
+    out = {}
+    head, _, index = str(metrics.get("final_model", "")).rpartition("_")
+    if head and index.isdigit() and int(index) < len(members):
+        out["metrics.own_member_acc"] = members[int(index)]
+    ingredients = ((rec.get("method_report") or {}).get("greedy_soup") or {}).get("ingredients")
+    if ingredients and int(ingredients[0]) < len(members):
+        out["metrics.heldout_best_member_acc"] = members[int(ingredients[0])]
+    return out
 
 
 def _measured_flops(cfg: dict[str, Any], steps: Any) -> dict[str, Any]:

@@ -232,7 +232,7 @@ def _verdicts(
             kinds["baseline"].append({**e, "_title": f"{verdicts.shown(col)} against the baseline"})
     for e in verdicts.versus_entries(rows, pairs, "metrics.final_acc", rooms):
         kinds["versus"].append({**e, "_title": "final model against another method's"})
-    within = [w for w in verdicts.WITHIN if not single or w[1] == "metrics.individual_mean"]  # one member: no ensemble
+    within = [w for w in verdicts.WITHIN if not single or w[1] in ("metrics.individual_mean", "metrics.own_member_acc")]
     for col, ref in within:
         for e in verdicts.within_entries(rows, col, ref, rooms):
             kinds["within"].append({**e, "_title": f"{verdicts.shown(col)} against the row's {verdicts.shown(ref)}"})

@@ -43,7 +43,10 @@ HEADLINE = ["metrics.final_acc", "metrics.individual_mean"]  # the metrics verdi
 # average (greedy soup, TWA, re-basin: "better than averaging as it is"); the last is skipped for
 # the rows whose final model is that average
 WITHIN = [("metrics.avg_bn_acc", "metrics.ensemble_acc"), ("metrics.final_acc", "metrics.individual_mean"),
-          ("metrics.final_acc", "metrics.avg_bn_acc")]  # fmt: skip
+          ("metrics.final_acc", "metrics.avg_bn_acc"), ("metrics.final_acc", "metrics.own_member_acc"),
+          ("metrics.final_acc", "metrics.heldout_best_member_acc")]  # fmt: skip
+# the last two, each paper's own baseline: EMA's, LAWA's and SWA's average against the last iterate of the
+# same member; the greedy soup against the member it starts from, the best on the same held-out split
 ACCURACY_METRICS = {
     "final_acc": "metrics.final_acc",
     "individual_mean": "metrics.individual_mean",
@@ -55,7 +58,9 @@ ACCURACY_METRICS = {
 }
 NAMES = {v: k for k, v in ACCURACY_METRICS.items()}
 SHOWN = {"metrics.final_acc": "final model", "metrics.individual_mean": "individual",
-         "metrics.ensemble_acc": "ensemble", "metrics.avg_bn_acc": "averaged+BN"}  # fmt: skip
+         "metrics.ensemble_acc": "ensemble", "metrics.avg_bn_acc": "averaged+BN",
+         "metrics.own_member_acc": "member's last iterate",
+         "metrics.heldout_best_member_acc": "best member on held-out"}  # fmt: skip
 
 
 def metric_column(name: str) -> str:
@@ -364,9 +369,21 @@ def judge(entries: list[dict], margin: Margin) -> pd.DataFrame:
             "in family": k,
             "p (Holm)": pd_,
             "p equivalence (Holm)": pe,
-            "verdict": why or stats.verdict(pd_, pe, r.diff, f"{delta:.2g}" if margin.relative else f"{delta:g}"),
+            "verdict": why or _with_note(stats.verdict(pd_, pe, r.diff, _delta_text(delta, margin)), r),
         })  # fmt: skip
     return pd.DataFrame(entries)
+
+
+def _delta_text(delta: float, margin: Margin) -> str:
+    return f"{delta:.2g}" if margin.relative else f"{delta:g}"
+
+
+def _with_note(verdict: str, result: stats.Paired) -> str:
+    """A verdict that shows no difference beside an interval (uncorrected) that excludes 0 says so:
+    the family's correction, not the data, withholds the difference."""
+    if verdict.startswith(("equivalent", "inconclusive")) and result.ci and (result.ci[0] > 0 or result.ci[1] < 0):
+        return f"{verdict}; no difference after Holm, though the uncorrected CI excludes 0"
+    return verdict
 
 
 def baseline_entries(rows: list[Row], spec: dict | str, metric: str, rooms: Rooms | None = None) -> list[dict]:

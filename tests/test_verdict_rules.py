@@ -165,3 +165,29 @@ def test_each_row_says_how_often_its_mechanism_acted_beside_its_papers_count():
     assert np.isnan(t.loc["gossip", "paper"]) and t.loc["gossip", "flag"] == ""  # no paper count: the count alone
     assert "mine" not in t.index
     assert "**outside its paper's regime**" in mechanisms.markdown(t.reset_index())
+
+
+def test_ema_and_soups_are_judged_against_the_members_their_papers_use():
+    from wab.analysis.collect import member_baselines
+
+    rec = {"metrics": {"individual": [0.80, 0.81, 0.82, 0.83], "members_recal": [0.70, 0.71, 0.72, 0.73],
+                       "final_model": "ema_2"}}  # fmt: skip
+    assert member_baselines(rec) == {"metrics.own_member_acc": 0.72}  # member 2's last iterate, recalibrated
+    soup = {"metrics": {"individual": [0.80, 0.81, 0.82, 0.83], "final_model": "greedy_soup"},
+            "method_report": {"greedy_soup": {"ingredients": [3, 0]}}}  # fmt: skip
+    assert member_baselines(soup) == {"metrics.heldout_best_member_acc": 0.83}  # the one it starts from
+    assert member_baselines({"metrics": {"individual": [0.8], "final_model": "avg_bn"}}) == {}
+    assert ("metrics.final_acc", "metrics.own_member_acc") in verdicts.WITHIN
+    assert ("metrics.final_acc", "metrics.heldout_best_member_acc") in verdicts.WITHIN
+
+
+def test_a_verdict_without_a_difference_says_when_its_uncorrected_interval_excludes_zero():
+    x = 80 + RNG.normal(0, 0.3, 10)
+    z = np.array([-1.5, -1, -0.5, 0, 0.5, 1, 1.5, -0.2, 0.2, 0])
+    y = x - (0.2 + 0.25 * z)  # +0.2, t about 2.6: the uncorrected CI excludes 0, 13 tests withhold it
+    entries = [{"row": "a", "baseline": "b", "metric": "final model", "_x": x, "_y": y}]
+    entries += [{"row": f"n{i}", "baseline": "b", "metric": "final model", "_x": x, "_y": x + RNG.normal(0, 1, 10)}
+                for i in range(12)]  # fmt: skip  # a large family: Holm withholds the difference
+    table = verdicts.judge(entries, Margin(0.5)).set_index("row")
+    assert table.loc["a", "ci_low"] > 0 and table.loc["a", "p (Holm)"] >= 0.05
+    assert table.loc["a", "verdict"].endswith("no difference after Holm, though the uncorrected CI excludes 0")
