@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 
 KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
                "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
@@ -62,31 +63,31 @@ def _outside_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
     fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=True)
 
 
-def dodge(
-    x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 0.03, lower: float | None = None
-) -> np.ndarray:
-    """x positions moved apart so that no point hides another: points within ``tol`` of each
-    other (in units of the axes' data ranges) are spread horizontally ``step`` apart, centred on
-    their common position, but never below ``lower`` (a cluster that would cross it starts at it:
-    a disagreement is never negative). Returns the new x (same units as ``x``)."""
+def dodge(x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 6.0) -> np.ndarray:
+    """Horizontal marker offsets, in points, that keep points from hiding each other: points
+    within ``tol`` of each other (in units of the axes' data ranges) are drawn ``step`` points
+    apart, centred on their common position. The plotted values never change: only where the
+    marker is drawn does (:func:`shifted`), and the captions say so."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out = np.zeros(len(x))
     if len(x) < 2:
-        return x.copy()
+        return out
     span_x = float(np.ptp(x)) or 1.0
     span_y = float(np.ptp(y)) or 1.0
     u, v = (x - x.min()) / span_x, (y - y.min()) / span_y
-    out = x.copy()
     unassigned = list(np.argsort(u, kind="stable"))
     while unassigned:
         first = unassigned.pop(0)
         cluster = [first] + [j for j in unassigned if abs(u[j] - u[first]) < tol and abs(v[j] - v[first]) < tol]
         unassigned = [j for j in unassigned if j not in cluster]
-        centre = float(np.mean(u[cluster]))
-        moved = [x.min() + (centre + (k - (len(cluster) - 1) / 2) * step) * span_x for k in range(len(cluster))]
-        shift = max(0.0, lower - min(moved)) if lower is not None else 0.0
-        for j, m in zip(cluster, moved):
-            out[j] = m + shift
+        for k, j in enumerate(cluster):
+            out[j] = (k - (len(cluster) - 1) / 2) * step
     return out
+
+
+def shifted(ax: plt.Axes, points: float) -> matplotlib.transforms.Transform:
+    """The data transform of ``ax``, moved ``points`` to the right on the page."""
+    return offset_copy(ax.transData, fig=ax.figure, x=points, y=0.0, units="points")
 
 
 def _stats(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -109,7 +110,7 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
 
     Methods that never communicate get a panel of their own on the left, one slot each, so they
     are not drawn at an arbitrary point of the log axis; points that would overlap on the log
-    axis are spread apart (:func:`dodge`)."""
+    axis are drawn a few points apart on the page, their values unchanged (:func:`dodge`)."""
     acc = _stats(df, "metrics.avg_bn_acc")
     comm = _stats(df, "comm.elements_per_step")
     merged = acc.merge(comm, on=["method", "variant"], suffixes=("_acc", "_comm"))
@@ -122,11 +123,12 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
                              gridspec_kw={"width_ratios": widths})  # fmt: skip
     axes = list(axes[0])
 
-    def draw(ax: plt.Axes, mvs: list[tuple[str, str]], xs: np.ndarray) -> None:
-        for (method, variant), x in zip(mvs, xs):
+    def draw(ax: plt.Axes, mvs: list[tuple[str, str]], xs: np.ndarray, offsets: np.ndarray | None = None) -> None:
+        for k, ((method, variant), x) in enumerate(zip(mvs, xs)):
             r = rows[(method, variant)]
             ax.errorbar(x, 100 * r.mean_acc, yerr=100 * r.std_acc, fmt=_marker(variants, method, variant),
-                        capsize=3, color=method_color(method), label=variant, markersize=7)  # fmt: skip
+                        capsize=3, color=method_color(method), label=variant, markersize=7,
+                        transform=shifted(ax, offsets[k]) if offsets is not None else ax.transData)  # fmt: skip
 
     if silent:
         ax = axes[0]
@@ -141,9 +143,9 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
         ax = axes[-1]
         logx = np.log10([rows[mv].mean_comm for mv in talking])
         ys = np.array([100 * rows[mv].mean_acc for mv in talking])
-        draw(ax, talking, 10 ** dodge(logx, ys))
+        draw(ax, talking, 10**logx, dodge(logx, ys))
         ax.set_xscale("log")
-        ax.set_xlabel("communication per member per step (elements, log scale)")
+        ax.set_xlabel("communication per member per step (elements, log scale; coinciding points drawn apart)")
         if not silent:
             ax.set_ylabel(AVG_BN_LABEL)
         ax.grid(alpha=0.3)
@@ -259,18 +261,20 @@ def _same_curve(a: pd.Series, b: pd.Series, tol: float = 0.005) -> bool:
 
 def disagreement_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
     """Members' disagreement against the averaged model's accuracy (one point per run; points
-    that would hide each other are spread apart)."""
+    that would hide each other are drawn a few points apart on the page, their values unchanged)."""
     fig, ax = plt.subplots(figsize=(8, 4.4))
     variants = _variants_in_order(df)
     runs = df[df["variant"].isin([v for _, v in variants])]
     x = 100 * pd.to_numeric(runs["metrics.disagreement"]).to_numpy(dtype=float)
     y = 100 * pd.to_numeric(runs["metrics.avg_bn_acc"]).to_numpy(dtype=float)
-    xs = pd.Series(dodge(x, y, tol=0.015, step=0.015, lower=0.0), index=runs.index)
+    offsets = pd.Series(dodge(x, y, tol=0.015, step=5.0), index=runs.index)
     for method, variant in variants:
         idx = runs.index[runs["variant"] == variant]
-        ax.scatter(xs[idx], 100 * runs.loc[idx, "metrics.avg_bn_acc"], color=method_color(method), label=variant,
-                   marker=_marker(variants, method, variant), s=30)  # fmt: skip
-    ax.set_xlabel("members' mean pairwise disagreement (%)")
+        for j, i in enumerate(idx):  # each marker at its own values, drawn a few points aside where it would hide
+            at = runs.index.get_loc(i)
+            ax.scatter([x[at]], [y[at]], color=method_color(method), label=variant if j == 0 else None,
+                       marker=_marker(variants, method, variant), s=30, transform=shifted(ax, offsets[i]))  # fmt: skip
+    ax.set_xlabel("members' mean pairwise disagreement (%; coinciding points drawn a few points apart)")
     ax.set_ylabel(AVG_BN_LABEL)
     ax.set_title(title)
     ax.grid(alpha=0.3)
