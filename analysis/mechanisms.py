@@ -73,15 +73,15 @@ def mechanism_table(rows: list[Row]) -> pd.DataFrame:
         mech = MECHANISMS.get(row.method)
         if mech is None:
             continue
-        if mech.column in row.runs:
-            counts = np.array([_count(v, mech.per_list) for v in row.runs[mech.column]], dtype=float)
-        else:  # the mechanism never ran: the ledger has no such operation
-            counts = np.zeros(len(row.runs))
-        counts = counts[np.isfinite(counts)] if np.isfinite(counts).any() else np.zeros(len(row.runs))
+        values = row.runs[mech.column] if mech.column in row.runs else pd.Series([np.nan] * len(row.runs))
+        counts = np.array([_count(v, mech.per_list) for v in values], dtype=float)
+        if mech.column.startswith("comm.ops."):  # a ledger without the operation: it never ran
+            counts = np.nan_to_num(counts, nan=0.0)
+        counts = counts[np.isfinite(counts)]  # a method's report without the entry: not recorded
         mean = float(counts.mean()) if len(counts) else np.nan
-        ratio = mean / mech.paper if mech.paper else np.nan
-        flag = ""
-        if mech.paper and (mean == 0 or not 1 / FACTOR <= ratio <= FACTOR):
+        ratio = mean / mech.paper if mech.paper and len(counts) else np.nan
+        flag = "" if len(counts) else "not recorded"
+        if mech.paper and len(counts) and (mean == 0 or not 1 / FACTOR <= ratio <= FACTOR):
             flag = "outside its paper's regime"
         if mech.per_list and len(counts) and np.all(counts == 1):
             flag = "one ingredient in every run: held-out model selection, not a soup"
@@ -101,6 +101,9 @@ def markdown(table: pd.DataFrame) -> str:
         "|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
+        if not np.isfinite(r["count"]):
+            lines.append(f"| {r['row']} | {r['counted']} | – | – | – | not recorded |")
+            continue
         span = f" ({r['min']:.0f}-{r['max']:.0f})" if r["min"] != r["max"] else ""
         paper = f"{r['paper']:.0f} ({r['paper setting']})" if np.isfinite(r["paper"]) else "–"
         ratio = f"{r['ratio']:.2g}" if np.isfinite(r["ratio"]) else "–"

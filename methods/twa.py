@@ -90,13 +90,13 @@ def twa_t_lr(lr0: float, epoch: int, epochs: int) -> float:
     return lr0 * 0.1 ** sum(epoch >= m for m in twa_t_milestones(epochs))
 
 
-def fitted_weights(pop: Population, cands: Tensor, theta: Tensor) -> dict:
+def fitted_weights(pop: Population, cands: Tensor, theta: Tensor, gram: Tensor) -> dict:
     """What the fit did, for ``method_report.fit``: the effective weight of each candidate (the
     least-squares coefficients of theta on the candidates, G^+ C theta: exact for TWA-t, whose
     theta stays in their span), their L1 distance from uniform, and how far theta moved from the
     candidates' mean as a fraction of the candidates' mean distance from it (0: the uniform
-    average; 1: as far as a candidate). Candidates in member order, each member's r together."""
-    gram = pop.gram(cands, "twa_gram")  # [K, K], every candidate of every process
+    average; 1: as far as a candidate). Candidates in member order, each member's r together;
+    ``gram``: their [K, K] dot products (:meth:`Population.gram`)."""
     k = len(gram)
     dots = pop.all_rows(torch.stack([torch.dot(c.double(), theta.double()) for c in cands]), "twa_dots")
     weights = pseudo_inverse(gram) @ dots
@@ -158,8 +158,9 @@ class Twa(Method):
         run.ledger.record("twa_gather", per_member * pop.num_params, pop.params[0].element_size(), "all_gather")
         fm = FlatModel(pop, pop.mean(include_buffers=True, record=False)[1])
         fm.module.train()
-        theta = self.train_t(run, fm, cands) if self.variant == "t" else self.train_v(run, fm, cands)
-        self.fit = fitted_weights(pop, cands, theta)
+        gram = pop.gram(cands, "twa_gram")  # [K, K]: TWA-t's projector, and the fit's weights
+        theta = self.train_t(run, fm, cands, gram) if self.variant == "t" else self.train_v(run, fm, cands)
+        self.fit = fitted_weights(pop, cands, theta, gram)
         model = fm.to_module(theta)
         if self.variant == "v":  # fitted on the held-out split: say what that split can tell apart
             self.selection = heldout_selection(run.evaluator.accuracy(model, "heldout"), len(run.data.heldout))
@@ -179,9 +180,9 @@ class Twa(Method):
 
         return run.population.computed_once(gradient, theta, "twa_gradient")
 
-    def train_t(self, run: RunState, fm: FlatModel, cands: Tensor) -> Tensor:
+    def train_t(self, run: RunState, fm: FlatModel, cands: Tensor, gram: Tensor) -> Tensor:
         c, pop = self.hp, run.population
-        inverse = pseudo_inverse(pop.gram(cands, "twa_gram"))  # the projector is C^T G^+ C
+        inverse = pseudo_inverse(gram)  # the projector is C^T G^+ C
         theta = pop.combine_rows(cands, torch.full((len(cands),), 1 / len(inverse)), "twa_step").to(cands.dtype)
         buf = torch.zeros_like(theta)
         epochs, bs = c.epochs, c.batch_size

@@ -437,10 +437,11 @@ def test_twa_t_moves_far_from_uniform_toward_the_one_good_candidate_and_records_
             pop.params[0][i] = good + 2 * good.abs().mean() * torch.randn(good.shape, generator=gen)
     cands = twa.candidates(state).double()
     known = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)  # the recorder recovers known weights exactly
-    fit = fitted_weights(pop, cands, known @ cands)
+    gram = pop.gram(cands)
+    fit = fitted_weights(pop, cands, known @ cands, gram)
     assert fit["weights"] == pytest.approx(known.tolist(), abs=1e-6)
     assert fit["distance_from_uniform"] == pytest.approx(float((known - 1 / 3).abs().sum()), abs=1e-6)
-    assert fitted_weights(pop, cands, cands.mean(0))["moved_from_mean"] == pytest.approx(0, abs=1e-6)
+    assert fitted_weights(pop, cands, cands.mean(0), gram)["moved_from_mean"] == pytest.approx(0, abs=1e-6)
     twa.cfg.update({"epochs": 5})
     twa.finalize(state)
     fit = twa.report(state)["fit"]

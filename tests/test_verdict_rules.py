@@ -153,6 +153,7 @@ def test_each_row_says_how_often_its_mechanism_acted_beside_its_papers_count():
         row("wash", "wash", steps=[10, 10, 10]),  # no shuffle in the ledger: it never acted
         row("gossip", "gossip", **{"comm.ops.gossip_ring.calls": [9.0, 9.0, 9.0]}),
         row("mine", "my_plugin"),
+        row("lawa (old record)", "lawa", steps=[10, 10, 10]),  # its report lacks the count: not recorded, not 0
     ]
     t = mechanisms.mechanism_table(rows).set_index("row")
     papa = t.loc["papa (epochs=8)"]
@@ -164,6 +165,7 @@ def test_each_row_says_how_often_its_mechanism_acted_beside_its_papers_count():
     assert t.loc["wash", "count"] == 0 and t.loc["wash", "flag"] == "outside its paper's regime"
     assert np.isnan(t.loc["gossip", "paper"]) and t.loc["gossip", "flag"] == ""  # no paper count: the count alone
     assert "mine" not in t.index
+    assert np.isnan(t.loc["lawa (old record)", "count"]) and t.loc["lawa (old record)", "flag"] == "not recorded"
     assert "**outside its paper's regime**" in mechanisms.markdown(t.reset_index())
 
 
