@@ -1,5 +1,6 @@
 """Every method's tiny run into OUT_DIR with the given backend: ``python tests/run_methods.py OUT local``,
-or under ``torchrun --nproc_per_node=K tests/run_methods.py OUT distributed`` (tests/test_distributed.py)."""
+or under ``torchrun --nproc_per_node=K tests/run_methods.py OUT distributed`` (tests/test_distributed.py);
+overrides after the backend apply to every run (``trainer.members=batched``)."""
 
 import sys
 
@@ -33,8 +34,9 @@ VARIANTS = ["twa_t"]  # a label beyond the registry's names: a method (twa) and 
 METHODS = [*available_methods(), *VARIANTS]  # every registered method: a new one is in every test that uses this
 
 
-def configs(out_dir: str, backend: str) -> dict[str, dict]:
-    """{label: config}: a label is a method, or a method and its variant (``twa_t``)."""
+def configs(out_dir: str, backend: str, extra: tuple[str, ...] = ()) -> dict[str, dict]:
+    """{label: config}: a label is a method, or a method and its variant (``twa_t``); ``extra``:
+    overrides for every run."""
     return {
         m: compose_config(
             [
@@ -43,6 +45,7 @@ def configs(out_dir: str, backend: str) -> dict[str, dict]:
                 *EXTRA.get(m, []),
                 f"population.backend={backend}",
                 f"out_dir={out_dir}",
+                *extra,
             ]
         )  # fmt: skip
         for m in METHODS
@@ -50,7 +53,7 @@ def configs(out_dir: str, backend: str) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    for method, cfg in configs(sys.argv[1], sys.argv[2]).items():
+    for method, cfg in configs(sys.argv[1], sys.argv[2], tuple(sys.argv[3:])).items():
         record = run(cfg)
         if record.get("status") not in ("done", None):
             raise SystemExit(f"{method}: {record.get('status')} {record.get('error')}")

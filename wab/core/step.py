@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from wab.core.batched import BatchedMembers
 from wab.core.population import Population
 from wab.parts.augment import Batch
 from wab.parts.optim import MemberRecipes
@@ -39,14 +40,19 @@ def population_step(
     autocast_dtype: torch.dtype | None = None,
     recipes: MemberRecipes | None = None,
     clip_norm: float = 0.0,
+    batched: BatchedMembers | None = None,
 ) -> float:
     """One optimizer step of every member on its own batch (:func:`forward_backward`), as one
     optimizer step of the flat tensor (with ``recipes``, each member's own lr scale and weight
     decay; with ``clip_norm`` > 0, each member's gradient clipped to that L2 norm first). Returns
     the loss summed over every member of the population (read back from the device only when
-    ``check_finite``; a non-finite loss, on any process, skips the step)."""
+    ``check_finite``; a non-finite loss, on any process, skips the step). With ``batched``, the
+    members' forward and backward are one computation (:mod:`wab.core.batched`)."""
     population.zero_grad()
-    total = forward_backward(population, batches, autocast_dtype)
+    if batched is not None:
+        total = batched.forward_backward(batches, autocast_dtype)
+    else:
+        total = forward_backward(population, batches, autocast_dtype)
     loss = 0.0
     if check_finite:
         with population.comm.counting("control"):

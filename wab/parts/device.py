@@ -52,15 +52,38 @@ def resolve_compute(cfg: dict[str, Any], gpus: int | None = None, cpus: int | No
     return {**cfg, "device": device, "trainer": {**trainer, "threads": threads}}
 
 
+MEMBER_MODES = ("loop", "batched", "auto")
+
+
+def resolve_members(mode: str, device: str) -> str:
+    """``trainer.members``: ``loop`` (each member's forward and backward in turn) or ``batched``
+    (all of a process's members as one vmapped computation, :mod:`wab.core.batched`); ``auto``
+    is ``batched`` on CUDA, where one launch of each kernel for all members keeps the GPU busy,
+    and ``loop`` on CPU, where the batched kernels are slower (BENCHMARKS.md, "Members
+    batched")."""
+    if mode not in MEMBER_MODES:
+        raise ValueError(f"trainer.members={mode!r} must be one of {', '.join(MEMBER_MODES)}")
+    if mode == "auto":
+        return "batched" if str(device).startswith("cuda") else "loop"
+    return mode
+
+
 def compute_identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What of the device and threads a run's id includes: ``{"device": "cuda"}`` on a GPU,
-    ``{"threads": k}`` on k > 1 CPU threads, nothing on one CPU thread (so runs on one, such as
-    the reference study's, keep the ids they had before threads counted). An unresolved ``auto``
-    (in a record from before) counts as one CPU thread."""
-    if str(cfg.get("device", "auto")).startswith("cuda"):
-        return {"device": "cuda"}
-    threads = (cfg.get("trainer") or {}).get("threads", "auto")
-    return {"threads": threads} if isinstance(threads, int) and threads > 1 else {}
+    """What of the device, threads and member mode a run's id includes: ``{"device": "cuda"}`` on
+    a GPU, ``{"threads": k}`` on k > 1 CPU threads, nothing on one CPU thread (so runs on one,
+    such as the reference study's, keep the ids they had before threads counted); and
+    ``{"members": "batched"}`` when the members are batched (:func:`resolve_members`: its
+    kernels round differently from the loop's). An unresolved ``auto`` thread count (in a record
+    from before) counts as one CPU thread."""
+    device = str(cfg.get("device", "auto"))
+    trainer = cfg.get("trainer") or {}
+    members = trainer.get("members", "loop")
+    is_batched = members in MEMBER_MODES and resolve_members(members, device) == "batched"
+    mode = {"members": "batched"} if is_batched else {}
+    if device.startswith("cuda"):
+        return {"device": "cuda", **mode}
+    threads = trainer.get("threads", "auto")
+    return {**({"threads": threads} if isinstance(threads, int) and threads > 1 else {}), **mode}
 
 
 def device_name(device: str) -> str:

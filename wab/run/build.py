@@ -7,16 +7,20 @@ checks run. Imports the parts (data, augment, models, optim), the population and
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from wab.core.batched import BatchedMembers, batching_problem
 from wab.core.distributed import LocalComm
 from wab.core.evaluate import Evaluator
 from wab.core.ledger import CommLedger
 from wab.core.population import Population
+from wab.errors import UserError
 from wab.method import Method, RunState
 from wab.parts.augment import Augment, Augmenter, Normalizer, member_entries
 from wab.parts.data import DataSplits, describe_data, load_data
@@ -24,6 +28,8 @@ from wab.parts.device import resolve_device
 from wab.parts.models import model_factory
 from wab.parts.optim import RECIPE_KEYS, MemberRecipes, build_optimizer
 from wab.run.spec import RunSpec
+
+log = logging.getLogger("wab")
 
 
 def member_seed(seed: int, i: int) -> int:
@@ -60,6 +66,8 @@ class BuiltRun:
     ledger: CommLedger
     state: RunState
     autocast_dtype: torch.dtype | None
+    batched: BatchedMembers | None  # the members' forward/backward as one computation (trainer.members)
+    members_mode: dict  # what the record says of it: the mode used, and why it is not the one asked for
 
 
 def _device(spec: RunSpec, dry: bool, group: LocalComm) -> torch.device:
@@ -137,6 +145,7 @@ def build_run(spec: RunSpec, group: LocalComm, dry: bool = False) -> BuiltRun:
         ledger=ledger, rng=torch.Generator().manual_seed(member_seed(spec.seed, 9_999)), epochs=spec.epochs,
         steps_per_epoch=steps_per_epoch, lr0=float(cfg["optim"]["lr"]), progress=spec.progress and not dry,
     )  # fmt: skip
+    batched, members_mode = _batched(spec, population, lambda: normalize(data.train.x[:2]), dry)
     return BuiltRun(
         device=device, data=data, steps_per_epoch=steps_per_epoch, population=population, method=method,
         hooks=spec.method_cls.overridden_hooks(), optimizer=optimizer, recipes=member_recipes, augment=augment,
@@ -144,4 +153,23 @@ def build_run(spec: RunSpec, group: LocalComm, dry: bool = False) -> BuiltRun:
         rngs=[np.random.default_rng([spec.seed, i]) for i in local],
         order_rng=np.random.default_rng([spec.seed, 10**6]) if spec.method_cls.shared_data_order else None,
         evaluator=evaluator, ledger=ledger, state=state, autocast_dtype=torch.bfloat16 if autocast else None,
+        batched=batched, members_mode=members_mode,
     )  # fmt: skip
+
+
+def _batched(spec: RunSpec, population: Population, sample: Callable[[], torch.Tensor],
+             dry: bool) -> tuple[BatchedMembers | None, dict]:  # fmt: skip
+    """The batched members when the run asks for them and the model allows it. A model vmap
+    cannot batch is refused when ``trainer.members=batched`` was asked for by name; under
+    ``auto`` the run falls back to the loop, and its record says why."""
+    asked = spec.cfg["trainer"].get("members", "loop")
+    if spec.members == "loop" or dry:
+        return None, {"mode": spec.members if not dry else "loop", "asked": asked}
+    problem = batching_problem(population, sample())
+    if problem is None:
+        return BatchedMembers(population), {"mode": "batched", "asked": asked}
+    if asked == "batched":
+        raise UserError(f"trainer.members=batched: this model's members cannot be batched ({problem}); "
+                        f"use trainer.members=loop")  # fmt: skip
+    log.warning("trainer.members=%s: running the members in a loop, as they cannot be batched (%s)", asked, problem)
+    return None, {"mode": "loop", "asked": asked, "why": problem}

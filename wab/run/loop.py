@@ -132,7 +132,7 @@ class Trainer:
             idx = self.perms[i][k * bs : (k + 1) * bs]
             batches.append(self.augmenters[i](data.x[idx], data.y[idx], self.rngs[i]))
         loss = population_step(pop, self.optimizer, batches, True, self.autocast_dtype, self.recipes,
-                               float(self.cfg["optim"].get("clip_norm", 0.0))) / pop.size  # fmt: skip
+                               float(self.cfg["optim"].get("clip_norm", 0.0)), self.batched) / pop.size  # fmt: skip
         if not np.isfinite(loss):
             raise Diverged(f"non-finite loss {loss} at step {s.step + 1}")
         s.step += 1
@@ -194,7 +194,8 @@ class Trainer:
 
     def _log_start(self) -> None:
         s, pop = self.state, self.population
-        layout = f"channels_last={pop.channels_last}, bf16 autocast={self.autocast_dtype is not None}"
+        layout = (f"channels_last={pop.channels_last}, bf16 autocast={self.autocast_dtype is not None}, "
+                  f"members {self.members_mode['mode']}")  # fmt: skip
         log.info(
             "device %s (%s); %d members x %s parameters (+%s buffer elements); %d steps per epoch x %d epochs, "
             "batch %d; starting at step %d of %d",

@@ -183,13 +183,14 @@ class Recorder:
             self.spec.cfg, outcome, self.base(), wall=wall, steps=s.step, epochs=s.epoch, metrics=metrics,
             comm={} if alone else self.comm(), cost=self.cost(wall),
             method_report={} if alone else self.built.population.report_values({**method.report(s), **s.reports}),
-            method_source=method_origin(type(method)),
+            method_source=method_origin(type(method)), members=self.built.members_mode,
         )  # fmt: skip
 
 
 def final_record(cfg: dict[str, Any], outcome: dict[str, Any], base: dict[str, Any], *, wall: float, steps: int = 0,
                  epochs: int = 0, metrics: dict | None = None, comm: dict | None = None, cost: dict | None = None,
-                 method_report: dict | None = None, method_source: dict | None = None) -> dict[str, Any]:  # fmt: skip
+                 method_report: dict | None = None, method_source: dict | None = None,
+                 members: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """The record of ``final.json``, key by key in its documented order (docs/records.md); a run
     that failed before it was built has only ``outcome``, ``base`` and the provenance."""
     metrics = metrics or {}
@@ -210,4 +211,5 @@ def final_record(cfg: dict[str, Any], outcome: dict[str, Any], base: dict[str, A
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "device_name": device_name(cfg["device"]),
+        "members": members or {},
     }

@@ -34,6 +34,7 @@ NOT_HASHED = (
     ("trainer", "loggers"),
     ("trainer", "target_acc"),
     ("trainer", "threads"),
+    ("trainer", "members"),  # enters as "compute" when the members are batched (resolve_members)
 )
 
 # Keys that change how results round (another kernel), hashed only when they differ from their

@@ -15,6 +15,7 @@ from typing import Any
 from wab.core.distributed import BACKENDS
 from wab.method import Method, available_methods, get_finalizer, get_method, method_of, one_member_methods
 from wab.parts.data import DataSplits
+from wab.parts.device import resolve_members
 from wab.run.loggers import RunLoggers, logger_problems
 
 # trainer keys that are counts, with their smallest allowed value
@@ -41,6 +42,7 @@ class RunSpec:
     lmc_points: int
     save_models: bool
     progress: bool
+    members: str  # "loop" or "batched": trainer.members resolved for the run's device
 
     @property
     def distributed(self) -> bool:
@@ -76,6 +78,10 @@ class RunSpec:
             raise ValueError("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
         if not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
             raise ValueError(f"seed={cfg['seed']} must be an integer >= 0")
+        members = resolve_members(tcfg.get("members", "loop"), str(cfg.get("device", "auto")))
+        if members == "batched" and tcfg.get("compile", False):
+            raise ValueError("trainer.compile=true compiles each member's module, which trainer.members=batched does "
+                             "not call (it calls one vmapped function): use one of them")  # fmt: skip
         epochs = int(tcfg["epochs"])
         if epochs < 1:
             raise ValueError(f"trainer.epochs must be >= 1, got {epochs}")
@@ -85,6 +91,7 @@ class RunSpec:
             eval_batch_size=int(tcfg.get("eval_batch_size", 1000)), eval_every=int(tcfg.get("eval_every", 1)),
             checkpoint_every=max(int(tcfg.get("checkpoint_every", 1)), 1), lmc_points=int(tcfg.get("lmc_points", 5)),
             save_models=bool(tcfg.get("save_models", True)), progress=bool(tcfg.get("progress", True)),
+            members=members,
         )  # fmt: skip
 
     def steps_per_epoch(self, data: DataSplits) -> int:
