@@ -100,7 +100,8 @@ def measure(model: str, size: int, members: str, args: argparse.Namespace) -> di
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:  # the process's peak resident memory so far: it only grows, so read it row after row
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": model, "N": size, "members": trainer.members_mode["mode"], "step ms": 1e3 * step, "img/s per member": bs / step,
+    return {"model": model, "N": size, "members": trainer.members_mode["mode"], "step ms": 1e3 * step,
+            "img/s per member": bs / step,
             "img/s population": size * bs / step, "FLOP/s": flops / step,
             "outside fwd/bwd": 1 - fwd_bwd / step, "peak memory MiB": memory,
             "chunk spread": (max(chunks) - min(chunks)) / step}  # fmt: skip
