@@ -38,7 +38,7 @@ def write_report(
     ``baseline``: each row's baseline (a row label, or overrides; default ``method=independent``);
     ``margin``: the equivalence margin in accuracy points, or a fraction of each row's headroom
     (``"0.3h"``); ``target``: the time-to-target accuracy
-    in percent (default: the runs' ``trainer.target_acc``, else the baseline's final-model
+    in percent (default: the runs' ``trainer.target_acc``, else the baseline's mean member
     accuracy minus the margin); ``metrics``: the accuracies verdicts are given for; ``links``: a
     YAML file of network links (``""``: the default ``configs/network.yaml``) to model each row's
     communication time on (``--network``); ``versus``: ``A:B`` claims between two methods, each row

@@ -51,6 +51,7 @@ class Table:
     numbers: pd.DataFrame  # per row and column: mean, ci_low, ci_high, std, n (the CSV)
     commits: list[str]  # the code the rows' runs were trained with ("unknown" for older records)
     builds: list[str]  # the torch builds and devices they ran on (neither is in the run id)
+    loads: tuple[float, float] | None = None  # the least and most load per core runs ran under (None: unrecorded)
 
     @property
     def title(self) -> str:
@@ -80,6 +81,13 @@ class Table:
                          "(nor for a cell with the same value on every seed).")
         if len(self.commits) > 1:
             parts.append(f"**Rows come from {len(self.commits)} different commits ({', '.join(self.commits)}).**")
+        if self.loads is not None and uneven_load(*self.loads):
+            low, high = self.loads
+            parts.append(
+                f"**Runs ran under different machine loads ({low:.2f} to {high:.2f} load average per core): "
+                "their time columns measure the load as well as the method; compare FLOPs, or rerun on an idle "
+                "machine.**"
+            )
         if len(self.builds) > 1:
             parts.append(
                 f"**Runs ran on {len(self.builds)} torch builds or devices ({', '.join(self.builds)}), which may "
@@ -144,6 +152,7 @@ def summary_tables(df: pd.DataFrame) -> dict[tuple, Table]:
             numbers=pd.DataFrame(numbers),
             commits=commits_of(group),
             builds=builds_of(group),
+            loads=loads_of(group),
         )
     return tables
 
@@ -159,6 +168,21 @@ def commits_of(runs: pd.DataFrame) -> list[str]:
         else:
             out.add(commit[:12] + ("+dirty" if r.get("git_dirty") is True else ""))
     return sorted(out)
+
+
+def loads_of(runs: pd.DataFrame) -> tuple[float, float] | None:
+    """The least and the most load average per core among the runs that recorded one."""
+    if "cost.load_average" not in runs or "cost.cores" not in runs:
+        return None
+    per_core = (pd.to_numeric(runs["cost.load_average"], errors="coerce")
+                / pd.to_numeric(runs["cost.cores"], errors="coerce")).dropna()  # fmt: skip
+    return (float(per_core.min()), float(per_core.max())) if len(per_core) else None
+
+
+def uneven_load(low: float, high: float) -> bool:
+    """Loads that make wall times incomparable: the busiest run's machine had more load than cores
+    and at least half as much again as the idlest run's."""
+    return high > 1.0 and high > 1.5 * low
 
 
 def builds_of(runs: pd.DataFrame) -> list[str]:

@@ -3,7 +3,9 @@ needed to first reach a target accuracy of its final model, evaluation time excl
 method's averaging and finalizers included (``train_time_s`` of the evaluation lines).
 
 The target is ``--target`` (percent) when given, else the runs' ``trainer.target_acc``, else the
-row's baseline's mean final-model accuracy minus the margin. Between evaluations the final
+row's baseline's mean member accuracy minus the margin (its members, not its final model: a
+baseline's final model may be the collapsed average of independent members, which every row
+reaches at its first evaluation). A target within 10 points of chance is flagged. Between evaluations the final
 model is the uniform average after BN recalibration; the method's own final model (a soup, an
 SWA average) exists at the end only. The resolution is one evaluation (``trainer.eval_every``).
 """
@@ -32,8 +34,17 @@ def _target_of(row: Row, rows: list[Row], spec, target: float | None, margin: fl
     base, _ = find_baseline(row, rows, spec)
     if base is None:
         return None, "no baseline"
-    acc = pd.to_numeric(base.runs["metrics.final_acc"]).mean()
-    return acc - margin / 100, f"{base.label} - {margin:g}"
+    acc = base.values("metrics.individual_mean").mean()
+    return acc - margin / 100, f"{base.label}'s members - {margin:g}"
+
+
+def chance(row: Row) -> float | None:
+    """Chance accuracy on the row's dataset (1 / classes), None for a dataset of unknown shape."""
+    from wab.parts.data import SHAPES
+
+    names = row.runs["dataset"].dropna().unique() if "dataset" in row.runs else []
+    shape = SHAPES.get(str(names[0])) if len(names) == 1 else None
+    return 1.0 / shape.num_classes if shape else None
 
 
 def targets(rows: list[Row], curves: pd.DataFrame, spec, target: float | None, margin: float) -> pd.DataFrame:
@@ -56,6 +67,9 @@ def targets(rows: list[Row], curves: pd.DataFrame, spec, target: float | None, m
             vals = [h[key] for h in reached if h.get(key) is not None]
             return float(np.mean(vals)) if vals else np.nan
 
+        floor = chance(row)
+        if floor is not None and goal < floor + 0.10:
+            source += f"; near chance ({100 * floor:g}%): not a test of speed"
         lines.append({"row": row.label, "target (%)": 100 * goal, "target from": source,
                       "reached": f"{len(reached)} of {len(hits)}", "steps": mean("step"), "FLOPs": mean("flops"),
                       "bytes per member": mean("bytes"), "train time (s)": mean("train_time_s")})  # fmt: skip

@@ -8,10 +8,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from unittest import mock
 
+import numpy as np
 import torch
 
 from wab.parts.augment import Batch
+from wab.parts.data import find_dataset
 from wab.parts.device import to_device
 from wab.run.config import compose_config
 from wab.run.loop import Trainer
@@ -57,17 +60,35 @@ def median_time(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def cifar10_trainer(*overrides: str) -> Trainer:
-    """wab's trainer on CIFAR-10 (from $WAB_DATA when set) with random crop (padding 4) and flip,
-    no held-out split, in a temporary directory, with the first epoch's data order drawn and the
-    method set up, ready for ``train_step``."""
+def random_cifar10(*_args, **_kwargs) -> tuple[np.ndarray, ...]:
+    """CIFAR-10's shapes filled with random pixels and labels (50,000 + 10,000 images): what a
+    throughput benchmark needs where the dataset is not (a GPU machine's copy of the tree)."""
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (50_000, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 50_000),
+            rng.integers(0, 256, (10_000, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 10_000))  # fmt: skip
+
+
+def cifar10_found() -> bool:
+    """Whether CIFAR-10 is where wab looks for it ($WAB_DATA when set)."""
+    return find_dataset("cifar10", os.environ.get("WAB_DATA")) is not None
+
+
+def cifar10_trainer(*overrides: str, random_pixels: bool = False) -> Trainer:
+    """wab's trainer on CIFAR-10 (from $WAB_DATA when set; with ``random_pixels``, on
+    :func:`random_cifar10` instead) with random crop (padding 4) and flip, no held-out split, in
+    a temporary directory, with the first epoch's data order drawn and the method set up, ready
+    for ``train_step``."""
     cfg = compose_config(
         ["data=cifar10", "data.heldout_fraction=0", "data.augment.crop_padding=4", "data.augment.flip=true",
          "trainer.progress=false", f"out_dir={tempfile.mkdtemp()}", *overrides]
     )  # fmt: skip
     if os.environ.get("WAB_DATA"):
         cfg["data"]["root"] = os.environ["WAB_DATA"]
-    trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
+    if random_pixels:
+        with mock.patch("wab.parts.data._load_arrays", random_cifar10):
+            trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
+    else:
+        trainer = Trainer(cfg, RunDir(cfg["out_dir"]))
     if "setup" in trainer.hooks:
         trainer.method.setup(trainer.state)
     n = len(trainer.data.train)

@@ -17,9 +17,7 @@ echo "## $py -m benchmarks.bench_scaling"
 $py -m benchmarks.bench_scaling
 echo
 if $py -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-  for flags in "" "--compile"; do
-    echo "## $py -m benchmarks.bench_gpu $flags  ($(date -u +%Y-%m-%dT%H:%MZ))"
-    $py -m benchmarks.bench_gpu $flags
-    echo
-  done
+  echo "## $py -m benchmarks.bench_gpu  ($(date -u +%Y-%m-%dT%H:%MZ))"
+  $py -m benchmarks.bench_gpu
+  echo
 fi

@@ -174,9 +174,12 @@ def test_status_works_on_any_results_directory(tiny, tmp_path):
 
 
 def test_wab_demo_compares_methods(tmp_path):
-    p = _run(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--methods", "independent"], Path.cwd())
+    p = _run(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--methods", "independent", "--threads", "1"],
+             Path.cwd())  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "independent" in p.stdout and "ensemble" in p.stdout and "averaged+BN" in p.stdout
+    assert "1 method, 1 CPU thread each\n" in p.stdout  # as asked: no note on free cores
+    assert "1/2 independent: done in" in p.stdout and "2/2 + merges: done in" in p.stdout  # a counter
     assert len(list((tmp_path / "demo").glob("independent-*/done"))) == 1
     (row,) = [line.split() for line in p.stdout.splitlines() if line.split()[:1] == ["independent"]][-1:]
     individual, ensemble = float(row[1]), float(row[2])

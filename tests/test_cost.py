@@ -86,7 +86,17 @@ def test_held_out_choices_record_the_split_size_and_standard_error(tiny):
     rec = run(tiny("method=soups"))
     sel = rec["method_report"]["greedy_soup"]
     n = sel["heldout_size"]
-    assert n > 0 and sel["selection_se"] == pytest.approx((sel["heldout_acc"] * (1 - sel["heldout_acc"]) / n) ** 0.5)
+    p = (sel["heldout_acc"] * n + 2) / (n + 4)  # Agresti-Coull: never 0
+    assert n > 0 and sel["selection_se"] == pytest.approx((p * (1 - p) / (n + 4)) ** 0.5)
+
+
+def test_a_perfect_score_on_a_small_split_is_not_certainty():
+    from wab.method import heldout_selection
+
+    se = heldout_selection(1.0, 29)["selection_se"]
+    assert 0.03 < se < 0.05  # a binomial interval on 29 images, not the plain formula's 0
+    big = heldout_selection(0.9, 10_000)["selection_se"]
+    assert big == pytest.approx((0.9 * 0.1 / 10_000) ** 0.5, rel=0.01)  # the plain one on a large split
 
 
 def test_loggers_write_the_same_numbers_with_the_real_packages(tiny, tmp_path, monkeypatch):

@@ -397,7 +397,7 @@ def test_report_options_are_checked(golden, tmp_path):
     with pytest.raises(UserError, match="--versus: no run of method 'nosuch'"):
         write_report(golden, tmp_path / "r", versus=["wash:nosuch"])
     text = write_report(golden, tmp_path / "r", baseline="papa_all", target=10.0).read_text()
-    assert "| wash | papa_all | final model |" in text and "| 10.00 | --target |" in text
+    assert "| wash | papa_all | final model |" in text and "| 10.00 | --target; near chance (10%): not a test of speed |" in text
 
 
 def test_figures_tell_settings_apart_and_never_move_a_value_out_of_its_range(golden):
@@ -485,3 +485,41 @@ def test_the_method_by_merge_grid_pairs_each_merge_with_the_uniform_average_of_i
     summary = write_report(tmp_path, tmp_path / "report").read_text()
     assert "### Training method × merge" in summary and "skipped (no anchor)" in summary
     assert (tmp_path / "report" / "tables" / "merging.csv").exists()
+
+
+def test_the_default_time_to_target_comes_from_the_baselines_members_and_flags_chance(golden, tmp_path):
+    write_report(golden, tmp_path / "r", baseline="papa_all")
+    tt = pd.read_csv(tmp_path / "r" / "tables" / "time_to_target.csv")
+    runs = pd.read_csv(tmp_path / "r" / "runs.csv")
+    base = runs[(runs["method"] == "papa_all") & (runs["status"] == "done")]
+    members = pd.to_numeric(base["metrics.individual_mean"]).mean()
+    row = tt.iloc[0]
+    assert row["target from"].startswith("papa_all's members - ")
+    margin = float(row["target from"].split(" - ")[1].split(";")[0])
+    assert row["target (%)"] == pytest.approx(100 * members - margin)  # not the baseline's final model
+    assert row["target (%)"] < 20 and "near chance (10%)" in row["target from"]  # digits' 10 classes; tiny runs
+    write_report(golden, tmp_path / "far", baseline="papa_all", target=50.0)
+    row = pd.read_csv(tmp_path / "far" / "tables" / "time_to_target.csv").iloc[0]
+    assert row["target from"] == "--target"  # 40 points above chance: no flag
+
+
+def test_a_table_whose_runs_ran_under_different_loads_says_so(golden, tmp_path):
+    from wab.analysis.tables import loads_of, uneven_load
+
+    runs = pd.DataFrame({"cost.load_average": [2.1, 1.9, 6.0], "cost.cores": [2, 2, 2]})
+    assert loads_of(runs) == (0.95, 3.0) and uneven_load(0.95, 3.0)
+    assert not uneven_load(0.95, 1.05) and not uneven_load(0.2, 0.9)  # an idle or evenly loaded machine
+    assert loads_of(pd.DataFrame({"wall_time_s": [1.0]})) is None  # records from before: nothing claimed
+    busy = True
+    for final in sorted(golden.glob("*/final.json")):  # the first run on a busy machine
+        try:
+            rec = json.loads(final.read_text())
+        except json.JSONDecodeError:  # the golden set's corrupt record
+            continue
+        if rec.get("status") != "done":
+            continue
+        rec.setdefault("cost", {}).update({"load_average": 8.0 if busy else 2.0, "cores": 2, "cpu_time_s": 1.0})
+        final.write_text(json.dumps(rec))
+        busy = False
+    text = write_report(golden, tmp_path / "r").read_text()
+    assert "Runs ran under different machine loads (1.00 to 4.00 load average per core)" in text

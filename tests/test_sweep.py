@@ -1,6 +1,7 @@
 """Sweep expansion, validation, launching and status without a scheduler (debug and local executors)."""
 
 import json
+import os
 import re
 import shutil
 import time
@@ -10,7 +11,15 @@ import pytest
 import yaml
 
 from wab.errors import UserError
-from wab.launch.status import SlurmJob, directory_status, format_status, is_launch_job, launch_job_states, run_status
+from wab.launch.status import (
+    STALE_AFTER_S,
+    SlurmJob,
+    directory_status,
+    format_status,
+    is_launch_job,
+    launch_job_states,
+    run_status,
+)
 from wab.launch.sweep import InvalidSweep, expand, launch, load_sweep, plan
 from wab.run.config import compose_config
 from wab.run.lifecycle import run_dir_for
@@ -243,7 +252,12 @@ def test_status_gives_a_divergence_its_reason_and_flags_a_stale_job(tmp_path):
     diverged = run_status(_finished_run(tmp_path / "a", "diverged", "non-finite loss nan at step 12"))
     assert diverged.state == "diverged" and "non-finite loss nan at step 12" in diverged.detail
     # a killed slurmstepd: the run finished, SLURM still says its job runs
-    stale = run_status(_finished_run(tmp_path / "b", "done"), job="9_1", job_state="RUNNING", submitted_at=0.0)
+    ended = _finished_run(tmp_path / "b", "done")
+    exiting = run_status(ended, job="9_1", job_state="RUNNING", submitted_at=0.0)
+    assert not exiting.stale and "stale" not in exiting.detail  # it ended a moment ago: the job is still exiting
+    long_ago = time.time() - 2 * STALE_AFTER_S
+    os.utime(ended.final, (long_ago, long_ago))
+    stale = run_status(ended, job="9_1", job_state="RUNNING", submitted_at=0.0)
     assert stale.state == "done" and stale.stale and "wab cancel --stale" in stale.detail
     fine = run_status(_finished_run(tmp_path / "c", "done"), job="9_2", job_state="GONE", submitted_at=0.0)
     assert not fine.stale and fine.detail == ""

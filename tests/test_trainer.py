@@ -262,3 +262,17 @@ def test_a_run_computes_with_the_threads_its_config_names_and_keeps_no_lease_dir
     rec = run(tiny("trainer.epochs=1", f"trainer.threads={other}"))
     assert rec["threads"] == other and rec["run_id"] != rd.path.name
     assert torch.get_num_threads() == before
+
+
+def test_without_a_terminal_progress_goes_to_train_log_as_lines(tiny, monkeypatch):
+    import wab.run.loop as loop
+
+    monkeypatch.setattr(loop, "PROGRESS_LINE_EVERY_S", 0.0)  # a line at every step
+    cfg = tiny("trainer.epochs=1", "trainer.progress=true")  # pytest's output is no terminal: no bar
+    run(cfg)
+    log = (run_dir_for(cfg).path / "train.log").read_text()
+    steps = json.loads(run_dir_for(cfg).final.read_text())["steps"]
+    assert f"step {steps}/{steps} (100%), epoch 1/1" in log and "steps/s, about" in log
+    quiet = tiny("trainer.epochs=1", "trainer.progress=false", "seed=1")
+    run(quiet)
+    assert "steps/s, about" not in (run_dir_for(quiet).path / "train.log").read_text()

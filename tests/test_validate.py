@@ -88,3 +88,14 @@ def test_a_plugin_method_is_selected_overridden_and_hashed_like_a_built_in_one(r
     assert "select it with method=test_plugin_hp" in problems("method.name=test_plugin_hp")[0]
     Plugin.hyperparameters = {"rate": 0.6}  # a new default: another run
     assert run_id(compose_config([*TINY, "method=test_plugin_hp"])) != run_id(cfg)
+
+
+def test_a_config_with_several_bad_values_names_every_one():
+    found = problems("population.size=0", "trainer.epochs=0", "seed=-1", "trainer.members=vmap")
+    for expected in (
+        "population.size must be >= 1, got 0",
+        "trainer.epochs must be >= 1, got 0",
+        "seed=-1 must be an integer >= 0",
+        "trainer.members='vmap' must be one of loop, batched, auto",
+    ):
+        assert sum(expected in p for p in found) == 1, (expected, found)  # each once, each its own line

@@ -296,6 +296,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="results/demo", help="where the runs go (default: results/demo)")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     demo.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="CPU threads per run (default: the cores the machine's load leaves free)")  # fmt: skip
     sub.add_parser(
         "train",
         help="train one run: wab train [hydra overrides], e.g. method=independent population.size=4",
@@ -428,7 +430,7 @@ def _dispatch(argv: list[str]) -> int:
         return 0
     from wab.demo import demo as run_demo
 
-    return run_demo(args.out, epochs=args.epochs, methods=args.methods)
+    return run_demo(args.out, epochs=args.epochs, methods=args.methods, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:

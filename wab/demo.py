@@ -9,7 +9,9 @@ import pandas as pd
 
 from wab.analysis.collect import collect_runs
 from wab.analysis.report import write_report
+from wab.errors import UserError
 from wab.method import available_methods, get_method
+from wab.parts.device import free_cores
 from wab.run.config import compose_config, method_override
 from wab.run.lifecycle import run
 
@@ -70,18 +72,29 @@ def _demo_run(name: str, extra: tuple[str, ...], out: str, epochs: int | None, l
         overrides.append(f"trainer.epochs={epochs}")
     t0 = time.perf_counter()
     record = run(compose_config(overrides))
-    print(f"{label:>14s}: {record['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    print(f"{label:>20s}: {record['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
     return record
 
 
-def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str] | None = None) -> int:
+def demo(out: str = "results/demo", epochs: int | None = None, methods: list[str] | None = None,
+         threads: int | None = None) -> int:  # fmt: skip
+    """Every method (or ``methods``) on digits, then the comparison table and the report. ``threads``:
+    CPU threads per run (default: the cores the machine's load leaves free, :func:`free_cores`)."""
     names = methods or available_methods()
     for name in names:
         get_method(name)  # unknown names fail here, with the list of known ones
-    records = {name: _demo_run(name, (), out, epochs, name) for name in names}
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: give a number of CPU threads >= 1")
+    chosen = threads or free_cores()
+    print(f"{len(names)} method{'s' if len(names) > 1 else ''}, {chosen} CPU thread{'s' if chosen > 1 else ''} each"
+          f"{'' if threads else ' (the cores the load leaves free; --threads to choose)'}", flush=True)  # fmt: skip
+    extra = (f"trainer.threads={chosen}",)
+    total = len(names) + (MERGE_METHOD in names)
+    records = {name: _demo_run(name, extra, out, epochs, f"{i}/{total} {name}") for i, name in enumerate(names, 1)}
     merge_row = None
     if MERGE_METHOD in names:
-        merge_row = _demo_run(MERGE_METHOD, MERGE_OVERRIDES, str(Path(out) / "merging"), epochs, "+ merges")
+        merge_row = _demo_run(MERGE_METHOD, (*MERGE_OVERRIDES, *extra), str(Path(out) / "merging"), epochs,
+                              f"{total}/{total} + merges")  # fmt: skip
         records["+ merges"] = merge_row
     failed = sum(r["status"] == "failed" for r in records.values())
     table = comparison_table(out)

@@ -122,6 +122,11 @@ def launch_job_states(launch: dict, slurm: dict[str, SlurmJob] | None) -> dict[s
     return dict.fromkeys(ids)
 
 
+#: seconds after a run ended before a job SLURM still calls running is stale (a job exits for a few
+#: seconds); $WAB_STALE_AFTER_S sets another
+STALE_AFTER_S = float(os.environ.get("WAB_STALE_AFTER_S", 60))
+
+
 def run_status(
     rd: RunDir,
     job: str | None = None,
@@ -158,7 +163,11 @@ def run_status(
     elif submitted_at is not None and job_state is not None:
         gone = "ended" if job == "debug" else "left the queue" if job_state == "GONE" else job_state.lower()
         state, detail = "dead", f"job {job} {gone}"
-    stale = own_job and job_state == "RUNNING" and (state in FINISHED or (holder is not None and not holder.is_live()))
+    # a job whose run ended moments ago is still exiting (its last records, the interpreter's exit): not stale yet
+    ended = rd.final.stat().st_mtime if state in FINISHED and rd.final.exists() else None
+    ended = ended if ended is not None else holder.heartbeat if holder is not None and not holder.is_live() else None
+    stale = (own_job and job_state == "RUNNING" and ended is not None and time.time() - ended > STALE_AFTER_S
+             and (state in FINISHED or (holder is not None and not holder.is_live())))  # fmt: skip
     if stale:  # e.g. a killed slurmstepd: the job holds its slot and blocks the arrays chained after it
         why = "the run is finished" if state in FINISHED else "its lease expired"
         detail += f"{'; ' if detail else ''}stale: SLURM says job {job} runs but {why} (wab cancel --stale ends it)"

@@ -36,6 +36,15 @@ def threads_here() -> int:
     return int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or torch.get_num_threads()
 
 
+def free_cores() -> int:
+    """The cores of this process's CPU set that other work leaves free now: their number minus the
+    1-minute load average, at least 1 (on a shared node, more threads than free cores spin while
+    they wait for each other and run several times slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
 def resolve_compute(cfg: dict[str, Any], gpus: int | None = None, cpus: int | None = None) -> dict[str, Any]:
     """A copy of a run's config with ``device`` and ``trainer.threads`` explicit: ``auto`` resolved
     for this process (``gpus``/``cpus`` None), or for a cluster job given ``gpus`` GPUs and

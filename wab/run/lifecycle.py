@@ -218,3 +218,8 @@ def _log_end(rd: RunDir, record: dict[str, Any]) -> None:
         "run %s ended: %s after %d steps, %.1f s; %s",
         rd.path.name, record["status"], record["steps"], record["wall_time_s"], result or record.get("error", ""),
     )  # fmt: skip
+    evaluation = (record.get("cost") or {}).get("eval_time_s")
+    if evaluation and record["wall_time_s"] and evaluation > 0.5 * record["wall_time_s"]:
+        log.info("evaluation took %.0f%% of the run: trainer.eval_every=0 evaluates at the end alone, "
+                 "trainer.lmc_points=0 leaves out the final linear-mode-connectivity paths (docs/training.md)",
+                 100 * evaluation / record["wall_time_s"])  # fmt: skip

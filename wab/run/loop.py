@@ -41,6 +41,9 @@ log = logging.getLogger("wab")
 
 _STOP = threading.Event()
 
+#: without a terminal (nohup, SLURM) the progress bar is off: a progress line is logged this often
+PROGRESS_LINE_EVERY_S = 60.0
+
 
 class Interrupted(Exception):
     """Training stopped at a step boundary after saving a checkpoint (preemption)."""
@@ -72,6 +75,25 @@ def _console_loggers() -> list[logging.Logger]:
         lg for lg in (logging.root, log)
         if any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in lg.handlers)
     ]  # fmt: skip
+
+
+class _ProgressLines:
+    """Progress as log lines, every :data:`PROGRESS_LINE_EVERY_S` seconds, when no terminal shows
+    the bar (its lines reach ``train.log`` and a SLURM job's output)."""
+
+    def __init__(self, step: int, total: int) -> None:
+        self.total, self.start_step = total, step
+        self.start = self.last = time.perf_counter()
+
+    def maybe_log(self, step: int, epoch: int, epochs: int, loss: float, lr: float) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_LINE_EVERY_S:
+            return
+        self.last = now
+        rate = (step - self.start_step) / max(now - self.start, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        log.info("step %d/%d (%.0f%%), epoch %d/%d, loss %.3f, lr %.3g, %.2f steps/s, about %.0f min left",
+                 step, self.total, 100 * step / self.total, epoch + 1, epochs, loss, lr, rate, eta / 60)  # fmt: skip
 
 
 class Trainer:
@@ -274,6 +296,7 @@ class Trainer:
         s, metrics = self.state, {}
         bar = tqdm(total=s.total_steps, initial=s.step, desc=self.dir.path.name, dynamic_ncols=True, leave=False,
                    disable=None if self.state.progress else True)  # fmt: skip
+        lines = _ProgressLines(s.step, s.total_steps) if bar.disable and self.state.progress else None
         with bar, logging_redirect_tqdm(loggers=_console_loggers()):
             while s.epoch < self.spec.epochs:
                 if s.epoch_step == 0:
@@ -283,6 +306,8 @@ class Trainer:
                     bar.update(1)
                     if s.step % 10 == 0:
                         bar.set_postfix(epoch=s.epoch, loss=f"{self.epoch_losses[-1]:.3f}", lr=f"{s.lr:.3g}")
+                    if lines is not None:
+                        lines.maybe_log(s.step, s.epoch, self.spec.epochs, self.epoch_losses[-1], s.lr)
                     self._stop_if_asked()
                 metrics = self._end_epoch() or metrics
         if not metrics:  # resumed from the final checkpoint: its last evaluation is in the records

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from wab.core.distributed import LocalComm, merge_traffic
@@ -41,9 +43,21 @@ class Clock:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
         self.wall_before = 0.0
+        self.cpu_before = 0.0  # CPU time of earlier lives of the run
         self.eval_before = 0.0  # evaluation time of earlier lives of the run
         self.eval_time = 0.0  # evaluation time in this life
+        self.loads: list[float] = []  # the machine's 1-minute load average, at the start and each evaluation
+
+    def sample_load(self) -> None:
+        """Note the machine's load now (1-minute load average; nothing where the OS has none)."""
+        if hasattr(os, "getloadavg"):
+            self.loads.append(os.getloadavg()[0])
+
+    def cpu(self) -> float:
+        """CPU seconds of this process (every thread) over every life of the run."""
+        return self.cpu_before + time.process_time() - self.cpu0
 
     def wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
@@ -54,12 +68,15 @@ class Clock:
     def train(self) -> float:
         return self.wall() - self.eval_total()
 
-    def state_dict(self) -> dict[str, float]:
-        return {"wall_time_s": self.wall(), "eval_time_s": self.eval_total()}
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_time_s": self.wall(), "eval_time_s": self.eval_total(), "cpu_time_s": self.cpu(),
+                "load_averages": list(self.loads)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wall_before = state["wall_time_s"]
         self.eval_before = float(state.get("eval_time_s", 0.0))
+        self.cpu_before = float(state.get("cpu_time_s", 0.0))
+        self.loads = list(state.get("load_averages", [])) + self.loads
 
 
 class Recorder:
@@ -76,7 +93,8 @@ class Recorder:
 
     def open(self) -> None:
         """Start the run's clock and, on the main process, its external loggers."""
-        self.clock.t0 = time.perf_counter()
+        self.clock.t0, self.clock.cpu0 = time.perf_counter(), time.process_time()
+        self.clock.sample_load()
         if self.is_main:
             self.loggers = RunLoggers(RunLoggers.names(self.spec.cfg), self.dir.path, self.dir.path.name, self.spec.cfg)
 
@@ -107,6 +125,7 @@ class Recorder:
         """One evaluation's line (every process calls this: the ``comm`` block is a collective)."""
         s = self.built.state
         comm = self.comm()
+        self.clock.sample_load()
         if not self.is_main:
             return
         line = {**self.base(), "step": s.step, "epoch": s.epoch + 1, "wall_time_s": self.clock.wall(),
@@ -164,7 +183,10 @@ class Recorder:
             flops = {"per_member_step": None, "per_step": None, "train": None}
         out: dict[str, Any] = {"flops_per_member_step": flops["per_member_step"], "flops_per_step": flops["per_step"],
                                "train_flops": flops["train"], "train_time_s": wall - self.clock.eval_total(),
-                               "eval_time_s": self.clock.eval_total()}  # fmt: skip
+                               "eval_time_s": self.clock.eval_total(), "cpu_time_s": self.clock.cpu(),
+                               "load_average": float(np.mean(self.clock.loads)) if self.clock.loads else None,
+                               "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count()}  # fmt: skip
         if self.finalizer_costs:
             out["finalizers"] = self.finalizer_costs
         target = cfg["trainer"].get("target_acc")

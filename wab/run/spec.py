@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wab.core.distributed import BACKENDS
+from wab.errors import UserError
 from wab.method import Method, available_methods, get_finalizer, get_method, method_of, one_member_methods
 from wab.parts.data import DataSplits
 from wab.parts.device import resolve_members
@@ -50,41 +51,52 @@ class RunSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> RunSpec:
-        """The spec of ``cfg``; raises ValueError (or :class:`~wab.errors.UserError`) naming the
-        first bad value and what is allowed."""
+        """The spec of ``cfg``; raises :class:`SpecProblems` (a ValueError) naming every bad value
+        and what is allowed (a check that needs a value found bad is left out)."""
         tcfg, pcfg = cfg["trainer"], cfg["population"]
+        problems: list[str] = []
+
+        def check(fn: Callable[[], Any]) -> Any:
+            try:
+                return fn()
+            except (ValueError, UserError) as e:  # messages written for users
+                problems.extend(e.problems if isinstance(e, SpecProblems) else [str(e)])
+                return None
+
         backend = pcfg.get("backend", "local")
         if backend not in BACKENDS:
-            raise ValueError(f"population.backend must be one of {BACKENDS}, got {backend!r}")
+            problems.append(f"population.backend must be one of {BACKENDS}, got {backend!r}")
         timeout = pcfg.get("timeout_min", 5)
         if not (isinstance(timeout, int | float) and timeout > 0):
-            raise ValueError(f"population.timeout_min={timeout} must be a number of minutes > 0, e.g. 5")
-        method_cls = method_of(cfg)
-        if problems := method_cls.hyperparameter_problems(cfg["method"]):
-            raise ValueError("; ".join(problems))
-        finalizers = _finalizers(cfg, method_cls)
+            problems.append(f"population.timeout_min={timeout} must be a number of minutes > 0, e.g. 5")
+        method_cls = check(lambda: method_of(cfg))
+        finalizers: tuple[Callable, ...] = ()
+        if method_cls is not None:
+            problems.extend(method_cls.hyperparameter_problems(cfg["method"]))
+            finalizers = check(lambda: _finalizers(cfg, method_cls)) or ()
         size = int(pcfg["size"])
-        _check_size(size, method_cls)
+        check(lambda: _check_size(size, method_cls))
         target = tcfg.get("target_acc")
         if target is not None and not (isinstance(target, int | float) and 0 < target <= 1):
-            raise ValueError(f"trainer.target_acc={target} must be an accuracy as a fraction in (0, 1], e.g. 0.85")
-        if problems := logger_problems(RunLoggers.names(cfg)):
-            raise ValueError("; ".join(problems))
+            problems.append(f"trainer.target_acc={target} must be an accuracy as a fraction in (0, 1], e.g. 0.85")
+        problems.extend(logger_problems(RunLoggers.names(cfg)))
         for key, low in _COUNTS:
             value = tcfg.get(key, low)
             if not isinstance(value, int) or value < low:
-                raise ValueError(f"trainer.{key}={value} must be an integer >= {low}")
+                problems.append(f"trainer.{key}={value} must be an integer >= {low}")
         if tcfg.get("lmc_points") == 1:
-            raise ValueError("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
+            problems.append("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
         if not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
-            raise ValueError(f"seed={cfg['seed']} must be an integer >= 0")
-        members = resolve_members(tcfg.get("members", "loop"), str(cfg.get("device", "auto")))
+            problems.append(f"seed={cfg['seed']} must be an integer >= 0")
+        members = check(lambda: resolve_members(tcfg.get("members", "loop"), str(cfg.get("device", "auto"))))
         if members == "batched" and tcfg.get("compile", False):
-            raise ValueError("trainer.compile=true compiles each member's module, which trainer.members=batched does "
-                             "not call (it calls one vmapped function): use one of them")  # fmt: skip
+            problems.append("trainer.compile=true compiles each member's module, which trainer.members=batched does "
+                            "not call (it calls one vmapped function): use one of them")  # fmt: skip
         epochs = int(tcfg["epochs"])
         if epochs < 1:
-            raise ValueError(f"trainer.epochs must be >= 1, got {epochs}")
+            problems.append(f"trainer.epochs must be >= 1, got {epochs}")
+        if problems:
+            raise SpecProblems(problems)
         return cls(
             cfg=cfg, method_cls=method_cls, finalizers=finalizers, backend=backend, timeout_min=float(timeout),
             size=size, seed=int(cfg["seed"]), epochs=epochs, batch_size=int(tcfg["batch_size"]),
@@ -110,10 +122,18 @@ class RunSpec:
         return steps
 
 
-def _check_size(size: int, method_cls: type[Method]) -> None:
+class SpecProblems(ValueError):
+    """Every problem of a run config that :meth:`RunSpec.from_config` found, one per entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _check_size(size: int, method_cls: type[Method] | None) -> None:
     if size < 1:
         raise ValueError(f"population.size must be >= 1, got {size}")
-    if size < method_cls.min_members:
+    if method_cls is not None and size < method_cls.min_members:
         raise ValueError(
             f"population.size={size}: {method_cls.name} needs at least {method_cls.min_members} members "
             f"({method_cls.min_members_reason or 'it works between members'}); population.size=1 is for the "

@@ -154,9 +154,12 @@ def check_config(cfg: dict[str, Any], gpus: int | None = None) -> list[str]:
     if problem := directory_problem(cfg["out_dir"], "out_dir"):
         problems.append(problem)
     from wab.run.loop import Trainer
+    from wab.run.spec import SpecProblems
 
     try:
         Trainer(cfg, dry=True).check()
+    except SpecProblems as e:  # every bad value of the config, one problem each
+        problems.extend(e.problems)
     except (UserError, ValueError) as e:  # messages written for users
         problems.append(str(e))
     except (TypeError, KeyError, RuntimeError, NotImplementedError) as e:
