@@ -13,15 +13,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
 KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
                "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
-_TAB20B = plt.get_cmap("tab20b").colors
-# one distinct colour per known method: tab10, black, then the darkest shades of tab20b
-_KNOWN_COLORS = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0), *(_TAB20B[i] for i in (0, 4, 8, 12, 16, 2, 10))]
-_OTHER_COLORS = plt.get_cmap("Dark2").colors
+# Trubetskoy's 20 distinct colours, the palest last: one per known method, in KNOWN_ORDER, and the
+# rest for the methods a report holds beyond them (plugins)
+_HEX = ["#4363d8", "#e6194b", "#f58231", "#3cb44b", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000000", "#808000",
+        "#469990", "#800000", "#000075", "#bfef45", "#a9a9a9", "#fabed4", "#dcbeff", "#d4b000", "#ffd8b1", "#aaffc3"]
+_DISTINCT = [to_rgb(c) for c in _HEX]
+_KNOWN_COLORS = _DISTINCT[: len(KNOWN_ORDER)]
+_OTHER_COLORS = [*_DISTINCT[len(KNOWN_ORDER) :], *plt.get_cmap("Dark2").colors, *plt.get_cmap("Set1").colors]
+_OTHERS: dict[str, tuple] = {}  # the methods beyond KNOWN_ORDER of the report being drawn
 # variants of one method: same colour, other marker
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8"]
 
@@ -32,10 +37,21 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return [m for m in KNOWN_ORDER if m in methods] + sorted(methods - set(KNOWN_ORDER))
 
 
+def use_methods(methods: Iterable[str]) -> None:
+    """Give the methods of a report beyond the known ones (plugins) colours of their own: in
+    alphabetical order, none shared with another method while there are colours left."""
+    _OTHERS.clear()
+    for i, m in enumerate(sorted(set(methods) - set(KNOWN_ORDER))):
+        _OTHERS[m] = _OTHER_COLORS[i % len(_OTHER_COLORS)]
+
+
 def method_color(method: str) -> tuple:
-    """The same colour for a method in every figure of every report."""
+    """The same colour for a method in every figure: a known method's everywhere, a plugin's in
+    every figure of one report (:func:`use_methods`)."""
     if method in KNOWN_ORDER:
         return _KNOWN_COLORS[KNOWN_ORDER.index(method)]
+    if method in _OTHERS:
+        return _OTHERS[method]
     return _OTHER_COLORS[sum(map(ord, method)) % len(_OTHER_COLORS)]
 
 

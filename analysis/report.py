@@ -81,6 +81,7 @@ def write_report(
         tables = summary_tables(df) if not df.empty else {}
         done = df[df["status"] == "done"].astype({"population_size": int}) if not df.empty else df
         curves = collect_curves(done) if tables else pd.DataFrame()
+        plots.use_methods(done["method"].unique() if not done.empty else [])  # a colour of its own for each plugin
         all_verdicts, all_targets, all_network, all_grids, all_rooms, all_mechanisms = [], [], [], [], [], []
         if isinstance(spec, str) and tables and not any(spec in t.runs for t in tables.values()):
             raise UserError(f"--baseline {spec!r} is neither a row label nor overrides (k=v); rows: "

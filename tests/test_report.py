@@ -276,10 +276,15 @@ def test_curves_and_sensitivity_plot_their_data(golden):
     plt.close(fig)
 
 
-def test_method_colours_are_fixed_across_figures():
+def test_method_colours_are_fixed_across_figures_and_far_apart_plugins_included():
     assert plots.method_color("wash") == plots.method_color("wash")
-    known = [plots.method_color(m) for m in plots.KNOWN_ORDER]
-    assert len(set(known)) == len(known)
+    plugins = ["halfmean", "my_avg", "zzz_sweep", "soft_papa"]  # whose old hashed colours collided
+    plots.use_methods([*plots.KNOWN_ORDER, *plugins])
+    colours = [np.array(plots.method_color(m)) for m in [*plots.KNOWN_ORDER, *plugins]]
+    assert len({tuple(c) for c in colours}) == len(colours)
+    # no two within a small RGB distance: two greens or four browns would be told apart only by their labels
+    closest = min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1 :])
+    assert closest > 0.15, closest
 
 
 def test_report_of_an_empty_or_missing_directory_is_a_user_error(tmp_path):
