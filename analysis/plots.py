@@ -102,8 +102,15 @@ def dodge(x: np.ndarray, y: np.ndarray, tol: float = 0.03, step: float = 6.0) ->
 
 
 def shifted(ax: plt.Axes, points: float) -> matplotlib.transforms.Transform:
-    """The data transform of ``ax``, moved ``points`` to the right on the page."""
+    """The data transform of ``ax``, moved ``points`` to the right on the page. matplotlib does
+    not scale an axis to artists drawn through it: give their values to :func:`include`."""
     return offset_copy(ax.transData, fig=ax.figure, x=points, y=0.0, units="points")
+
+
+def include(ax: plt.Axes, x: Iterable[float], y: Iterable[float]) -> None:
+    """Scale ``ax`` to hold the points (x, y) too (values drawn through :func:`shifted`)."""
+    ax.update_datalim(np.column_stack([np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)]))
+    ax.autoscale_view()
 
 
 def _stats(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -145,6 +152,9 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
             ax.errorbar(x, 100 * r.mean_acc, yerr=100 * r.std_acc, fmt=_marker(variants, method, variant),
                         capsize=3, color=method_color(method), label=variant, markersize=7,
                         transform=shifted(ax, offsets[k]) if offsets is not None else ax.transData)  # fmt: skip
+            if offsets is not None:
+                low, high = 100 * (r.mean_acc - r.std_acc), 100 * (r.mean_acc + r.std_acc)
+                include(ax, [x, x], [low, high])
 
     if silent:
         ax = axes[0]
@@ -161,7 +171,7 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
         ys = np.array([100 * rows[mv].mean_acc for mv in talking])
         draw(ax, talking, 10**logx, dodge(logx, ys))
         ax.set_xscale("log")
-        ax.set_xlabel("communication per member per step (elements, log scale; coinciding points drawn apart)")
+        ax.set_xlabel("elements sent per member per step (log;\ncoinciding points drawn apart)")
         if not silent:
             ax.set_ylabel(AVG_BN_LABEL)
         ax.grid(alpha=0.3)
@@ -290,6 +300,7 @@ def disagreement_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
             at = runs.index.get_loc(i)
             ax.scatter([x[at]], [y[at]], color=method_color(method), label=variant if j == 0 else None,
                        marker=_marker(variants, method, variant), s=30, transform=shifted(ax, offsets[i]))  # fmt: skip
+    include(ax, x, y)
     ax.set_xlabel("members' mean pairwise disagreement (%; coinciding points drawn a few points apart)")
     ax.set_ylabel(AVG_BN_LABEL)
     ax.set_title(title)

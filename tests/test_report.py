@@ -191,6 +191,8 @@ def test_accuracy_vs_communication_plots_the_means(golden):
         comm = sub["comm.elements_per_step"].mean()
         if comm > 0:  # on the log axis, at its communication exactly (a hidden point is drawn aside, not moved)
             assert ax is log_ax and x == pytest.approx(comm)
+            low, high = log_ax.get_xlim()
+            assert low < comm < high and log_ax.get_ylim()[0] < y < log_ax.get_ylim()[1]  # inside the axes: seen
         else:  # in the panel of its own, never at an arbitrary point of the log axis
             assert ax is silent_ax
     colors = {k: p[3].get_color() for k, p in points.items()}

@@ -185,7 +185,10 @@ def test_a_local_sweep_runs_at_most_array_parallelism_runs_at_once(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and any(r.state != "done" for r in directory_status(spec.out_dir)):
         time.sleep(1)
-    assert [r.state for r in directory_status(spec.out_dir)] == ["done"] * 5
+    rows = directory_status(spec.out_dir)
+    assert [r.state for r in rows] == ["done"] * 5
+    workers = result.manifest["launches"][-1]["workers"]
+    assert all(r.job in workers for r in rows), [r.job for r in rows]  # the worker that trained it, not both pids
     spans = _intervals(spec.out_dir)
     assert len(spans) == 5
     most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)

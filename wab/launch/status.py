@@ -191,6 +191,18 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def _pool_worker(run: Path, workers: list[str]) -> str | None:
+    """The pool worker that took a run: its lease's holder while it trains, after that the job
+    whose logs the run's ``job.out`` links to (``.submitit/<job>/``); None before any took it."""
+    holder = read_lease(run) if run.exists() else None
+    if holder is not None and (found := [w for w in workers if w in (holder.job, str(holder.pid))]):
+        return found[0]
+    link = run / "job.out"
+    if link.is_symlink() and (job := Path(os.readlink(link)).parent.name) in workers:
+        return job
+    return None
+
+
 def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
     """Every run of a sweep (its manifest's runs, in grid order) or, for any other directory,
     every run directory below it."""
@@ -214,6 +226,8 @@ def directory_status(directory: str | os.PathLike) -> list[RunStatus]:
             elif la.get("workers"):  # a pool (local, or SLURM past MaxArraySize): alive while a worker is
                 alive = [states[w] for w in la["workers"]]
                 job = ",".join(la["workers"]) if la.get("cluster") == "local" else la["workers"][0].split("_")[0]
+                if (taken := _pool_worker(directory / r["run_id"], la["workers"])) is not None:
+                    job = taken
                 live, own_job = [a for a in alive if a in _ALIVE], False
                 job_state = "RUNNING" if "RUNNING" in live else live[0] if live else None if None in alive else "GONE"
             elif job:
