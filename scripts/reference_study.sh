@@ -8,6 +8,12 @@
 #
 #   WAB_DATA=../shared/data bash scripts/reference_study.sh              # finish or refresh results/reference
 #   WAB_DATA=../shared/data bash scripts/reference_study.sh --retrain DIR
+#   WAB_DATA=../shared/data bash scripts/reference_study.sh --study [SEEDS]   # the CIFAR-10 study, in parts
+#
+# --study trains configs/sweep/study.yaml into results/study (the regime with room to gain, issue
+# 27): all of it, or only the seeds SEEDS (e.g. 0,1) as one part. It resumes where it stopped (a
+# finished run is never trained again, an interrupted one resumes from its checkpoint); commit
+# results/study after each part. The report covers the parts trained so far.
 #
 # --retrain DIR trains every run again from scratch into DIR (tracked files are not touched),
 # writes DIR/report and compares DIR with results/reference run by run (`wab compare`): every
@@ -18,7 +24,17 @@ wab="${WAB:-.venv/bin/wab}"
 python="${PYTHON:-.venv/bin/python}"
 out=results/reference
 config=reference
-if [ "${1:-}" = "--retrain" ]; then
+if [ "${1:-}" = "--study" ]; then
+  out=results/study
+  config=configs/sweep/study.yaml
+  if [ -n "${2:-}" ]; then
+    [[ "$2" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "--study SEEDS: seeds as 0,1,2, got $2" >&2; exit 2; }
+    mkdir -p "$out"
+    config="$out/study_part.yaml"  # the same runs (a run's id is its config), fewer seeds
+    sed "s|^  seed: .*|  seed: [${2//,/, }]|" configs/sweep/study.yaml > "$config"
+    grep -q "^  seed: \[${2//,/, }\]" "$config" || { echo "configs/sweep/study.yaml has no seed line to set" >&2; exit 2; }
+  fi
+elif [ "${1:-}" = "--retrain" ]; then
   out="${2:?usage: reference_study.sh --retrain DIR}"
   if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
     echo "$out is not empty: choose a new directory to retrain into" >&2
@@ -55,6 +71,8 @@ EOF
 "$wab" report "$out" --network --versus wash:papa --versus aswa:swa --versus twa:swa
 if [ "$out" = results/reference ]; then
   "$python" scripts/study_verdicts.py
+elif [ "$out" = results/study ]; then
+  echo "results/study: commit it (git add results/study; checkpoints, models and logs are ignored)"
 else
   "$wab" compare results/reference "$out"
 fi
