@@ -17,6 +17,8 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
+from wab.analysis.stats import MIN_SEEDS  # noqa: E402
+
 KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", "dart", "swa", "aswa", "twa", "soups",
                "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
 # Trubetskoy's 20 distinct colours, the palest last: one per known method, in KNOWN_ORDER, and the
@@ -250,7 +252,7 @@ def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_xlabel("training step" if x == "step" else "epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%; band: 95% CI over seeds)")
+    axes[0].set_ylabel("test accuracy (%; band: 95% CI over seeds, where 3+)")
     fig.suptitle(title)
     fig.tight_layout()
     _outside_legend(fig, [axes[0]])
@@ -414,7 +416,9 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
         x = np.array([r[col][0] for r in rows], dtype=float)
         ok = np.isfinite(x)
         positive = x[ok & (x > 0)]
-        zero_at = (positive.min() / 10 if len(positive) else 1.0) if has_zero else None
+        # rows that send nothing: half a decade below the lowest decade with data, so that the band
+        # holds no decade tick (a "0" drawn on 10^4 reads as a byte count)
+        zero_at = 10 ** (np.floor(np.log10(positive.min())) - 0.5 if len(positive) else 0.0) if has_zero else None
         xs = np.where(ok & (x > 0), x, zero_at if zero_at else np.nan)
         silent = np.flatnonzero(ok & (x == 0)) if zero_at else np.array([], dtype=int)
         drawn = xs.copy()
@@ -447,7 +451,9 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final model accuracy (%)")
-    fig.suptitle(f"{title}: accuracy against cost (mean, 95% CI; lines: Pareto fronts)")
+    few = df.groupby(["method", "variant", "population_size"]).size().min() < MIN_SEEDS
+    bars = f"95% CI where a row has {MIN_SEEDS}+ seeds" if few else "95% CI"
+    fig.suptitle(f"{title}: accuracy against cost (mean, {bars}; lines: Pareto fronts)")
     fig.tight_layout()
     _outside_legend(fig, list(axes))
     return fig

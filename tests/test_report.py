@@ -383,6 +383,12 @@ def test_fronts_put_each_row_at_its_mean_cost_and_silent_rows_in_their_band(gold
             assert line.get_xdata()[0] == pytest.approx(total)
         else:  # left of every row that sends something
             assert line.get_xdata()[0] < df.loc[df["comm.bytes_total"] > 0, "comm.bytes_total"].min()
+    (band,) = [p for p in bytes_ax.patches if p.get_facecolor()[:3] != (1.0, 1.0, 1.0)]
+    lo, hi = band.get_x(), band.get_x() + band.get_width()  # axvspan: a rectangle in data x
+    assert np.floor(np.log10(lo)) == np.floor(np.log10(hi))  # no decade tick inside the "0 sent" band
+    assert hi < df.loc[df["comm.bytes_total"] > 0, "comm.bytes_total"].min()
+    if (df.groupby("variant").size() < 3).any():
+        assert "95% CI where a row has 3+ seeds" in fig._suptitle.get_text()
     flops_ax = fig.axes[1]
     assert {c.lines[0].get_xdata()[0] for c in flops_ax.containers} == set(df["cost.train_flops"])
     plt.close(fig)
@@ -420,7 +426,7 @@ def test_figures_tell_settings_apart_and_never_move_a_value_out_of_its_range(gol
     assert len(fig.legends[0].get_texts()) == 2
     plt.close(fig)
     dark = df.copy()
-    dark.loc[dark["method"] == "papa_all", "method"] = "soups"  # drawn in black
+    dark.loc[dark["method"] == "papa_all", "method"] = "aswa"  # drawn in black
     fig = plots.ensemble_vs_average(dark, "t")
     black = [p for p in fig.axes[0].patches if p.get_facecolor()[:3] == (0.0, 0.0, 0.0)]
     assert black and all(p.get_edgecolor()[:3] == (1.0, 1.0, 1.0) for p in black)  # the hatching shows
