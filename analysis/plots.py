@@ -23,8 +23,9 @@ KNOWN_ORDER = ["independent", "wash", "wash_opt", "papa", "papa_all", "papa_2", 
                "local_sgd", "diloco", "sparta", "gossip", "lookaround", "ema", "lawa"]  # fmt: skip
 # Trubetskoy's 20 distinct colours, the palest last: one per known method, in KNOWN_ORDER, and the
 # rest for the methods a report holds beyond them (plugins)
-_HEX = ["#4363d8", "#e6194b", "#f58231", "#3cb44b", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000000", "#808000",
-        "#469990", "#800000", "#000075", "#bfef45", "#a9a9a9", "#fabed4", "#dcbeff", "#d4b000", "#ffd8b1", "#aaffc3"]
+_HEX = ["#4363d8", "#e6194b", "#f58231", "#3cb44b", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000000",
+        "#808000", "#469990", "#800000", "#000075", "#bfef45", "#a9a9a9", "#fabed4", "#dcbeff", "#d4b000",
+        "#ffd8b1", "#aaffc3"]  # fmt: skip
 _DISTINCT = [to_rgb(c) for c in _HEX]
 _KNOWN_COLORS = _DISTINCT[: len(KNOWN_ORDER)]
 _OTHER_COLORS = [*_DISTINCT[len(KNOWN_ORDER) :], *plt.get_cmap("Dark2").colors, *plt.get_cmap("Set1").colors]
