@@ -71,7 +71,7 @@ class BatchedMembers:
     def logits(self, x: Tensor, autocast_dtype: torch.dtype | None = None) -> tuple[list[Tensor], Tensor]:
         """(the parameter leaves, every member's logits [n, B, classes]) for stacked inputs x [n, B, ...]."""
         leaves, params = self._params()
-        before = [int(b) for _, b in self._int_buffers[0]]
+        before = [b.clone() for _, b in self._int_buffers[0]]  # on the device: reading them back would sync a GPU
         device = self.population.device
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=bool(autocast_dtype)):
             out = self._forward(params, buffers := self._buffers(), x)
@@ -79,10 +79,10 @@ class BatchedMembers:
         self._advance_int_buffers(before)
         return leaves, out
 
-    def _advance_int_buffers(self, before: Sequence[int]) -> None:
+    def _advance_int_buffers(self, before: Sequence[Tensor]) -> None:
         """Member 0's integer buffers were advanced by the call (functional_call leaves the ones it
         is not given in place); every other member's advance by as much."""
-        steps = [int(b) - v for (_, b), v in zip(self._int_buffers[0], before)]
+        steps = [b - v for (_, b), v in zip(self._int_buffers[0], before)]
         with torch.no_grad():
             for named in self._int_buffers[1:]:
                 for (_, b), k in zip(named, steps):
