@@ -116,6 +116,34 @@ def include(ax: plt.Axes, x: Iterable[float], y: Iterable[float]) -> None:
     ax.autoscale_view()
 
 
+def collapsed(values: np.ndarray, share: float = 0.4) -> np.ndarray:
+    """The indices of values far below the rest (collapsed averages): those under the widest gap
+    between consecutive values, when that gap spans more than ``share`` of their range and fewer
+    values lie below it than above. An axis drawn for all of them would squash the others into
+    its top."""
+    v = np.asarray(values, dtype=float)
+    finite = np.flatnonzero(np.isfinite(v))
+    if len(finite) < 3:
+        return np.array([], dtype=int)
+    order = finite[np.argsort(v[finite])]
+    gaps = np.diff(v[order])
+    k = int(np.argmax(gaps))
+    span = v[order[-1]] - v[order[0]]
+    if span <= 0 or gaps[k] <= share * span or k + 1 >= len(order) - (k + 1):
+        return np.array([], dtype=int)
+    return np.sort(order[: k + 1])
+
+
+def mark_below(ax: plt.Axes, xs: Iterable[float], ys: Iterable[float], colors: Iterable) -> None:
+    """Rows below a zoomed axis: a downward marker at the axis' bottom edge, at each row's x, with
+    its value written beside it (the value is not moved: it is written)."""
+    trans = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    for x, y, c in zip(xs, ys, colors):
+        ax.plot([x], [0.0], marker="v", color=c, markersize=7, transform=trans, clip_on=False, linestyle="none")
+        ax.annotate(f"{y:.1f}", (x, 0.0), xycoords=trans, xytext=(4, 3), textcoords="offset points", fontsize=6,
+                    color=c)  # fmt: skip
+
+
 def _stats(df: pd.DataFrame, col: str) -> pd.DataFrame:
     g = df.groupby(["method", "variant"])[col]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
@@ -178,6 +206,20 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
         if not silent:
             ax.set_ylabel(AVG_BN_LABEL)
         ax.grid(alpha=0.3)
+    # rows far below the others (collapsed averages): a zoomed axis, their values written at its bottom
+    placed = [(axes[0], mv, float(i)) for i, mv in enumerate(silent)]
+    placed += [(axes[-1], mv, rows[mv].mean_comm) for mv in talking]
+    ys = np.array([100 * rows[mv].mean_acc for _, mv, _ in placed])
+    if len(low := collapsed(ys)):
+        for ax in axes:
+            here = [i for i in low if placed[i][0] is ax]
+            mark_below(ax, [placed[i][2] for i in here], ys[here], [method_color(placed[i][1][0]) for i in here])
+        rest = [rows[placed[i][1]] for i in range(len(placed)) if i not in set(low)]
+        bottom = min(100 * (r.mean_acc - r.std_acc) for r in rest)
+        top = max(100 * (r.mean_acc + r.std_acc) for r in rest)
+        pad = 0.08 * (top - bottom or 1.0)
+        axes[0].set_ylim(bottom - pad, top + pad)
+        axes[0].set_ylabel(f"{AVG_BN_LABEL}\n({len(low)} far below: ▼ at the bottom, value written)")
     fig.suptitle(title)
     fig.tight_layout()
     _outside_legend(fig, axes)
@@ -413,6 +455,7 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
     labels = [(r["method"], r["label"]) for r in rows]
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.7 * len(axes_spec), 4.6), sharey=True)
     ys = np.array([r["y"] for r in rows])
+    low = collapsed(ys)  # rows far below the others: written at the bottom edge of a zoomed axis
     for ax, (col, xlabel, has_zero) in zip(axes, axes_spec):
         x = np.array([r[col][0] for r in rows], dtype=float)
         ok = np.isfinite(x)
@@ -451,7 +494,17 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
                         fontsize=7)  # fmt: skip
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
+        shown = [i for i in low if np.isfinite(xs[i])]
+        mark_below(ax, drawn[shown], ys[shown], [method_color(rows[i]["method"]) for i in shown])
     axes[0].set_ylabel("final model accuracy (%)")
+    if len(low):
+        rest = [i for i in range(len(rows)) if i not in set(low)]
+        bottom = min(rows[i]["y_lo"] for i in rest)
+        top = max(rows[i]["y_hi"] for i in rest)
+        pad = 0.08 * (top - bottom or 1.0)
+        axes[0].set_ylim(bottom - pad, top + pad)
+        axes[0].set_ylabel(f"final model accuracy (%; {len(low)} row{'s' if len(low) > 1 else ''} far below: "
+                           "▼ at the bottom, value written)")  # fmt: skip
     few = df.groupby(["method", "variant", "population_size"]).size().min() < MIN_SEEDS
     bars = f"95% CI where a row has {MIN_SEEDS}+ seeds" if few else "95% CI"
     fig.suptitle(f"{title}: accuracy against cost (mean, {bars}; lines: Pareto fronts)")

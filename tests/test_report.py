@@ -537,3 +537,23 @@ def test_a_table_whose_runs_ran_under_different_loads_says_so(golden, tmp_path):
         busy = False
     text = write_report(golden, tmp_path / "r").read_text()
     assert "Runs ran under different machine loads (1.00 to 4.00 load average per core)" in text
+
+
+def test_a_collapsed_row_does_not_squash_the_fronts_axis_and_keeps_its_value_written(golden):
+    df = _done(golden)
+    variants = sorted(df["variant"].unique())
+    assert len(variants) >= 3
+    for k, v in enumerate(variants):  # one row collapsed at 40%, the others within a few points of 95%
+        df.loc[df["variant"] == v, "metrics.final_acc"] = 0.40 if k == 0 else 0.95 + 0.01 * (k % 3)
+    fig = plots.fronts(df, "t")
+    low, high = fig.axes[0].get_ylim()
+    assert 40 < low < 95 and high > 97  # zoomed on the rows that did not collapse
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "40.0" in texts  # the collapsed row's value, written at the bottom edge
+    assert "far below" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+    df["metrics.avg_bn_acc"] = df["metrics.final_acc"]
+    fig = plots.accuracy_vs_communication(df, "t")
+    assert 40 < fig.axes[0].get_ylim()[0] and "40.0" in [t.get_text() for ax in fig.axes for t in ax.texts]
+    plt.close(fig)
+    assert len(plots.collapsed(np.array([88.0, 87.0, 86.0, 85.0]))) == 0  # nothing collapsed: no zoom
