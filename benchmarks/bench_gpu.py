@@ -10,8 +10,8 @@ share of the step outside forward/backward, and peak memory.
 That share is measured side by side: the trainer's step (data, augmentation, zeroing, optimizer,
 method hook) against the members' forward+backward alone on ready batches of the same shapes and
 settings, in alternating chunks. The two modes run one after the other, each in a fresh trainer.
-Where CIFAR-10 is not found ($WAB_DATA), random images of its shapes stand in (throughput does not
-depend on the pixels), and the table's first line says so.
+Where CIFAR-10 is not found ($WAB_DATA), or with --random-pixels, random images of its shapes
+stand in (throughput does not depend on the pixels), and the table's first line says so.
 
     WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_gpu                 # on CUDA: the issue's grid
     WAB_DATA=../shared/data .venv/bin/python -m benchmarks.bench_gpu --device cpu    # the CPU counterpart
@@ -152,15 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, cudnn)")
     p.add_argument("--chunk", type=int, default=10, help="steps per alternating chunk")
     p.add_argument("--out", type=Path, default=None, help="also write bench_gpu.md and bench_gpu.csv here")
+    p.add_argument("--random-pixels", action="store_true", help="random CIFAR-shaped images even where CIFAR-10 is")
     args = p.parse_args(argv)
-    args.random_pixels = not cifar10_found()
+    args.random_pixels = args.random_pixels or not cifar10_found()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     peaks = {"bf16": matmul_peak(device, torch.bfloat16, 8192 if cuda else 2048, 10 if cuda else 3),
              "fp32": matmul_peak(device, torch.float32, 8192 if cuda else 2048, 10 if cuda else 3)}  # fmt: skip
     peak = peaks["bf16"]
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    data = "random CIFAR-shaped images (CIFAR-10 not found)" if args.random_pixels else "CIFAR-10"
+    data = "random CIFAR-shaped images" if args.random_pixels else "CIFAR-10"
     head = (f"{name}; torch {torch.__version__}; {data}; {args.method}, batch {args.batch_size} per member, "
             f"{args.steps} timed steps per row; matrix-product peak: bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, "
             f"fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s ('of peak' is over bf16's)")  # fmt: skip

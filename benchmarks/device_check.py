@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> None:
                              3 * one, 0.02, "the local backend on the device"))  # fmt: skip
     checks_s = time.perf_counter() - started
     bench_args = ["--out", str(args.out)]
-    if not cuda:
+    if not cuda:  # random pixels: no dataset to decode, so that the smoke run stays under a minute
         bench_args += ["--device", "cpu", "--grid", "cnn:2", "--steps", "2", "--warmup", "1", "--chunk", "1",
-                       "--batch-size", "32"]  # fmt: skip
+                       "--batch-size", "32", "--random-pixels"]  # fmt: skip
     if cuda:
         bench_args += ["--steps", "30", "--warmup", "5", "--chunk", "10"]
     bench_gpu.main(bench_args)

@@ -303,7 +303,9 @@ def test_a_sweep_larger_than_max_array_size_goes_out_as_a_pool_that_keeps_every_
 
 
 def test_wab_cancel_stops_a_sweep(tmp_path):
-    spec = sweep(tmp_path, "cancel", {"seed": [0, 1]}, base=SLOW, array_parallelism=1)
+    # long enough that the cancel lands while the first run trains (at 6 epochs it could end first)
+    base = [*(o for o in SLOW if not o.startswith("trainer.epochs=")), "trainer.epochs=60"]
+    spec = sweep(tmp_path, "cancel", {"seed": [0, 1]}, base=base, array_parallelism=1)
     launch(spec, "slurm")
     wait(spec, lambda rows: rows[0].state == "running", 300, every=0.2)
     p = subprocess.run([sys.executable, "-m", "wab.cli", "cancel", str(spec.out_dir)], capture_output=True, text=True)
