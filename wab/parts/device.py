@@ -36,11 +36,16 @@ def threads_here() -> int:
     return int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or torch.get_num_threads()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU set; the machine's count where the OS has none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def free_cores() -> int:
     """The cores of this process's CPU set that other work leaves free now: their number minus the
     1-minute load average, at least 1 (on a shared node, more threads than free cores spin while
     they wait for each other and run several times slower)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, round(cores - load)))
 

@@ -163,8 +163,8 @@ def _batched(spec: RunSpec, population: Population, sample: Callable[[], torch.T
     cannot batch is refused when ``trainer.members=batched`` was asked for by name; under
     ``auto`` the run falls back to the loop, and its record says why."""
     asked = spec.cfg["trainer"].get("members", "loop")
-    if spec.members == "loop" or dry:
-        return None, {"mode": spec.members if not dry else "loop", "asked": asked}
+    if spec.members == "loop" or dry:  # a dry build (validation) never steps
+        return None, {"mode": "loop", "asked": asked}
     problem = batching_problem(population, sample())
     if problem is None:
         return BatchedMembers(population), {"mode": "batched", "asked": asked}

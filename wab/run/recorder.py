@@ -20,7 +20,7 @@ from wab.core.distributed import LocalComm, merge_traffic
 from wab.core.ledger import measured_summary
 from wab.method import method_origin
 from wab.parts.cost import run_flops, time_to_target
-from wab.parts.device import device_name
+from wab.parts.device import device_name, usable_cores
 from wab.run.build import BuiltRun
 from wab.run.loggers import RunLoggers
 from wab.run.provenance import provenance
@@ -185,8 +185,7 @@ class Recorder:
                                "train_flops": flops["train"], "train_time_s": wall - self.clock.eval_total(),
                                "eval_time_s": self.clock.eval_total(), "cpu_time_s": self.clock.cpu(),
                                "load_average": float(np.mean(self.clock.loads)) if self.clock.loads else None,
-                               "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                               else os.cpu_count()}  # fmt: skip
+                               "cores": usable_cores()}  # fmt: skip
         if self.finalizer_costs:
             out["finalizers"] = self.finalizer_costs
         target = cfg["trainer"].get("target_acc")
