@@ -48,6 +48,39 @@ def test_cifar10_from_the_offline_binary_files(tmp_path, monkeypatch):
     assert (tmp_path / "cifar10_bin.npz").exists()  # decoded once, then cached
 
 
+def test_two_runs_decoding_cifar10_at_once_both_get_the_cache(tmp_path, monkeypatch):
+    """Two runs of a sweep decode CIFAR-10 at the same time: each writes its own temporary file (a shared
+    one made the second run's rename fail), and a cache cut short is decoded again."""
+    import hashlib
+
+    import wab.parts.data as data
+
+    rng = np.random.default_rng(0)
+    md5 = {}
+    for name in data.CIFAR10_BIN_MD5:
+        raw = rng.integers(0, 10, size=(3, 3073), dtype=np.uint8).tobytes()
+        (tmp_path / name).write_bytes(raw)
+        md5[name] = hashlib.md5(raw).hexdigest()
+    monkeypatch.setattr(data, "CIFAR10_BIN_MD5", md5)
+    monkeypatch.setenv("WAB_CACHE", str(tmp_path / "cache"))
+    savez, inner = np.savez, []
+
+    def another_run_decodes_meanwhile(fh, **arrays):
+        savez(fh, **arrays)
+        if not inner:
+            inner.append(None)
+            inner[0] = data._read_cifar10_bin(tmp_path)  # interleaves with the outer write
+
+    monkeypatch.setattr(np, "savez", another_run_decodes_meanwhile)
+    outer = data._read_cifar10_bin(tmp_path)
+    assert [a.shape for a in outer] == [(15, 3, 32, 32), (15,), (3, 3, 32, 32), (3,)]
+    assert all(np.array_equal(a, b) for a, b in zip(outer, inner[0]))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["cifar10_bin.npz"]
+    (tmp_path / "cache" / "cifar10_bin.npz").write_bytes(b"cut short")
+    again = data._read_cifar10_bin(tmp_path)
+    assert all(np.array_equal(a, b) for a, b in zip(outer, again))
+
+
 def test_random_crop_shifts_the_image_within_its_padding():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
     rng = np.random.default_rng(0)

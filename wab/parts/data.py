@@ -15,6 +15,7 @@ import hashlib
 import lzma
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wab.errors import UserError, did_you_mean
+from wab.run.records import atomic_write
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -198,8 +200,10 @@ def dataset_shape(name: str, root: str | None = None, download: bool = False, im
 
     shape = DatasetShape(3, image_size, len(classes), count(train_dir), count(test_dir))
     if not classes or not shape.train or not shape.test:
-        raise UserError(f"imagefolder {found} holds no images: it needs {_HOW_TO_GET[name]} "
-                        f"(found {len(classes)} class folders, {shape.train} training and {shape.test} test files)")
+        raise UserError(
+            f"imagefolder {found} holds no images: it needs {_HOW_TO_GET[name]} "
+            f"(found {len(classes)} class folders, {shape.train} training and {shape.test} test files)"
+        )
     return shape
 
 
@@ -220,9 +224,12 @@ def _read_cifar10_bin(directory: Path) -> tuple[np.ndarray, ...] | None:
     cache = _cache_dir() / "cifar10_bin.npz"
     stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values())
     if cache.exists():
-        with np.load(cache) as z:
-            if str(z["stamp"]) == stamp:
-                return z["xtr"], z["ytr"], z["xte"], z["yte"]
+        try:
+            with np.load(cache) as z:
+                if str(z["stamp"]) == stamp:
+                    return z["xtr"], z["ytr"], z["xte"], z["yte"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a cache that cannot be read is decoded again and replaced
     parts = {}
     for name, path in _progress(list(files.items()), "decoding cifar10"):
         raw = _open_maybe_compressed(path)
@@ -234,10 +241,8 @@ def _read_cifar10_bin(directory: Path) -> tuple[np.ndarray, ...] | None:
     train = [parts[f"data_batch_{i}.bin"] for i in range(1, 6)]
     xtr, ytr = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
     xte, yte = parts["test_batch.bin"]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, xtr=xtr, ytr=ytr, xte=xte, yte=yte, stamp=np.array(stamp))
-    os.replace(tmp, cache)
+    # runs of a sweep decode at the same time: each writes its own temporary file
+    atomic_write(cache, lambda fh: np.savez(fh, xtr=xtr, ytr=ytr, xte=xte, yte=yte, stamp=np.array(stamp)))
     return xtr, ytr, xte, yte
 
 

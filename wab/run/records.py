@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -97,7 +98,11 @@ def run_id(cfg: dict[str, Any]) -> str:
     return f"{cfg['method']['name']}-{config_hash(cfg)}"
 
 
-def _atomic(path: Path, write, before_replace=None) -> None:
+def atomic_write(
+    path: Path, write: Callable[[IO[bytes]], Any], before_replace: Callable[[], Any] | None = None
+) -> None:
+    """Write `path` through a temporary file of its own in the same folder, then move it into place: a
+    reader sees the old file or the new one, never a part, and two writers never share a temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -115,7 +120,7 @@ def _atomic(path: Path, write, before_replace=None) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -126,9 +131,9 @@ def atomic_torch_save(path: Path, obj: Any, keep: Path | None = None) -> None:
     """Save ``obj`` to ``path`` atomically; with ``keep``, the file it replaces is kept there
     (renamed only once the new one is complete), to fall back to if the new one is ever damaged."""
     if keep is None:
-        _atomic(path, lambda fh: torch.save(obj, fh))
+        atomic_write(path, lambda fh: torch.save(obj, fh))
         return
-    _atomic(path, lambda fh: torch.save(obj, fh), before_replace=lambda: path.exists() and os.replace(path, keep))
+    atomic_write(path, lambda fh: torch.save(obj, fh), before_replace=lambda: path.exists() and os.replace(path, keep))
 
 
 class RunDir:
