@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -173,7 +174,11 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
     silent = [mv for mv in variants if rows[mv].mean_comm == 0]
     talking = [mv for mv in variants if rows[mv].mean_comm > 0]
     widths = ([0.5 + 0.35 * len(silent)] if silent else []) + ([5.0] if talking else [])
-    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths) + 1.5, 4.4), sharey=True, squeeze=False,
+    # the silent rows' labels stand upright under their points, in lines of up to 30 characters:
+    # the figure grows by their height, so that the axes keep theirs
+    names = {mv: textwrap.fill(mv[1], 30) for mv in silent}
+    below = 0.11 * max((len(line) for name in names.values() for line in name.split("\n")), default=0)
+    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths) + 1.5, 4.4 + below), sharey=True, squeeze=False,
                              gridspec_kw={"width_ratios": widths})  # fmt: skip
     axes = list(axes[0])
 
@@ -191,7 +196,8 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
         ax = axes[0]
         draw(ax, silent, np.arange(len(silent), dtype=float))
         ax.set_xlim(-0.6, len(silent) - 0.4)
-        ax.set_xticks(range(len(silent)), [v for _, v in silent], rotation=40, ha="right", fontsize=7)
+        # upright labels, each under its own point: slanted ones reach left, under the y label
+        ax.set_xticks(range(len(silent)), [names[mv] for mv in silent], rotation=90, ha="center", fontsize=7)
         ax.set_xlabel("no communication")
         ax.set_facecolor("#f4f4f4")
         ax.set_ylabel(AVG_BN_LABEL)
@@ -226,32 +232,45 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
+ENSEMBLE_KINDS = [("metrics.individual_mean", "individual (mean of members)", "o"),
+                  ("metrics.ensemble_acc", "ensemble", "s"), ("metrics.avg_acc", "averaged", "^"),
+                  ("metrics.avg_bn_acc", "averaged+BN", "D")]  # fmt: skip
+
+
 def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
-    """Grouped bars per method: individual mean, ensemble, averaged, averaged after BN recal.
-    The legend sits above the axes, where it cannot cover a bar."""
-    bars = [("metrics.individual_mean", "individual"), ("metrics.ensemble_acc", "ensemble"),
-            ("metrics.avg_acc", "averaged"), ("metrics.avg_bn_acc", "averaged+BN")]  # fmt: skip
+    """Per row: its members' mean, its ensemble, its uniform average and that average after BN
+    recalibration, side by side (one marker shape each, in the row's colour), mean ± one standard
+    deviation over seeds, on an axis zoomed to the values: bars from 0 would leave the differences a
+    sliver at the top of a 0-100 axis. Values far below the rest (collapsed averages) are markers
+    at the bottom edge with their value written (:func:`collapsed`). The legend sits above the axes."""
     variants = _variants_in_order(df)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(variants) + 2), 4.8))
-    width = 0.8 / len(bars)
-    x = np.arange(len(variants))
-    hatches = ["", "//", "..", "xx"]
-    colors = [method_color(m) for m, _ in variants]
-    # the hatching (which tells the bar types apart) in white on dark bars, black on light ones
-    edges = ["white" if 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] < 0.35 else "black" for c in colors]
-    for j, (col, label) in enumerate(bars):
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(variants) + 2), 4.8))
+    offsets = np.linspace(-0.27, 0.27, len(ENSEMBLE_KINDS))
+    points = []  # (x, mean, std, method, kind)
+    for j, (col, _, _) in enumerate(ENSEMBLE_KINDS):
         st = _stats(df, col).set_index("variant")
-        means = [100 * st.loc[v, "mean"] for _, v in variants]
-        stds = [100 * st.loc[v, "std"] for _, v in variants]
-        ax.bar(x + (j - 1.5) * width, means, width, yerr=stds, color=colors, hatch=hatches[j], edgecolor=edges,
-               linewidth=0.5, capsize=2, label=label)  # fmt: skip
-    ax.set_xticks(x, [v for _, v in variants], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
+        for i, (method, variant) in enumerate(variants):
+            points.append((i + offsets[j], 100 * st.loc[variant, "mean"], 100 * st.loc[variant, "std"], method, j))
+    means = np.array([p[1] for p in points])
+    low = set(collapsed(means))
+    for k, (x, mean, std, method, j) in enumerate(points):
+        if k not in low:
+            ax.errorbar(x, mean, yerr=std, fmt=ENSEMBLE_KINDS[j][2], color=method_color(method), markersize=6,
+                        capsize=2, label=f"{ENSEMBLE_KINDS[j][1]}: {variants[int(round(x))][1]}")  # fmt: skip
+    below = sorted(low)
+    mark_below(ax, [points[k][0] for k in below], means[below], [method_color(points[k][3]) for k in below])
+    for i in range(1, len(variants)):
+        ax.axvline(i - 0.5, color="#dddddd", linewidth=0.8, zorder=0)
+    ax.set_xlim(-0.5, len(variants) - 0.5)
+    ax.set_xticks(range(len(variants)), [v for _, v in variants], rotation=30, ha="right", fontsize=8)
+    ylabel = "test accuracy (%; mean ± 1 s.d. over seeds)"
+    if low:
+        ylabel += f"\n({len(low)} far below: ▼ at the bottom, value written)"
+    ax.set_ylabel(ylabel)
     ax.set_title(title, pad=28)
     ax.grid(axis="y", alpha=0.3)
-    legend = ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(bars), frameon=False)
-    for patch in legend.get_patches():
-        patch.set_facecolor("white")
+    kinds = [plt.Line2D([], [], marker=m, color="0.35", linestyle="none", label=lab) for _, lab, m in ENSEMBLE_KINDS]
+    ax.legend(handles=kinds, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(kinds), frameon=False)
     return fig
 
 
@@ -274,31 +293,65 @@ def _t_band(values: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
     return values.apply(one).unstack()
 
 
+# rows of accuracy_over_epochs: methods of one family share a row, so that no panel holds a tangle
+CURVE_FAMILIES = [
+    ("independent populations", ["independent"]),
+    ("WASH and PAPA", ["wash", "wash_opt", "papa", "papa_all", "papa_2"]),
+    ("DART, SWA, ASWA, TWA, soups", ["dart", "swa", "aswa", "twa", "soups"]),
+    ("communication-efficient", ["local_sgd", "diloco", "sparta", "gossip", "lookaround"]),
+    ("one member's average", ["ema", "lawa"]),
+]
+MAX_CURVES = 8  # lines a panel holds before the figure is split into rows of families
+
+
+def curve_rows(variants: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The rows of :func:`accuracy_over_epochs`: all variants in one row when they are at most
+    MAX_CURVES, otherwise one row per family of methods (CURVE_FAMILIES; plugins last, as "other
+    methods"), a family of more than MAX_CURVES variants split over several rows."""
+    if len(variants) <= MAX_CURVES:
+        return [("", variants)]
+    known = {m: name for name, methods in CURVE_FAMILIES for m in methods}
+    names = [name for name, _ in CURVE_FAMILIES] + ["other methods"]
+    rows = []
+    for name in names:
+        members = [mv for mv in variants if known.get(mv[0], "other methods") == name]
+        parts = [members[i : i + MAX_CURVES] for i in range(0, len(members), MAX_CURVES)]
+        rows += [(name if len(parts) == 1 else f"{name} ({k + 1}/{len(parts)})", part) for k, part in enumerate(parts)]
+    return rows
+
+
 def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
     """Individual mean, ensemble and averaged accuracy (after BN recalibration, the headline
-    metric) against training steps: mean over seeds with its Student-t 95% CI as a band."""
-    fig, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(15, 4), sharey=True)
+    metric) against training steps: mean over seeds with its Student-t 95% CI as a band. More than
+    MAX_CURVES rows are drawn a family of methods a row (:func:`curve_rows`), every panel on one
+    accuracy axis, so that rows compare."""
     variants = _variants_in_order(curves)
+    rows = curve_rows(variants)
+    fig, grid = plt.subplots(len(rows), len(EPOCH_PANELS), figsize=(17, 0.8 + 3.0 * len(rows)), sharey=True,
+                             sharex=True, squeeze=False, layout="constrained")  # fmt: skip
     x = "step" if "step" in curves else "epoch"
-    for ax, (col, label) in zip(axes, EPOCH_PANELS):
-        drawn: list[pd.Series] = []
-        for k, (method, variant) in enumerate(variants):
-            band = _t_band(curves[curves["variant"] == variant].groupby(x)[col])
-            sub = band["mean"]
-            same = sum(_same_curve(sub, other) for other in drawn)  # a curve that would hide under another: dashed
-            drawn.append(sub)
-            ax.plot(sub.index, 100 * sub.values, marker=_MARKERS[k % len(_MARKERS)], markersize=3,
-                    color=method_color(method), label=variant, linestyle="--" if same else "-")  # fmt: skip
-            ax.fill_between(sub.index, 100 * band["lo"].values, 100 * band["hi"].values, color=method_color(method),
-                            alpha=0.12, linewidth=0)  # fmt: skip
+    for axes, (family, members) in zip(grid, rows):
+        for ax, (col, _) in zip(axes, EPOCH_PANELS):
+            drawn: list[pd.Series] = []
+            for method, variant in members:
+                band = _t_band(curves[curves["variant"] == variant].groupby(x)[col])
+                sub = band["mean"]
+                same = sum(_same_curve(sub, other) for other in drawn)  # a curve that would hide under another: dashed
+                drawn.append(sub)
+                ax.plot(sub.index, 100 * sub.values, marker=_marker(variants, method, variant), markersize=3,
+                        color=method_color(method), label=variant, linestyle="--" if same else "-")  # fmt: skip
+                ax.fill_between(sub.index, 100 * band["lo"].values, 100 * band["hi"].values,
+                                color=method_color(method), alpha=0.12, linewidth=0)  # fmt: skip
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(f"{family}\ntest accuracy (%)" if family else "test accuracy (%)")
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=True)
+    for ax, (_, label) in zip(grid[0], EPOCH_PANELS):
         ax.set_title(label)
+    for ax in grid[-1]:
         ax.set_xlabel("training step" if x == "step" else "epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%; band: 95% CI over seeds, where 3+)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    _outside_legend(fig, [axes[0]])
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    few = curves.groupby("variant")["run_dir"].nunique().min() < MIN_SEEDS if "run_dir" in curves else True
+    fig.suptitle(f"{title} (mean over seeds; band: 95% CI{f' where a row has {MIN_SEEDS}+ seeds' if few else ''})")
     return fig
 
 
@@ -418,6 +471,15 @@ FRONT_AXES = [
 WALL_AXIS = ("wall_time_s", "wall time, s (log; with evaluation: records before wab timed training alone)", False)
 
 
+def common_value(values: Iterable[float], rel: float = 1e-3) -> float | None:
+    """The value every one of ``values`` has (within ``rel`` of the largest), or None when they
+    differ or none is finite."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if not len(v) or np.ptp(v) > rel * np.abs(v).max():
+        return None
+    return float(np.median(v))
+
+
 def _mean_ci(values: pd.Series) -> tuple[float, float, float]:
     from wab.analysis.stats import mean_ci
 
@@ -453,7 +515,14 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
     order = method_order([r["method"] for r in rows])
     rows.sort(key=lambda r: (order.index(r["method"]), r["label"]))
     labels = [(r["method"], r["label"]) for r in rows]
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.7 * len(axes_spec), 4.6), sharey=True)
+    # an axis on which every row has the same cost would be one vertical stack: said, not drawn
+    alike = {col: common_value([r[col][0] for r in rows]) for col, _, _ in axes_spec}
+    kept = [a for a in axes_spec if alike[a[0]] is None] or axes_spec[:1]
+    left_out = [f"{xlabel.split(' (')[0].split(',')[0]} {alike[col]:.3g} for every row"
+                for col, xlabel, _ in axes_spec if (col, xlabel, _) not in kept]  # fmt: skip
+    axes_spec = kept
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.7 * len(axes_spec) + 1.0, 4.6), sharey=True, squeeze=False)
+    axes = list(axes[0])
     ys = np.array([r["y"] for r in rows])
     low = collapsed(ys)  # rows far below the others: written at the bottom edge of a zoomed axis
     for ax, (col, xlabel, has_zero) in zip(axes, axes_spec):
@@ -507,7 +576,8 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
                            "▼ at the bottom, value written)")  # fmt: skip
     few = df.groupby(["method", "variant", "population_size"]).size().min() < MIN_SEEDS
     bars = f"95% CI where a row has {MIN_SEEDS}+ seeds" if few else "95% CI"
-    fig.suptitle(f"{title}: accuracy against cost (mean, {bars}; lines: Pareto fronts)")
+    note = f"\n{'; '.join(left_out)}: that panel left out" if left_out else ""
+    fig.suptitle(f"{title}: accuracy against cost (mean, {bars}; lines: Pareto fronts){note}")
     fig.tight_layout()
     _outside_legend(fig, list(axes))
     return fig

@@ -225,22 +225,71 @@ def test_no_method_hides_under_another(golden):
     assert offsets[0] + offsets[1] == pytest.approx(0.0)  # centred on their common position
 
 
-def test_ensemble_vs_average_bars_hold_the_means(golden):
+def test_ensemble_vs_average_draws_each_mean_at_its_value_on_a_zoomed_axis(golden):
     df = _done(golden)
     fig = plots.ensemble_vs_average(df, "t")
     ax = fig.axes[0]
     variants = [t.get_text() for t in ax.get_xticklabels()]
-    heights = [p.get_height() for p in ax.patches]
-    n = len(variants)
-    for j, col in enumerate(
-        ["metrics.individual_mean", "metrics.ensemble_acc", "metrics.avg_acc", "metrics.avg_bn_acc"]
-    ):
-        expected = [100 * df[df["variant"] == v][col].mean() for v in variants]
-        assert heights[j * n : (j + 1) * n] == pytest.approx(expected)
-    fig.canvas.draw()  # the legend covers no bar
+    drawn = {c.get_label(): (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers}
+    values = []
+    for (col, kind, _), offset in zip(plots.ENSEMBLE_KINDS, np.linspace(-0.27, 0.27, 4)):
+        for i, v in enumerate(variants):
+            expected = 100 * df[df["variant"] == v][col].mean()
+            values.append(expected)
+            x, y = drawn[f"{kind}: {v}"]  # at its own value, beside the row's tick
+            assert y == pytest.approx(expected) and x == pytest.approx(i + offset)
+    low, high = ax.get_ylim()
+    assert low <= min(values) and max(values) <= high
+    assert low > 0 or min(values) < 5  # zoomed to the values, not bars from 0
+    fig.canvas.draw()  # the legend covers no point
     legend_box = ax.get_legend().get_window_extent()
-    assert not any(legend_box.overlaps(p.get_window_extent()) for p in ax.patches)
+    assert not any(legend_box.overlaps(c.lines[0].get_window_extent()) for c in ax.containers)
     plt.close(fig)
+    collapsed = df.copy()  # every value near 90%, one average collapsed at 40%
+    for k, (col, _, _) in enumerate(plots.ENSEMBLE_KINDS):
+        collapsed[col] = 0.90 + 0.01 * k
+    collapsed.loc[collapsed["method"] == "papa_all", "metrics.avg_acc"] = 0.40
+    fig = plots.ensemble_vs_average(collapsed, "t")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] > 40 and "40.0" in [t.get_text() for t in ax.texts] and "far below" in ax.get_ylabel()
+    plt.close(fig)
+
+
+def test_accuracy_over_epochs_splits_many_rows_into_families_and_draws_each_once(golden):
+    df = _done(golden)
+    curves = collect_curves(df)
+    base = curves[curves["variant"] == "papa_all"]
+    many = []
+    for k, method in enumerate(["independent", "wash", "papa", "swa", "twa", "local_sgd", "gossip", "ema", "halfmean"]):
+        for j in range(2 if method == "independent" else 1):
+            many.append(
+                base.assign(
+                    method=method, variant=f"{method} ({j})", individual_mean=base["individual_mean"] - 0.01 * k
+                )
+            )
+    curves = pd.concat(many, ignore_index=True)
+    fig = plots.accuracy_over_epochs(curves, "t")
+    rows = plots.curve_rows(plots._variants_in_order(curves))
+    assert [name for name, _ in rows] == [
+        "independent populations",
+        "WASH and PAPA",
+        "DART, SWA, ASWA, TWA, soups",
+        "communication-efficient",
+        "one member's average",
+        "other methods",
+    ]
+    axes = np.array(fig.axes[: 3 * len(rows)]).reshape(len(rows), 3)
+    for (name, members), row in zip(rows, axes):
+        assert row[0].get_ylabel().startswith(name)
+        for ax in row:
+            assert sorted(ln.get_label() for ln in ax.lines) == sorted(v for _, v in members)
+            assert len(ax.lines) <= plots.MAX_CURVES
+    line = next(ln for ln in axes[1][0].lines if ln.get_label() == "wash (0)")
+    expected = curves[curves["variant"] == "wash (0)"].groupby("step")["individual_mean"].mean()
+    assert list(line.get_ydata()) == pytest.approx(list(100 * expected.values))  # its values, unchanged
+    assert len({ax.get_ylim() for ax in fig.axes[: 3 * len(rows)]}) == 1  # one accuracy axis: rows compare
+    plt.close(fig)
+    assert len(plots.curve_rows([("wash", "wash"), ("papa", "papa")])) == 1  # a few rows: one panel row
 
 
 def test_curves_and_sensitivity_plot_their_data(golden):
@@ -389,8 +438,17 @@ def test_fronts_put_each_row_at_its_mean_cost_and_silent_rows_in_their_band(gold
     assert hi < df.loc[df["comm.bytes_total"] > 0, "comm.bytes_total"].min()
     if (df.groupby("variant").size() < 3).any():
         assert "95% CI where a row has 3+ seeds" in fig._suptitle.get_text()
+    # every row trained the same FLOPs: that panel would be one vertical stack, so it is said, not drawn
+    assert df["cost.train_flops"].nunique() == 1
+    assert [ax.get_xlabel().split(" (")[0] for ax in fig.axes] == ["bytes one member sent", "wall time, s"]
+    assert f"training FLOPs {df['cost.train_flops'].iloc[0]:.3g} for every row: that panel left out" in (
+        fig._suptitle.get_text())  # fmt: skip
+    plt.close(fig)
+    df.loc[df["method"] == "wash", "cost.train_flops"] *= 2
+    fig = plots.fronts(df, "t")
     flops_ax = fig.axes[1]
     assert {c.lines[0].get_xdata()[0] for c in flops_ax.containers} == set(df["cost.train_flops"])
+    assert "left out" not in fig._suptitle.get_text()
     plt.close(fig)
 
 
@@ -424,12 +482,6 @@ def test_figures_tell_settings_apart_and_never_move_a_value_out_of_its_range(gol
     assert len(lines) == 2 and lines[0].get_color() == lines[1].get_color()  # one method, one colour
     assert (lines[0].get_linestyle(), lines[0].get_marker()) != (lines[1].get_linestyle(), lines[1].get_marker())
     assert len(fig.legends[0].get_texts()) == 2
-    plt.close(fig)
-    dark = df.copy()
-    dark.loc[dark["method"] == "papa_all", "method"] = "aswa"  # drawn in black
-    fig = plots.ensemble_vs_average(dark, "t")
-    black = [p for p in fig.axes[0].patches if p.get_facecolor()[:3] == (0.0, 0.0, 0.0)]
-    assert black and all(p.get_edgecolor()[:3] == (1.0, 1.0, 1.0) for p in black)  # the hatching shows
     plt.close(fig)
     offsets = plots.dodge(np.array([0.0, 0.0, 0.0, 9.0]), np.array([5.0, 5.0, 5.0, 1.0]))
     assert len(set(offsets[:3])) == 3 and offsets[3] == 0

@@ -56,6 +56,8 @@ def test_expansion_is_deterministic_and_adding_a_value_keeps_existing_ids(tmp_pa
     assert expand(a) == expand(a)
     ids = [r.run_id for r in plan(a)]
     assert ids == [r.run_id for r in plan(a)] and len(ids) == 4 == len(set(ids))
+    # a job has no terminal: progress is not switched off, so its train.log gets progress lines
+    assert all(r.config["trainer"]["progress"] is True for r in plan(a))
     b = load_sweep(
         write_sweep(
             tmp_path, {"seed": [0, 1, 2]}, [{"method": ["independent"]}, {"method": ["wash"], "method.p": [0.01, 0.1]}]

@@ -343,7 +343,7 @@ def _report_options(report: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="time-to-target accuracy in percent (default: "
-        "trainer.target_acc of the runs, else the baseline's final accuracy minus the margin)",
+        "trainer.target_acc of the runs, else the mean accuracy of the baseline's members minus the margin)",
     )
     report.add_argument(
         "--metric",

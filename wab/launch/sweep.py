@@ -148,7 +148,9 @@ def plan(spec: SweepSpec, check: bool = True, gpus: int | None = None) -> list[P
     runs, seen = [], set()
     for overrides in expand(spec):
         try:
-            cfg = compose_checked([*overrides, f"out_dir={spec.out_dir}", "trainer.progress=false"])
+            # trainer.progress stays on: a job's output is no terminal, so there is no bar, and the
+            # trainer logs a progress line every minute into train.log and the job's output
+            cfg = compose_checked([*overrides, f"out_dir={spec.out_dir}"])
         except InvalidConfig as e:
             runs.append(PlannedRun("-", overrides, {}, e.problems))
             continue
