@@ -212,11 +212,16 @@ def _check_methods_named(df: pd.DataFrame, baseline: str | None, spec: dict | st
     methods = set(df["method"].dropna().astype(str)) if not df.empty else set()
     named = [("--baseline", spec["method.name"])] if baseline is not None and isinstance(spec, dict) and \
         "method.name" in spec else []  # fmt: skip
-    named += [("--versus", m) for pair in pairs for m in pair]
+    named += [("--versus", m) for pair in pairs for m in pair if not verdicts.is_row_label(m)]
     for option, method in named:
         if method not in methods:
             raise UserError(f"{option}: no run of method {method!r} under {results}"
                             f"{did_you_mean(method, methods)}; methods there: {', '.join(sorted(methods)) or 'none'}")
+    labels = set(df["variant"].dropna().astype(str)) if not df.empty else set()
+    for label in (b for _, b in pairs if verdicts.is_row_label(b)):
+        if label not in labels:
+            raise UserError(f"--versus: no row labelled {label!r} under {results}{did_you_mean(label, labels)}; "
+                            "a row's label is as its table writes it")  # fmt: skip
 
 
 def _verdicts(

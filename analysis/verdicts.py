@@ -449,14 +449,22 @@ def within_rows(rows: list[Row], metric: str, reference: str, margin: float | Ma
 
 def parse_versus(specs: list[str] | None) -> list[tuple[str, str]]:
     """``--versus A:B`` (repeatable): method A's rows against method B's rows with the same
-    settings otherwise; a claim between two methods (TWA against SWA, WASH against PAPA)."""
+    settings otherwise; a claim between two methods (TWA against SWA, WASH against PAPA). B may
+    instead be one row's label (it holds a parenthesis), e.g. ``diloco:local_sgd (every_steps=1)``,
+    synchronous data-parallel training: A's rows against that row of their own table."""
     out = []
     for spec in specs or []:
         a, sep, b = spec.partition(":")
         if not sep or not a.strip() or not b.strip() or a.strip() == b.strip():
-            raise UserError(f"--versus {spec!r} must be two different methods as A:B, e.g. twa:swa")
+            raise UserError(f"--versus {spec!r} must be two different methods as A:B, e.g. twa:swa, or a method and "
+                            "a row's label, e.g. 'diloco:local_sgd (every_steps=1)'")  # fmt: skip
         out.append((a.strip(), b.strip()))
     return out
+
+
+def is_row_label(side: str) -> bool:
+    """Whether a side of ``--versus`` names one row (``local_sgd (every_steps=1)``), not a method."""
+    return "(" in side
 
 
 def _method_defaults(row: Row) -> dict[str, str]:
@@ -486,12 +494,13 @@ def like_for_like(row: Row, base: Row) -> bool:
 def versus_entries(
     rows: list[Row], pairs: list[tuple[str, str]], metric: str, rooms: Rooms | None = None
 ) -> list[dict]:
-    """Each row of method A against each row of method B that is :func:`like_for_like` (no nearest
-    match: a claim between methods holds only like for like)."""
+    """Each row of method A against each row of method B (or the row B names) that is
+    :func:`like_for_like` (no nearest match: a claim between methods holds only like for like)."""
     entries = []
     for a, b in pairs:
+        side = "label" if is_row_label(b) else "method"
         for row in (r for r in rows if r.method == a):
-            for base in (r for r in rows if r.method == b and like_for_like(row, r)):
+            for base in (r for r in rows if getattr(r, side) == b and r is not row and like_for_like(row, r)):
                 x, y = _pair(row.values(metric), base.values(metric))
                 entry = {"row": row.label, "baseline": base.label, "metric": shown(metric), "_x": x, "_y": y,
                          "_room": rooms.of(row) if rooms else None}  # fmt: skip

@@ -467,6 +467,12 @@ def test_report_options_are_checked(golden, tmp_path):
         write_report(golden, tmp_path / "r", baseline="method=nosuchmethod")
     with pytest.raises(UserError, match="--versus: no run of method 'nosuch'"):
         write_report(golden, tmp_path / "r", versus=["wash:nosuch"])
+    with pytest.raises(UserError, match=r"--versus: no row labelled 'wash \(p=0.2\)' .*did you mean 'wash \(p=0.1\)'"):
+        write_report(golden, tmp_path / "r", versus=["papa_all:wash (p=0.2)"])
+    write_report(golden, tmp_path / "named", versus=["papa_all:wash (p=0.1)"])  # a method against one named row
+    named = pd.read_csv(tmp_path / "named" / "tables" / "verdicts.csv")
+    named = named[named["comparison"] == "final model against another method's"]
+    assert named[["row", "baseline"]].values.tolist() == [["papa_all", "wash (p=0.1)"]]
     text = write_report(golden, tmp_path / "r", baseline="papa_all", target=10.0).read_text()
     assert "| wash | papa_all | final model |" in text
     assert "| 10.00 | --target; near chance (10%): not a test of speed |" in text

@@ -193,3 +193,29 @@ def test_a_verdict_without_a_difference_says_when_its_uncorrected_interval_exclu
     table = verdicts.judge(entries, Margin(0.5)).set_index("row")
     assert table.loc["a", "ci_low"] > 0 and table.loc["a", "p (Holm)"] >= 0.05
     assert table.loc["a", "verdict"].endswith("no difference after Holm, though the uncorrected CI excludes 0")
+
+
+def test_versus_a_named_row_compares_a_methods_rows_with_that_row_of_their_table():
+    """Local SGD, DiLoCo, SPARTA and gossip against synchronous data-parallel training, which is local SGD
+    averaging after every step: ``--versus diloco:local_sgd (every_steps=1)`` and, for local SGD itself,
+    ``local_sgd:local_sgd (every_steps=1)`` (a method against its own synchronous row, never itself)."""
+    members = _members(0.85)
+    sync = _row("local_sgd (every_steps=1)", "local_sgd", members, _noisy([0.86] * 6, 0), [0.86] * 6,
+                setting={"method.every_steps": 1})  # fmt: skip
+    local = _row("local_sgd", "local_sgd", members, _noisy([0.86] * 6, 0), _noisy([0.85] * 6, 0),
+                 setting={"method.every_steps": 4})  # fmt: skip
+    diloco = _row("diloco", "diloco", members, _noisy([0.86] * 6, 0), _noisy([0.84] * 6, 0))
+    other = _row("local_sgd (finalizers=[ties])", "local_sgd", members, [0.86] * 6, [0.86] * 6,
+                 setting={"method.every_steps": 4, "population.finalizers": ["ties"]})  # fmt: skip
+    rows = [sync, local, diloco, other]
+    pairs = verdicts.parse_versus(["local_sgd:local_sgd (every_steps=1)", "diloco:local_sgd (every_steps=1)"])
+    entries = verdicts.versus_entries(rows, pairs, "metrics.final_acc")
+    assert [(e["row"], e["baseline"]) for e in entries] == [
+        ("local_sgd", "local_sgd (every_steps=1)"),  # not the synchronous row against itself, nor another setting
+        ("diloco", "local_sgd (every_steps=1)"),
+    ]
+    x, y = entries[1]["_x"], entries[1]["_y"]
+    assert np.allclose(x, 100 * diloco.values("metrics.final_acc")) and np.allclose(
+        y, 100 * sync.values("metrics.final_acc")
+    )
+    assert verdicts.is_row_label("local_sgd (every_steps=1)") and not verdicts.is_row_label("local_sgd")

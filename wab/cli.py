@@ -366,7 +366,8 @@ def _report_options(report: argparse.ArgumentParser) -> None:
         default=None,
         metavar="A:B",
         help="a claim between two methods (repeatable): each row of method A against method B's row with "
-        "otherwise the same settings, e.g. --versus twa:swa",
+        "otherwise the same settings, e.g. --versus twa:swa; B may be one row's label, e.g. "
+        "'diloco:local_sgd (every_steps=1)' (synchronous data-parallel training)",
     )
 
 
