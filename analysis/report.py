@@ -236,6 +236,10 @@ def _verdicts(
     for col in metric_cols:
         for e in verdicts.baseline_entries(rows, spec, col, rooms):
             kinds["baseline"].append({**e, "_title": f"{verdicts.shown(col)} against the baseline"})
+    for col, ref in verdicts.AGAINST_BASELINE_MEMBERS if not single else []:
+        for e in verdicts.baseline_entries(rows, spec, col, rooms, reference=ref):
+            kinds["baseline_members"].append({**e, "_title": f"{verdicts.shown(col)} against the baseline's "
+                                                             f"{verdicts.shown(ref)}"})  # fmt: skip
     for e in verdicts.versus_entries(rows, pairs, "metrics.final_acc", rooms):
         kinds["versus"].append({**e, "_title": "final model against another method's"})
     within = [w for w in verdicts.WITHIN if not single or w[1] in ("metrics.individual_mean", "metrics.own_member_acc")]

@@ -219,3 +219,33 @@ def test_versus_a_named_row_compares_a_methods_rows_with_that_row_of_their_table
         y, 100 * sync.values("metrics.final_acc")
     )
     assert verdicts.is_row_label("local_sgd (every_steps=1)") and not verdicts.is_row_label("local_sgd")
+
+
+def test_a_rows_final_model_is_judged_against_its_baselines_ensemble_and_members():
+    """WASH's and PAPA's own claim: their average against the independent ensemble and members, not only the
+    independent population's collapsed average; headroom-gated like every average against an ensemble."""
+    low, high = _table(0.003), _table(0.02)
+    for rows, gated in ((low, True), (high, False)):
+        rooms = Rooms(rows, [])
+        spec = parse_baseline(None)
+        by_ref = {}
+        for col, ref in verdicts.AGAINST_BASELINE_MEMBERS:
+            entries = verdicts.baseline_entries(rows, spec, col, rooms, reference=ref)
+            by_ref[ref] = verdicts.judge(entries, Margin(0.5)).set_index("row")
+        ens = by_ref["metrics.ensemble_acc"]
+        assert ens.loc["wash", "baseline"] == "independent: its ensemble"
+        wash, indep = rows[2], rows[0]
+        expected = 100 * (wash.values("metrics.final_acc") - indep.values("metrics.ensemble_acc"))
+        assert ens.loc["wash", "difference"] == pytest.approx(expected.mean())
+        members = by_ref["metrics.individual_mean"].loc["wash"]
+        assert members["baseline"] == "independent: its individual"
+        expected = 100 * (wash.values("metrics.final_acc") - indep.values("metrics.individual_mean"))
+        assert members["difference"] == pytest.approx(expected.mean())
+        assert ens.loc["wash", "verdict"].startswith("not tested here") is gated
+    rows = _table(0.02)
+    report = dict(
+        _verdicts(rows, [], parse_baseline(None), ["metrics.final_acc"], Margin(0.5), False, [], Rooms(rows, []))
+    )
+    family = report["final model against the baseline's ensemble"]["family"]
+    assert set(family) == {"against the baseline's ensemble and members"}  # a family of its own
+    assert "final model against the baseline's individual" in report
