@@ -68,7 +68,14 @@ else:
     sys.exit(0)
 open(path, "w").write(json.dumps(study, indent=1) + "\n")
 EOF
-"$wab" report "$out" --network --versus wash:papa --versus aswa:swa --versus twa:swa
+versus=(--versus wash:papa --versus aswa:swa --versus twa:swa)
+if [ "$out" = results/study ]; then  # each paper's own baseline (configs/study/claims_cifar10.yaml)
+  versus+=(--versus swa:independent)
+  for m in local_sgd diloco sparta gossip lookaround; do  # against synchronous data-parallel training
+    versus+=(--versus "$m:local_sgd (every_steps=1)")
+  done
+fi
+"$wab" report "$out" --network "${versus[@]}"
 if [ "$out" = results/reference ]; then
   "$python" scripts/study_verdicts.py
 elif [ "$out" = results/study ]; then

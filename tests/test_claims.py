@@ -181,3 +181,36 @@ def test_a_claim_states_a_hypothesis_and_never_its_outcome(tmp_path):
             load_claims(path)
     # the study's own claims pass
     assert load_claims(ROOT / "configs" / "study" / "claims.yaml")
+
+
+def test_the_cifar10_studys_claims_name_rows_its_sweep_trains_and_comparisons_the_report_writes():
+    """configs/study/claims_cifar10.yaml is written before its study is trained: each row and baseline it
+    names is a label of the study's plan (the labels the report gives those runs), each comparison one the
+    report writes (the reference report's verdicts.csv holds every kind), each claim worded neutrally."""
+    from collections import defaultdict
+    from dataclasses import replace
+
+    from wab.analysis.claims import load_claims
+    from wab.analysis.collect import _defaults_of, label_settings, setting_of
+    from wab.launch.sweep import load_sweep, plan
+
+    spec = load_sweep(str(ROOT / "configs" / "sweep" / "study.yaml"))
+    spec = replace(spec, grid={**spec.grid, "seed": [0]})  # one seed: the same rows
+    tables = defaultdict(list)
+    for r in plan(spec, check=False):
+        c = r.config
+        tables[f"{c['data']['name']}, {c['model']['name']}, N={c['population']['size']}"].append(c)
+    labels = {t: set(label_settings([setting_of(c) for c in cs], [_defaults_of(c) for c in cs])[0])
+              for t, cs in tables.items()}  # fmt: skip
+    comparisons = set(pd.read_csv(ROOT / "results" / "reference" / "report" / "tables" / "verdicts.csv")["comparison"])
+    claims = load_claims(ROOT / "configs" / "study" / "claims_cifar10.yaml")
+    assert len(claims) >= 15
+    for c in claims:
+        assert c["table"] in labels, c
+        named = set(c["rows"]) | set(c.get("baselines") or [])
+        assert named <= labels[c["table"]], (c["paper"], named - labels[c["table"]])
+        if "baselines" in c:
+            assert len(c["baselines"]) == len(c["rows"])
+        assert "column" in c or c["comparison"] in comparisons, c["comparison"]
+    swa = next(c for c in claims if c["paper"].startswith("SWA"))
+    assert swa["baselines"] == ["independent (epochs=40)"]  # the conventional run of the same budget
