@@ -234,18 +234,20 @@ def accuracy_vs_communication(df: pd.DataFrame, title: str) -> plt.Figure:
 
 ENSEMBLE_KINDS = [("metrics.individual_mean", "individual (mean of members)", "o"),
                   ("metrics.ensemble_acc", "ensemble", "s"), ("metrics.avg_acc", "averaged", "^"),
-                  ("metrics.avg_bn_acc", "averaged+BN", "D")]  # fmt: skip
+                  ("metrics.avg_bn_acc", "averaged+BN", "D"),
+                  ("metrics.final_acc", "final model", "*")]  # fmt: skip
 
 
 def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
-    """Per row: its members' mean, its ensemble, its uniform average and that average after BN
-    recalibration, side by side (one marker shape each, in the row's colour), mean ± one standard
+    """Per row: its members' mean, its ensemble, its uniform average, that average after BN
+    recalibration and the final model the method delivers (SWA's, TWA's, a soup's: often not the
+    uniform average), side by side (one marker shape each, in the row's colour), mean ± one standard
     deviation over seeds, on an axis zoomed to the values: bars from 0 would leave the differences a
     sliver at the top of a 0-100 axis. Values far below the rest (collapsed averages) are markers
     at the bottom edge with their value written (:func:`collapsed`). The legend sits above the axes."""
     variants = _variants_in_order(df)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(variants) + 2), 4.8))
-    offsets = np.linspace(-0.27, 0.27, len(ENSEMBLE_KINDS))
+    offsets = np.linspace(-0.3, 0.3, len(ENSEMBLE_KINDS))
     points = []  # (x, mean, std, method, kind)
     for j, (col, _, _) in enumerate(ENSEMBLE_KINDS):
         st = _stats(df, col).set_index("variant")
@@ -320,16 +322,19 @@ def curve_rows(variants: list[tuple[str, str]]) -> list[tuple[str, list[tuple[st
     return rows
 
 
-def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure:
+def accuracy_over_epochs(curves: pd.DataFrame, title: str) -> plt.Figure | None:
     """Individual mean, ensemble and averaged accuracy (after BN recalibration, the headline
     metric) against training steps: mean over seeds with its Student-t 95% CI as a band. More than
     MAX_CURVES rows are drawn a family of methods a row (:func:`curve_rows`), every panel on one
-    accuracy axis, so that rows compare."""
+    accuracy axis, so that rows compare. None when no row was evaluated more than once
+    (``trainer.eval_every=0``): a curve of one point is the table's number again."""
+    x = "step" if "step" in curves else "epoch"
+    if curves.empty or curves.groupby("variant")[x].nunique().max() < 2:
+        return None
     variants = _variants_in_order(curves)
     rows = curve_rows(variants)
     fig, grid = plt.subplots(len(rows), len(EPOCH_PANELS), figsize=(17, 0.8 + 3.0 * len(rows)), sharey=True,
                              sharex=True, squeeze=False, layout="constrained")  # fmt: skip
-    x = "step" if "step" in curves else "epoch"
     for axes, (family, members) in zip(grid, rows):
         for ax, (col, _) in zip(axes, EPOCH_PANELS):
             drawn: list[pd.Series] = []

@@ -232,7 +232,7 @@ def test_ensemble_vs_average_draws_each_mean_at_its_value_on_a_zoomed_axis(golde
     variants = [t.get_text() for t in ax.get_xticklabels()]
     drawn = {c.get_label(): (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers}
     values = []
-    for (col, kind, _), offset in zip(plots.ENSEMBLE_KINDS, np.linspace(-0.27, 0.27, 4)):
+    for (col, kind, _), offset in zip(plots.ENSEMBLE_KINDS, np.linspace(-0.3, 0.3, len(plots.ENSEMBLE_KINDS))):
         for i, v in enumerate(variants):
             expected = 100 * df[df["variant"] == v][col].mean()
             values.append(expected)
@@ -290,6 +290,8 @@ def test_accuracy_over_epochs_splits_many_rows_into_families_and_draws_each_once
     assert len({ax.get_ylim() for ax in fig.axes[: 3 * len(rows)]}) == 1  # one accuracy axis: rows compare
     plt.close(fig)
     assert len(plots.curve_rows([("wash", "wash"), ("papa", "papa")])) == 1  # a few rows: one panel row
+    once = curves[curves["step"] == curves["step"].max()]  # evaluated at the end alone: no curve to draw
+    assert plots.accuracy_over_epochs(once, "t") is None
 
 
 def test_curves_and_sensitivity_plot_their_data(golden):
