@@ -39,10 +39,12 @@ from wab.errors import UserError
 
 HEADLINE = ["metrics.final_acc", "metrics.individual_mean"]  # the metrics verdicts are given for by default
 # within each row: the average against its ensemble ("the average matches its ensemble"), the final
+# model against it too (a merge, a soup, re-basin: left out where the final model is that average), the final
 # model against the mean of its members (SWA, ASWA: "the average beats SGD") and against the uniform
 # average (greedy soup, TWA, re-basin: "better than averaging as it is"); the last is skipped for
 # the rows whose final model is that average
-WITHIN = [("metrics.avg_bn_acc", "metrics.ensemble_acc"), ("metrics.final_acc", "metrics.individual_mean"),
+WITHIN = [("metrics.avg_bn_acc", "metrics.ensemble_acc"), ("metrics.final_acc", "metrics.ensemble_acc"),
+          ("metrics.final_acc", "metrics.individual_mean"),
           ("metrics.final_acc", "metrics.avg_bn_acc"), ("metrics.final_acc", "metrics.own_member_acc"),
           ("metrics.final_acc", "metrics.heldout_best_member_acc")]  # fmt: skip
 # the last two, each paper's own baseline: EMA's, LAWA's and SWA's average against the last iterate of the
@@ -425,13 +427,18 @@ def against_baseline(rows: list[Row], spec: dict | str, metric: str, margin: flo
     return judge(baseline_entries(rows, spec, metric), parse_margin(margin))
 
 
+def _final_model_metric(row: Row) -> str | None:
+    """The metric that measures a row's final model in every run (``metrics.avg_bn_acc`` for a
+    method that delivers its average after BN recalibration), or None."""
+    names = set(row.runs["metrics.final_model"].dropna().astype(str)) if "metrics.final_model" in row.runs else set()
+    return next((m for m, name in MODEL_OF.items() if names == {name}), None)
+
+
 def _same_model(row: Row, metric: str, reference: str) -> str | None:
     """Why ``metric`` and ``reference`` measure one model in every run of a row, or None."""
     for a, b in ((metric, reference), (reference, metric)):
-        if a == "metrics.final_acc" and b in MODEL_OF and "metrics.final_model" in row.runs:
-            names = set(row.runs["metrics.final_model"].dropna().astype(str))
-            if names == {MODEL_OF[b]}:
-                return f"the same model (its final model is its {shown(b)})"
+        if a == "metrics.final_acc" and b in MODEL_OF and _final_model_metric(row) == b:
+            return f"the same model (its final model is its {shown(b)})"
     return None
 
 
@@ -446,8 +453,12 @@ def within_entries(rows: list[Row], metric: str, reference: str, rooms: Rooms | 
         entry = {"row": row.label, "baseline": f"its own {shown(reference)}", "metric": shown(metric),
                  "_x": x, "_y": y, "_room": rooms.of(row) if rooms else None,
                  "_gated": reference in HEADROOM_GATED}  # fmt: skip
+        stand_in = _final_model_metric(row) if metric == "metrics.final_acc" else None
         if why := _same_model(row, metric, reference):
             entry["_why"] = why
+        elif stand_in and (stand_in, reference) in WITHIN:
+            entry["_why"] = (f"the same as its {shown(stand_in)} against its {shown(reference)} "
+                             f"(its final model is its {shown(stand_in)})")  # fmt: skip
         elif metric in MEMBER_METRICS and reference in MEMBER_METRICS:
             entry["_key"] = (metric, reference, _members_of(row, rows))
         entries.append(entry)

@@ -249,3 +249,16 @@ def test_a_rows_final_model_is_judged_against_its_baselines_ensemble_and_members
     family = report["final model against the baseline's ensemble"]["family"]
     assert set(family) == {"against the baseline's ensemble and members"}  # a family of its own
     assert "final model against the baseline's individual" in report
+
+
+def test_a_final_model_against_its_ensemble_is_judged_unless_it_is_the_average_already_judged():
+    """Re-Basin, a merge or a soup against the row's ensemble; a row whose final model is its averaged+BN
+    would repeat that comparison, so it is shown as such and left out of the family."""
+    rows = _table(0.02)
+    entries = verdicts.within_entries(rows, "metrics.final_acc", "metrics.ensemble_acc", Rooms(rows, []))
+    judged = verdicts.judge(entries, Margin(0.5)).set_index("row")
+    assert judged.loc["wash", "verdict"].startswith("the same as its averaged+BN against its ensemble")
+    assert not judged.loc["wash", "in family"]
+    soup = rows[1]  # its final model is the greedy soup: judged, in the family
+    expected = 100 * (soup.values("metrics.final_acc") - soup.values("metrics.ensemble_acc"))
+    assert judged.loc["soups", "in family"] and judged.loc["soups", "difference"] == pytest.approx(expected.mean())
