@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wab.errors import UserError, did_you_mean
-from wab.run.records import atomic_write
+from wab.parts.files import atomic_write
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from wab.parts.device import compute_identity
+from wab.parts.files import atomic_write
 
 # Config keys that do not change a run's results, so they stay out of its identity.
 NOT_HASHED = (
@@ -96,27 +95,6 @@ def setting_id(cfg: dict[str, Any]) -> str:
 
 def run_id(cfg: dict[str, Any]) -> str:
     return f"{cfg['method']['name']}-{config_hash(cfg)}"
-
-
-def atomic_write(
-    path: Path, write: Callable[[IO[bytes]], Any], before_replace: Callable[[], Any] | None = None
-) -> None:
-    """Write `path` through a temporary file of its own in the same folder, then move it into place: a
-    reader sees the old file or the new one, never a part, and two writers never share a temporary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from collaborators
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
