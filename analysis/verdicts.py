@@ -412,6 +412,9 @@ def baseline_entries(rows: list[Row], spec: dict | str, metric: str, rooms: Room
                  "_room": rooms.of(row) if rooms else None, "_gated": reference in HEADROOM_GATED}  # fmt: skip
         if len(x) == 0:
             entry["_why"] = f"no shared seeds ({_seeds(row, metric)} against {_seeds(base, reference or metric)})"
+        elif reference and same_members(row, base):  # EMA, a soup, TWA: the members are the baseline's
+            entry["_why"] = (f"the same as its {shown(metric)} against its own {shown(reference)} "
+                             "(its members are its baseline's)")  # fmt: skip
         elif reference:
             pass  # the row's final model against the baseline's members: never one model on both sides
         elif metric in MEMBER_METRICS and same_members(row, base):

@@ -242,6 +242,11 @@ def test_a_rows_final_model_is_judged_against_its_baselines_ensemble_and_members
         expected = 100 * (wash.values("metrics.final_acc") - indep.values("metrics.individual_mean"))
         assert members["difference"] == pytest.approx(expected.mean())
         assert ens.loc["wash", "verdict"].startswith("not tested here") is gated
+        soup = by_ref["metrics.ensemble_acc"].loc["soups"]  # the independent members: its own ensemble, judged within
+        assert (
+            soup["verdict"] == "the same as its final model against its own ensemble (its members are its baseline's)"
+        )
+        assert not soup["in family"]
     rows = _table(0.02)
     report = dict(
         _verdicts(rows, [], parse_baseline(None), ["metrics.final_acc"], Margin(0.5), False, [], Rooms(rows, []))
