@@ -248,19 +248,20 @@ def ensemble_vs_average(df: pd.DataFrame, title: str) -> plt.Figure:
     variants = _variants_in_order(df)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(variants) + 2), 4.8))
     offsets = np.linspace(-0.3, 0.3, len(ENSEMBLE_KINDS))
-    points = []  # (x, mean, std, method, kind)
+    points = []  # (x, mean, std, (method, variant), kind)
     for j, (col, _, _) in enumerate(ENSEMBLE_KINDS):
         st = _stats(df, col).set_index("variant")
         for i, (method, variant) in enumerate(variants):
-            points.append((i + offsets[j], 100 * st.loc[variant, "mean"], 100 * st.loc[variant, "std"], method, j))
+            points.append((i + offsets[j], 100 * st.loc[variant, "mean"], 100 * st.loc[variant, "std"],
+                           (method, variant), j))  # fmt: skip
     means = np.array([p[1] for p in points])
     low = set(collapsed(means))
-    for k, (x, mean, std, method, j) in enumerate(points):
+    for k, (x, mean, std, (method, variant), j) in enumerate(points):
         if k not in low:
             ax.errorbar(x, mean, yerr=std, fmt=ENSEMBLE_KINDS[j][2], color=method_color(method), markersize=6,
-                        capsize=2, label=f"{ENSEMBLE_KINDS[j][1]}: {variants[int(round(x))][1]}")  # fmt: skip
+                        capsize=2, label=f"{ENSEMBLE_KINDS[j][1]}: {variant}")  # fmt: skip
     below = sorted(low)
-    mark_below(ax, [points[k][0] for k in below], means[below], [method_color(points[k][3]) for k in below])
+    mark_below(ax, [points[k][0] for k in below], means[below], [method_color(points[k][3][0]) for k in below])
     for i in range(1, len(variants)):
         ax.axvline(i - 0.5, color="#dddddd", linewidth=0.8, zorder=0)
     ax.set_xlim(-0.5, len(variants) - 0.5)
@@ -524,7 +525,7 @@ def fronts(df: pd.DataFrame, title: str, metric: str = "metrics.final_acc", netw
     alike = {col: common_value([r[col][0] for r in rows]) for col, _, _ in axes_spec}
     kept = [a for a in axes_spec if alike[a[0]] is None] or axes_spec[:1]
     left_out = [f"{xlabel.split(' (')[0].split(',')[0]} {alike[col]:.3g} for every row"
-                for col, xlabel, _ in axes_spec if (col, xlabel, _) not in kept]  # fmt: skip
+                for col, xlabel, _ in (a for a in axes_spec if a not in kept)]  # fmt: skip
     axes_spec = kept
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.7 * len(axes_spec) + 1.0, 4.6), sharey=True, squeeze=False)
     axes = list(axes[0])
