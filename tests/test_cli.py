@@ -244,8 +244,8 @@ def test_the_slurm_script_without_a_command_prints_its_usage_and_changes_nothing
     assert p.returncode == 2 and "scripts/slurm_cluster.sh install" in p.stderr and p.stdout == ""
 
 
-def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypatch):
-    """Provenance counts files git does not track in the code folders (a new method), not run outputs."""
+def _repo(tmp_path, monkeypatch):
+    """A git checkout with one method file, as the checkout provenance reads, in a fresh process."""
     from wab.run import provenance as prov
 
     repo = tmp_path / "repo"
@@ -256,16 +256,35 @@ def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypa
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     monkeypatch.setattr(prov, "_REPO", repo)
-    prov.provenance.cache_clear()
-    try:
-        (repo / "results").mkdir()
-        (repo / "results" / "run.json").write_text("{}")
-        assert prov.provenance()["git_dirty"] is False  # run outputs do not count
-        prov.provenance.cache_clear()
-        (repo / "methods" / "halfmean.py").write_text("# a new method")
-        assert prov.provenance()["git_dirty"] is True
-    finally:
-        prov.provenance.cache_clear()
+    monkeypatch.setattr(prov, "_FIRST", None)
+    return prov, repo, git
+
+
+def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypatch):
+    """Provenance counts files git does not track in the code folders (a new method), not run outputs."""
+    prov, repo, _ = _repo(tmp_path, monkeypatch)
+    (repo / "results").mkdir()
+    (repo / "results" / "run.json").write_text("{}")
+    assert prov.provenance()["git_dirty"] is False  # run outputs do not count
+    (repo / "methods" / "halfmean.py").write_text("# a new method")
+    assert prov.provenance()["git_dirty"] is True
+
+
+def test_a_worker_whose_checkout_moves_on_records_the_new_commit_and_dirty(tmp_path, monkeypatch):
+    """A long-lived worker (the local pool's) reads the commit at each run, not once: its runs
+    after a new commit name that commit, and are dirty, as the modules it imported first are the
+    old commit's; a fresh process at the new commit is clean."""
+    prov, repo, git = _repo(tmp_path, monkeypatch)
+    first = prov.provenance()
+    assert first["git_dirty"] is False
+    (repo / "methods" / "a.py").write_text("# changed")
+    subprocess.run([*git, "commit", "-qam", "y"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    later = prov.provenance()
+    assert later["git_commit"] == head != first["git_commit"]
+    assert later["git_dirty"] is True
+    monkeypatch.setattr(prov, "_FIRST", None)  # a process started at the new commit
+    assert prov.provenance() == {**later, "git_dirty": False}
 
 
 @pytest.mark.slow

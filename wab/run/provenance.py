@@ -3,7 +3,6 @@ the tree had uncommitted changes (records written by different code must not be 
 
 from __future__ import annotations
 
-import functools
 import subprocess
 from pathlib import Path
 
@@ -21,12 +20,10 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=1)
-def provenance() -> dict[str, str | bool | None]:
-    """``{"wab_version", "git_commit", "git_dirty"}``; commit and dirty are None outside a git
-    checkout. Dirty means tracked files differ from the commit, or the code folders (``wab/``,
-    ``methods/``, ``configs/``, ``analysis/``) hold files git does not track and does not ignore
-    (a new method the commit has not got); run outputs are not tracked and do not count."""
+_FIRST: dict[str, str | bool | None] | None = None  # the checkout as this process first saw it
+
+
+def _checkout() -> dict[str, str | bool | None]:
     commit = _git("rev-parse", "HEAD")
     status = None
     if commit:
@@ -38,3 +35,23 @@ def provenance() -> dict[str, str | bool | None]:
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,
     }
+
+
+def provenance() -> dict[str, str | bool | None]:
+    """``{"wab_version", "git_commit", "git_dirty"}``; commit and dirty are None outside a git
+    checkout. Dirty means tracked files differ from the commit, or the code folders (``wab/``,
+    ``methods/``, ``configs/``, ``analysis/``) hold files git does not track and does not ignore
+    (a new method the commit has not got); run outputs are not tracked and do not count.
+
+    Read afresh on every call, as one worker process (the local pool's, a SLURM array task's)
+    trains run after run while the checkout may move on. Such a process runs the modules it
+    imported first beside ones it imports later (a method's, lazily), so once the checkout
+    differs from what it first saw (another commit, or uncommitted changes then), its runs are
+    recorded as dirty: they ran code of no single commit."""
+    global _FIRST
+    now = _checkout()
+    if _FIRST is None:
+        _FIRST = now
+    elif now["git_commit"] != _FIRST["git_commit"] or _FIRST["git_dirty"]:
+        now["git_dirty"] = True
+    return now
