@@ -10,8 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
-py="${PYTHON:-python3}"
-[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && py=.venv/bin/python
+source benchmarks/device_env.sh
 if [ "${1:-}" = "--wheels" ]; then
   rm -rf .whl && mkdir -p .whl
   # the versions installed here, so that the GPU machine runs what the tests ran against
@@ -23,13 +22,7 @@ fi
 [ $# -ge 1 ] && [ "${1:0:1}" != "-" ] || { usage; exit 2; }
 out="$1"; shift
 mkdir -p "$out"
-if ! $py -c 'import hydra, submitit, wab.methods' 2>/dev/null; then
-  [ -d .whl ] || { echo "device check: wab or hydra/submitit is not importable and there is no .whl/ (make it with --wheels)"; exit 2; }
-  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wab-site .whl/*.whl
-  export PYTHONPATH="/tmp/wab-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# the tree last (benchmarks/, tests/): wab itself comes from its install, where methods/ is wab.methods
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+device_env
 if [ "${1:-}" != "--smoke" ]; then
   $py -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_batched.py -m "not slow" 2>&1 | tee "$out/cuda_tests.txt"
 fi
