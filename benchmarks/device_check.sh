@@ -27,3 +27,5 @@ if [ "${1:-}" != "--smoke" ]; then
   $py -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_batched.py -m "not slow" 2>&1 | tee "$out/cuda_tests.txt"
 fi
 $py -m benchmarks.device_check "$out" "$@"
+# kept on the machine for the GPU slice's EPOCHS=auto (benchmarks/gpu_slice.sh), as OUT is emptied before each call
+if [ "${1:-}" != "--smoke" ]; then mkdir -p /tmp/wab-device-check && cp "$out/bench_gpu.csv" /tmp/wab-device-check/; fi

@@ -9,14 +9,17 @@
 #   bash benchmarks/gpu_slice.sh --pack                   # here: .slice_a .slice_b .slice_c (ignored)
 #   run, carry [.whl, .slice_a]:  bash benchmarks/device_check.sh $OUT
 #   run, carry [.slice_b]:        true
-#   run, carry [.slice_c]:        bash benchmarks/gpu_slice.sh $OUT EPOCHS
+#   run, carry [.slice_c]:        bash benchmarks/gpu_slice.sh $OUT auto
 #   bash benchmarks/gpu_slice.sh --unpack FILES_AT        # here: results/gpu_slice, to commit
 #   bash benchmarks/gpu_slice.sh OUT --smoke              # on CPU in about a minute (.ci/run runs it)
-# EPOCHS from the device check's bench_gpu.md (ResNet-18, N=4, batched, img/s population): the four
-# runs share the GPU, so 4 x 49,000 x EPOCHS images (the 2% held-out split aside) over that rate should be about 4 minutes.
+# The three calls go in one batch, back to back, so that the machine stays warm between them.
+# EPOCHS=auto takes the device check's ResNet-18 N=4 batched rate (R images/s for the population, at
+# batch 128; kept on the machine) and trains the epochs that fit 4 minutes with room to spare: the
+# four runs share the GPU, at half that rate each for batch 64 and evaluation, so
+# floor(0.5 x 240 s x R / (4 x 49,000 images)), at least 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 source benchmarks/device_env.sh
 PARTS=(".slice_a:data_batch_1 data_batch_2" ".slice_b:data_batch_3 data_batch_4" ".slice_c:data_batch_5 test_batch")
 
@@ -63,7 +66,8 @@ smoke=false epochs=""
 for a in "$@"; do
   case "$a" in
     --smoke) smoke=true ;;
-    *) [[ "$a" =~ ^[1-9][0-9]*$ ]] || { echo "gpu slice: EPOCHS must be a whole number >= 1, got $a" >&2; exit 2; }; epochs="$a" ;;
+    auto) epochs=auto ;;
+    *) [[ "$a" =~ ^[1-9][0-9]*$ ]] || { echo "gpu slice: EPOCHS must be auto or a whole number >= 1, got $a" >&2; exit 2; }; epochs="$a" ;;
   esac
 done
 device_env
@@ -76,6 +80,23 @@ if $smoke; then  # the same steps on CPU: packed from WAB_DATA, a small CNN on 2
   runs="$out/gpu_slice" epochs=1 deadline="${DEADLINE:-300}"
 else
   [ -n "$epochs" ] || { usage; exit 2; }
+  if [ "$epochs" = auto ]; then
+    bench="${WAB_BENCH_CSV:-/tmp/wab-device-check/bench_gpu.csv}"
+    epochs=$($py - "$bench" <<'EOF'
+import csv, math, sys
+try:
+    rows = list(csv.DictReader(open(sys.argv[1])))
+except OSError:
+    sys.exit(f"gpu slice: EPOCHS=auto needs the device check's {sys.argv[1]} on this machine: run the device check "
+             "first in this lease, or give EPOCHS")
+rate = [float(r["img/s population"]) for r in rows if (r["model"], r["N"], r["members"]) == ("resnet18", "4", "batched")]
+if not rate:
+    sys.exit(f"gpu slice: {sys.argv[1]} has no resnet18 N=4 batched row: give EPOCHS")
+print(max(1, math.floor(0.5 * 240 * rate[0] / (4 * 49_000))))
+EOF
+)
+    echo "gpu slice: EPOCHS=auto is $epochs, from $bench"
+  fi
   assemble . "$data"
   deadline="${DEADLINE:-330}"
 fi
