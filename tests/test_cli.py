@@ -261,11 +261,20 @@ def _repo(tmp_path, monkeypatch):
 
 
 def test_a_new_untracked_method_file_makes_the_checkout_dirty(tmp_path, monkeypatch):
-    """Provenance counts files git does not track in the code folders (a new method), not run outputs."""
-    prov, repo, _ = _repo(tmp_path, monkeypatch)
+    """Provenance counts files git does not track in the code folders (a new method), not run
+    outputs, not even a committed study's manifest that its resumed sweep rewrites."""
+    prov, repo, git = _repo(tmp_path, monkeypatch)
     (repo / "results").mkdir()
+    (repo / "results" / "manifest.json").write_text("{}")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "a study"], check=True)
+    (repo / "results" / "manifest.json").write_text('{"relaunched": true}')
     (repo / "results" / "run.json").write_text("{}")
     assert prov.provenance()["git_dirty"] is False  # run outputs do not count
+    (repo / "methods" / "a.py").write_text("# changed")
+    assert prov.provenance()["git_dirty"] is True
+    subprocess.run([*git, "checkout", "-q", "methods/a.py"], check=True)
+    monkeypatch.setattr(prov, "_FIRST", None)
     (repo / "methods" / "halfmean.py").write_text("# a new method")
     assert prov.provenance()["git_dirty"] is True
 

@@ -25,11 +25,7 @@ _FIRST: dict[str, str | bool | None] | None = None  # the checkout as this proce
 
 def _checkout() -> dict[str, str | bool | None]:
     commit = _git("rev-parse", "HEAD")
-    status = None
-    if commit:
-        tracked = _git("status", "--porcelain", "--untracked-files=no")
-        new = _git("status", "--porcelain", "--untracked-files=all", "--", *CODE)
-        status = None if tracked is None or new is None else tracked + new
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", *CODE) if commit else None
     return {
         "wab_version": wab.__version__,
         "git_commit": commit.strip() if commit else None,
@@ -39,9 +35,10 @@ def _checkout() -> dict[str, str | bool | None]:
 
 def provenance() -> dict[str, str | bool | None]:
     """``{"wab_version", "git_commit", "git_dirty"}``; commit and dirty are None outside a git
-    checkout. Dirty means tracked files differ from the commit, or the code folders (``wab/``,
-    ``methods/``, ``configs/``, ``analysis/``) hold files git does not track and does not ignore
-    (a new method the commit has not got); run outputs are not tracked and do not count.
+    checkout. Dirty means the code folders (``wab/``, ``methods/``, ``configs/``, ``analysis/``)
+    differ from the commit: a tracked file changed, or a file git does not track and does not
+    ignore (a new method the commit has not got). Files outside them do not count: run outputs,
+    also a committed study's (its manifest changes as its sweep resumes), and the docs.
 
     Read afresh on every call, as one worker process (the local pool's, a SLURM array task's)
     trains run after run while the checkout may move on. Such a process runs the modules it
