@@ -52,3 +52,52 @@ def test_evaluate_reports_every_metric_consistently():
     dist = (pop.params[0] - means).norm(dim=1).mean().item()
     assert abs(m["distance_to_mean"] - dist) < 1e-4
     assert not pop.ledger.ops  # evaluating is not communication
+
+
+def test_bn_recalibration_on_augmented_batches_equals_update_bn_on_those_batches():
+    """trainer.bn_recal=augmented: torch's update_bn fed the run's augmented training batches (a
+    loader's order and crop/flip from the same seed), the same batches at every recalibration, and
+    statistics that differ from the clean images'."""
+    import numpy as np
+
+    from wab.core.evaluate import BNRecalibration
+    from wab.parts.augment import Augment, Augmenter
+
+    data, norm, ev, pop = _setup()
+    augment = Augmenter(Augment(crop_padding=2, flip=True), norm)
+    recal = Evaluator(data, norm, batch_size=100, recal=BNRecalibration(augment, batch_size=32, seed=3))
+    model = pop.average_model()
+    ref, clean = copy.deepcopy(model), copy.deepcopy(model)
+    recal.recalibrate_bn(model)
+    rng = np.random.default_rng([3, 7_777])
+    order = torch.from_numpy(rng.permutation(len(data.train)))
+    loader = [augment(data.train.x[i], data.train.y[i], rng).x for i in order.split(32)]
+    update_bn([b for b in loader if len(b) > 1], ref)
+    for a, b in zip(model.buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    again = recal.recalibrate_bn(copy.deepcopy(model))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), again.buffers()))
+    ev.recalibrate_bn(clean)
+    mean = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    clean_mean = next(m for m in clean.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    assert (mean - clean_mean).abs().max() > 1e-3  # the padding and flips change the statistics
+
+
+def test_bn_recal_names_the_run_only_when_augmented_and_refuses_other_values():
+    import pytest
+
+    from wab.run.config import compose_config
+    from wab.run.lifecycle import plain_config
+    from wab.run.records import run_id
+    from wab.run.spec import RunSpec
+
+    def rid(*overrides):
+        return run_id(plain_config(compose_config(["trainer.threads=1", "device=cpu", *overrides])))
+
+    clean = rid()
+    cfg = plain_config(compose_config(["trainer.threads=1", "device=cpu"]))
+    del cfg["trainer"]["bn_recal"]  # a record from before the setting
+    assert run_id(cfg) == clean == rid("trainer.bn_recal=clean")
+    assert rid("trainer.bn_recal=augmented") != clean
+    with pytest.raises(ValueError, match="trainer.bn_recal='train' must be one of clean, augmented"):
+        RunSpec.from_config(compose_config(["trainer.bn_recal=train"]))

@@ -7,6 +7,7 @@ checks run. Imports the parts (data, augment, models, optim), the population and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 from wab.core.batched import BatchedMembers, batching_problem
 from wab.core.distributed import LocalComm
-from wab.core.evaluate import Evaluator
+from wab.core.evaluate import BNRecalibration, Evaluator
 from wab.core.ledger import CommLedger
 from wab.core.population import Population
 from wab.errors import UserError
@@ -139,7 +140,11 @@ def build_run(spec: RunSpec, group: LocalComm, dry: bool = False) -> BuiltRun:
     normalize = Normalizer(data.mean, data.std, device, population.channels_last)
     base = Augment.from_dict(cfg["data"].get("augment"))
     augment = [base.merged(e) for e in mine]
-    evaluator = Evaluator(data, normalize, spec.eval_batch_size)
+    recal = None
+    if cfg["trainer"].get("bn_recal", "clean") == "augmented":  # the run's augmentation, unmixed, in training batches
+        unmixed = Augmenter(dataclasses.replace(base, mixup_alpha=0.0, cutmix_alpha=0.0), normalize)
+        recal = BNRecalibration(unmixed, spec.batch_size, spec.seed)
+    evaluator = Evaluator(data, normalize, spec.eval_batch_size, recal)
     state = RunState(
         cfg=cfg, method_cfg=method.cfg, population=population, optimizer=optimizer, data=data, evaluator=evaluator,
         ledger=ledger, rng=torch.Generator().manual_seed(member_seed(spec.seed, 9_999)), epochs=spec.epochs,

@@ -43,6 +43,7 @@ HASHED_UNLESS_DEFAULT = {
     ("optim", "fused"): True,
     ("optim", "clip_norm"): 0.0,  # gradient clipping, added after runs without it had their ids
     ("trainer", "compile"): False,
+    ("trainer", "bn_recal"): "clean",  # recalibration on augmented batches, added after runs on clean images
 }
 
 

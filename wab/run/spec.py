@@ -20,6 +20,7 @@ from wab.parts.device import resolve_members
 from wab.run.loggers import RunLoggers, logger_problems
 
 # trainer keys that are counts, with their smallest allowed value
+BN_RECAL = ("clean", "augmented")  # trainer.bn_recal: the images BatchNorm is recalibrated on
 _COUNTS = (("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0), ("checkpoint_every", 1), ("lmc_points", 0))
 
 
@@ -84,6 +85,8 @@ class RunSpec:
             value = tcfg.get(key, low)
             if not isinstance(value, int) or value < low:
                 problems.append(f"trainer.{key}={value} must be an integer >= {low}")
+        if tcfg.get("bn_recal", "clean") not in BN_RECAL:
+            problems.append(f"trainer.bn_recal={tcfg.get('bn_recal')!r} must be one of {', '.join(BN_RECAL)}")
         if tcfg.get("lmc_points") == 1:
             problems.append("trainer.lmc_points=1: a path needs its two ends; use 0 (off) or >= 2")
         if not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
