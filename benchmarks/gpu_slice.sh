@@ -130,7 +130,7 @@ wab status "$runs" | tee "$out/gpu_slice_status.txt"
 echo "gpu slice: $(( $(date +%s) - start )) s, $epochs epochs" | tee -a "$out/gpu_slice_status.txt"
 if ls "$runs"/*/final.json >/dev/null 2>&1; then
   wab report "$runs" > /dev/null
-  sed -n '/^## /,/^$/p' "$runs/report/summary.md" | cut -c1-400  # the table, in the output's tail
+  awk '/^### /{exit} /^## |^\|/{print}' "$runs/report/summary.md" | cut -c1-400  # the first table, in the output's tail
 fi
 tar czf "$out/gpu_slice.tar.gz" --exclude='checkpoint*' --exclude=models --exclude='job.*' --exclude=.submitit \
   -C "$(dirname "$runs")" "$(basename "$runs")"
