@@ -146,6 +146,14 @@ def claim_lines(report: Report, claim: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _part_text(part: dict[str, Any]) -> str:
+    """One part of a study trained by seeds (``scripts/reference_study.sh --study SEEDS``)."""
+    seeds = "trained before the parts"
+    if part["seeds"]:
+        seeds = f"seed{'s' * (len(part['seeds']) > 1)} {', '.join(map(str, part['seeds']))}"
+    return f"{seeds}: {part['minutes']} minutes at {part['commit'][:12]}"
+
+
 def provenance_lines(report: Report, study: dict[str, Any] | None) -> list[str]:
     """Which commits trained the runs (from the records), whether any had uncommitted changes, and
     how long the study took (``study.json``, written by scripts/reference_study.sh)."""
@@ -164,6 +172,8 @@ def provenance_lines(report: Report, study: dict[str, Any] | None) -> list[str]:
     if study:
         line += (f"; the study took {study['minutes']} minutes on {study['machine']} "
                  f"(`scripts/reference_study.sh`, {study['workers']} runs at a time)")  # fmt: skip
+        if len(study.get("parts", [])) > 1:
+            line += f", in {len(study['parts'])} parts (" + "; ".join(map(_part_text, study["parts"])) + ")"
         for again in study.get("refreshes", []):
             line += f", then {again['minutes']} minutes to train {again['runs']} runs again at {again['commit'][:12]}"
     return [line + "."]

@@ -24,15 +24,22 @@ wab="${WAB:-.venv/bin/wab}"
 python="${PYTHON:-.venv/bin/python}"
 out=results/reference
 config=reference
+part=""  # --study SEEDS: the seeds of this part
 if [ "${1:-}" = "--study" ]; then
   out=results/study
   config=configs/sweep/study.yaml
   if [ -n "${2:-}" ]; then
+    part="$2"
     [[ "$2" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "--study SEEDS: seeds as 0,1,2, got $2" >&2; exit 2; }
     mkdir -p "$out"
-    config="$out/study_part.yaml"  # the same runs (a run's id is its config), fewer seeds
-    sed "s|^  seed: .*|  seed: [${2//,/, }]|" configs/sweep/study.yaml > "$config"
-    grep -q "^  seed: \[${2//,/, }\]" "$config" || { echo "configs/sweep/study.yaml has no seed line to set" >&2; exit 2; }
+    # the same runs (a run's id is its config) for the seeds of the parts trained so far and these: the
+    # finished ones are left alone, and the sweep's manifest keeps naming every run of the study
+    seeds=$(python3 -c 'import json, os, sys; p = sys.argv[1] + "/study.json"
+parts = json.load(open(p)).get("parts", []) if os.path.exists(p) else []
+print(", ".join(map(str, sorted({s for q in parts for s in q["seeds"] or []} | set(map(int, sys.argv[2].split(",")))))))' "$out" "$2")
+    config="$out/study_part.yaml"
+    sed "s|^  seed: .*|  seed: [$seeds]|" configs/sweep/study.yaml > "$config"
+    grep -q "^  seed: \[$seeds\]" "$config" || { echo "configs/sweep/study.yaml has no seed line to set" >&2; exit 2; }
   fi
 elif [ "${1:-}" = "--retrain" ]; then
   out="${2:?usage: reference_study.sh --retrain DIR}"
@@ -51,21 +58,31 @@ while "$wab" status "$out" | tail -1 | grep -qE "running|queued"; do  # until no
 done
 minutes=$(( ($(date +%s) - start) / 60 ))
 # a launch that trained everything writes the study's figures; one that trained some runs again (their
-# directories removed) adds a refresh to them; one that trained nothing keeps them
-"$python" - "$out" "$minutes" "$(grep -E "^sweep .*: [0-9]+ runs, " <<< "$launched" | tail -1)" <<'EOF'
+# directories removed) adds a refresh to them; a part (--study SEEDS) is added to the parts trained so
+# far, the study's minutes their sum; one that trained nothing keeps them
+"$python" - "$out" "$minutes" "$(grep -E "^sweep .*: [0-9]+ runs, " <<< "$launched" | tail -1)" "$part" <<'EOF'
 import json, os, platform, re, subprocess, sys
-out, minutes, summary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, minutes, summary, part = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 done, submitted = (int(re.search(p, summary).group(1)) for p in (r"(\d+) already finished", r"(\d+) submitted"))
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 path = os.path.join(out, "study.json")
-if submitted and not done or not os.path.exists(path):
-    study = {"minutes": minutes, "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "workers": 2,
-             "commit": commit}
-elif submitted:
+fresh = {"minutes": minutes, "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "workers": 2,
+         "commit": commit}
+if not submitted and os.path.exists(path):
+    sys.exit(0)
+if part:  # one part of a study trained by seeds: a study written before parts becomes its first part
+    study = json.load(open(path)) if os.path.exists(path) else dict(fresh, minutes=0)
+    if "parts" not in study:
+        study["parts"] = [{"seeds": None, "runs": None, "already_finished": 0, "minutes": study["minutes"],
+                           "commit": study["commit"]}] if study["minutes"] else []
+    study["parts"].append({"seeds": [int(s) for s in part.split(",")], "runs": submitted, "already_finished": done,
+                           "minutes": minutes, "commit": commit})
+    study["minutes"] = sum(p["minutes"] for p in study["parts"])
+elif submitted and not done or not os.path.exists(path):
+    study = fresh
+else:
     study = json.load(open(path))
     study.setdefault("refreshes", []).append({"runs": submitted, "minutes": minutes, "commit": commit})
-else:
-    sys.exit(0)
 open(path, "w").write(json.dumps(study, indent=1) + "\n")
 EOF
 versus=(--versus wash:papa --versus aswa:swa --versus twa:swa)

@@ -165,6 +165,21 @@ def test_provenance_counts_the_runs_of_each_commit_and_names_a_refresh(report, t
     assert "then 4 minutes to train 2 runs again at bbbbbbbbbbbb" in text
 
 
+def test_provenance_names_each_part_of_a_study_trained_by_seed(report, tmp_path):
+    copy = tmp_path / "results" / "report"
+    shutil.copytree(report, copy)
+    parts = [{"seeds": [0], "runs": 31, "already_finished": 0, "minutes": 124, "commit": "a" * 40},
+             {"seeds": [1, 2], "runs": 62, "already_finished": 31, "minutes": 250, "commit": "b" * 40}]  # fmt: skip
+    study = {"minutes": 374, "machine": "2 CPU cores", "workers": 2, "commit": "a" * 40, "parts": parts}
+    (copy.parent / "study.json").write_text(json.dumps(study))
+    text = claims_markdown(copy, CLAIMS[:1])
+    assert "the study took 374 minutes on 2 CPU cores" in text
+    assert "in 2 parts (seed 0: 124 minutes at aaaaaaaaaaaa; seeds 1, 2: 250 minutes at bbbbbbbbbbbb)" in text
+    study["parts"] = parts[:1]  # one part is the study itself: nothing to list
+    (copy.parent / "study.json").write_text(json.dumps(study))
+    assert " parts (" not in claims_markdown(copy, CLAIMS[:1])
+
+
 def test_a_claim_states_a_hypothesis_and_never_its_outcome(tmp_path):
     from wab.analysis.claims import load_claims
 
