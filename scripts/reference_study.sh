@@ -3,8 +3,9 @@
 # method at its authors' defaults with its controls, 10 seeds, Fashion-MNIST with a small MLP at 8
 # and 32 epochs and the CNN on 6,000 images, through `wab sweep --cluster local` (two runs at a
 # time on 2 CPU cores), then the report (paired verdicts, claims between methods, modelled network
-# time) and, for results/reference, the README's verdicts (scripts/study_verdicts.py). It records
-# how long it took, on what, at which commit (DIR/study.json) and says so at the end.
+# time) and, for results/reference and results/study, the README's verdicts
+# (scripts/study_verdicts.py). It records how long it took, on what, at which commit
+# (DIR/study.json) and says so at the end.
 #
 #   WAB_DATA=../shared/data bash scripts/reference_study.sh              # finish or refresh results/reference
 #   WAB_DATA=../shared/data bash scripts/reference_study.sh --retrain DIR
@@ -96,6 +97,7 @@ fi
 if [ "$out" = results/reference ]; then
   "$python" scripts/study_verdicts.py
 elif [ "$out" = results/study ]; then
+  "$python" scripts/study_verdicts.py --study study
   echo "results/study: commit it (git add results/study; checkpoints, models and logs are ignored)"
 else
   "$wab" compare results/reference "$out"

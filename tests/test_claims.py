@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from wab.analysis import plots, verdicts
-from wab.analysis.claims import END, START, claims_markdown, replace_block
+from wab.analysis.claims import END, START, claims_markdown, markers, replace_block
 from wab.analysis.report import write_report
 from wab.errors import UserError
 
@@ -131,12 +131,22 @@ def test_the_block_between_the_markers_is_replaced_and_nothing_else():
         replace_block("no markers", "new")
 
 
-def test_the_readmes_study_verdicts_are_what_the_committed_report_gives():
-    """The README's verdict section is the script's output from results/reference/report: a
-    number typed into it by hand, or a report regenerated without the README, fails here."""
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_verdicts.py"), "--check"], cwd=ROOT,
-                       capture_output=True, text=True)  # fmt: skip
+@pytest.mark.parametrize("study", ["reference", "study"])
+def test_the_readmes_study_verdicts_are_what_the_committed_report_gives(study):
+    """The README's verdict sections are the script's output from results/reference/report and
+    results/study/report: a number typed into one by hand, or a report regenerated without the
+    README, fails here."""
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_verdicts.py"), "--check", "--study", study],
+                       cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_each_studys_verdicts_replace_only_their_own_block():
+    reference, study = (f"{a}\nold\n{b}" for a, b in (markers("reference"), markers("study")))
+    text = replace_block(f"{reference}\n{study}\n", "new", "study")
+    assert text == f"{reference}\n{markers('study')[0]}\nnew\n{markers('study')[1]}\n"
+    with pytest.raises(UserError, match="lacks the markers '<!-- study-verdicts"):
+        replace_block(reference, "new", "study")
 
 
 def test_provenance_names_the_held_out_split_and_its_standard_error(report, tmp_path):
