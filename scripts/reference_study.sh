@@ -35,7 +35,7 @@ if [ "${1:-}" = "--study" ]; then
     mkdir -p "$out"
     # the same runs (a run's id is its config) for the seeds of the parts trained so far and these: the
     # finished ones are left alone, and the sweep's manifest keeps naming every run of the study
-    seeds=$(python3 -c 'import json, os, sys; p = sys.argv[1] + "/study.json"
+    seeds=$("$python" -c 'import json, os, sys; p = sys.argv[1] + "/study.json"
 parts = json.load(open(p)).get("parts", []) if os.path.exists(p) else []
 print(", ".join(map(str, sorted({s for q in parts for s in q["seeds"] or []} | set(map(int, sys.argv[2].split(",")))))))' "$out" "$2")
     config="$out/study_part.yaml"
