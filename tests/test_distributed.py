@@ -214,6 +214,21 @@ def test_the_measured_traffic_survives_a_resume_on_another_process_count(tmp_pat
     assert "train" not in measured["bytes"]  # this method sends nothing; no collective of the harness counts as its
 
 
+def test_the_process_group_wab_made_is_destroyed_before_the_interpreter_tears_down():
+    # left to the teardown, gloo's threads can abort a finished process (SIGABRT): the device
+    # check's distributed run once failed so in CI. atexit runs last-in first-out, so a hook
+    # registered before the group was made sees whether it is gone by then.
+    script = ("import atexit, torch.distributed as dist\n"
+              "atexit.register(lambda: print('at exit, initialized:', dist.is_initialized()))\n"
+              "from wab.core.distributed import init\n"
+              "init('cpu')\n"
+              "print('after init, initialized:', dist.is_initialized())\n")  # fmt: skip
+    env = {**ENV, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.splitlines() == ["after init, initialized: True", "at exit, initialized: False"], p.stdout
+
+
 def test_a_launch_that_cannot_work_is_refused_before_anything_is_made(tmp_path):
     train = ["-m", "wab.cli", "train", "data=digits", "device=cpu", "trainer.progress=false", f"out_dir={tmp_path}"]
     p = subprocess.run(_torchrun(2, *train, "population.size=4"), env=ENV, capture_output=True, text=True, timeout=300)

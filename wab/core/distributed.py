@@ -11,6 +11,7 @@ analytic ledger.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -193,7 +194,10 @@ def init(device: str, timeout_min: float = 5.0) -> LocalComm:
     """Join the process group that the launcher described in the environment (``torchrun``:
     RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; SLURM tasks through submitit), with gloo on CPU
     and NCCL on GPU, and return the communicator of this process. A collective that waits
-    longer than ``timeout_min`` (a process lost without a word) raises instead of hanging."""
+    longer than ``timeout_min`` (a process lost without a word) raises instead of hanging. A group
+    made here is destroyed when the process exits, while the interpreter is still whole: left to
+    the interpreter's teardown, gloo's threads can abort a finished process (SIGABRT, "terminate
+    called without an active exception", pytorch/pytorch#190489)."""
     if not dist.is_initialized():
         missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
@@ -207,4 +211,11 @@ def init(device: str, timeout_min: float = 5.0) -> LocalComm:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
+        atexit.register(_leave_group)
     return DistComm()
+
+
+def _leave_group() -> None:
+    """Destroy the process group :func:`init` made, unless the process already did."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
