@@ -336,7 +336,10 @@ def judge(entries: list[dict], margin: Margin) -> pd.DataFrame:
     untested for want of seeds or spread. An average against its ensemble or members (``_gated``)
     where the headroom is below the margin stays in the family (its p-values are adjusted with the
     rest, so that excluding it by its outcome cannot favour the others) and reads ``not tested
-    here`` unless it shows a difference beyond the margin, the one outcome such a table can show."""
+    here`` unless it shows a difference beyond the margin, the one outcome such a table can show.
+    So does an average against its row's own ensemble when that ensemble gains less than the
+    margin over the row's own members (``_own_room``: members kept together, as SPARTA's and
+    gossip's, leave their ensemble no room above their average, whatever the table's headroom)."""
     if not entries:
         return pd.DataFrame()
     seen: dict[Any, str] = {}
@@ -353,11 +356,13 @@ def judge(entries: list[dict], margin: Margin) -> pd.DataFrame:
         delta = margin.of(room)
         deltas.append(delta)
         results.append(stats.paired(e.pop("_x"), e.pop("_y"), delta if delta is not None else 1.0))
-        gated = e.pop("_gated", False)
+        gated, own = e.pop("_gated", False), e.pop("_own_room", None)
         if "_why" not in e and delta is None:
             e["_why"] = "not tested here (no margin: a relative margin needs a positive headroom)"
         elif "_why" not in e and gated and room is not None and room.ensemble.diff < delta:
             e["_no_room"] = f"not tested here (headroom {room.ensemble.diff:+.2f} < ±{delta:.2g})"
+        elif "_why" not in e and gated and own is not None and own.diff < delta:
+            e["_no_room"] = f"not tested here (its own ensemble − member {own.diff:+.2f} < ±{delta:.2g})"
     in_family = [("_why" not in e) and stats.untested(r) is None for e, r in zip(entries, results)]
     p_diff = stats.holm([r.p_diff if k else np.nan for r, k in zip(results, in_family)])
     p_equiv = stats.holm([r.p_equiv if k else np.nan for r, k in zip(results, in_family)])
@@ -455,7 +460,7 @@ def within_entries(rows: list[Row], metric: str, reference: str, rooms: Rooms | 
             continue
         entry = {"row": row.label, "baseline": f"its own {shown(reference)}", "metric": shown(metric),
                  "_x": x, "_y": y, "_room": rooms.of(row) if rooms else None,
-                 "_gated": reference in HEADROOM_GATED}  # fmt: skip
+                 "_gated": reference in HEADROOM_GATED, "_own_room": _own_headroom(row, reference)}  # fmt: skip
         stand_in = _final_model_metric(row) if metric == "metrics.final_acc" else None
         if why := _same_model(row, metric, reference):
             entry["_why"] = why
@@ -466,6 +471,14 @@ def within_entries(rows: list[Row], metric: str, reference: str, rooms: Rooms | 
             entry["_key"] = (metric, reference, _members_of(row, rows))
         entries.append(entry)
     return entries
+
+
+def _own_headroom(row: Row, reference: str) -> stats.Paired | None:
+    """The row's own ensemble minus its own mean member, when ``reference`` is that ensemble."""
+    if reference != "metrics.ensemble_acc":
+        return None
+    ens, member = _pair(row.values("metrics.ensemble_acc"), row.values("metrics.individual_mean"))
+    return stats.paired(ens, member, 1.0) if len(ens) else None  # only the difference is read
 
 
 def within_rows(rows: list[Row], metric: str, reference: str, margin: float | Margin) -> pd.DataFrame:
@@ -622,10 +635,12 @@ def caption(margin: Margin, families: list[str]) -> str:
         "within ±δ (real, but negligible); **equivalent (±δ)**: no difference is shown and TOST puts it within "
         "±δ; **inconclusive**: neither; **not tested here**: an average against its ensemble or its members where "
         "the table's headroom (the ensemble's gain over a member) is below δ, so that the comparison cannot tell a "
-        "method from taking one member; only a difference beyond δ is then reported (these comparisons stay in "
-        f"their family). Left out of their family, their reason as their verdict: no verdict below {stats.MIN_SEEDS} "
-        "shared seeds or when the difference is the same on every seed; comparisons identical by construction (the "
-        "same model, or the same members on both sides) and duplicates of a row above. "
+        "method from taking one member, and an average against its row's own ensemble where that ensemble gains "
+        "less than δ over the row's own members (members kept together); only a difference beyond δ is then "
+        "reported (these comparisons stay in their family). Left out of their family, their reason as their "
+        f"verdict: no verdict below {stats.MIN_SEEDS} shared seeds or when the difference is the same on every "
+        "seed; comparisons identical by construction (the same model, or the same members on both sides) and "
+        "duplicates of a row above. "
         "P(improvement) is rliable's probability that a run of the row beats a run of the other (0.5: no "
         "preference)."
     )

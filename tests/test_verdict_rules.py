@@ -94,6 +94,32 @@ def test_without_headroom_an_average_against_its_ensemble_is_not_tested_here():
     assert not rel.loc["wash", "verdict"].startswith("not tested")
 
 
+def test_an_average_against_an_ensemble_of_members_kept_together_is_not_tested_here():
+    """SPARTA, gossip: members kept in sync leave their own ensemble no room above their average, so
+    "the average matches its ensemble" is not tested for them even in a table with room to gain."""
+    rows = _table(0.02)  # the independent ensemble gains 2 points: the table is tested
+    members = _members(0.86, spread=0.0005)
+    mean = [float(np.mean(m)) for m in members]
+    ens = _noisy(mean, 0.001)  # its own ensemble gains 0.1 points over its members
+    rows.append(_row("sparta", "sparta", members, ens, _noisy(ens, 0.0, 0.0005)))
+    other = _members(0.86, spread=0.0005)
+    other_ens = _noisy([float(np.mean(m)) for m in other], 0.001)
+    rows.append(_row("collapsed", "sparta", other, other_ens, _noisy(other_ens, -0.05)))  # far beyond the margin
+    rooms = Rooms(rows, [])
+    assert rooms.of(rows[3]).ensemble.diff > 1.5
+    entries = verdicts.within_entries(rows, "metrics.avg_bn_acc", "metrics.ensemble_acc", rooms)
+    within = verdicts.judge(entries, Margin(0.5)).set_index("row")
+    own = 100 * (rows[3].values("metrics.ensemble_acc") - rows[3].values("metrics.individual_mean")).mean()
+    assert within.loc["sparta", "verdict"] == f"not tested here (its own ensemble − member {own:+.2f} < ±0.5)"
+    assert within.loc["sparta", "in family"]
+    assert within.loc["collapsed", "verdict"] == "worse"  # a collapse is shown whatever the room
+    assert within.loc["wash", "verdict"] == "equivalent (±0.5)"  # its own ensemble gains 2 points
+    # against its own members, the gate is the table's alone
+    entries = verdicts.within_entries(rows, "metrics.avg_bn_acc", "metrics.individual_mean", rooms)
+    members_verdict = verdicts.judge(entries, Margin(0.5)).set_index("row").loc["sparta", "verdict"]
+    assert not members_verdict.startswith("not tested")
+
+
 def test_identical_comparisons_and_duplicates_are_shown_and_left_out_of_the_family():
     rows = _table(0.02)
     entries = verdicts.baseline_entries(rows, parse_baseline(None), "metrics.individual_mean")
