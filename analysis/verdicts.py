@@ -477,8 +477,8 @@ def _own_headroom(row: Row, reference: str) -> stats.Paired | None:
     """The row's own ensemble minus its own mean member, when ``reference`` is that ensemble."""
     if reference != "metrics.ensemble_acc":
         return None
-    ens, member = _pair(row.values("metrics.ensemble_acc"), row.values("metrics.individual_mean"))
-    return stats.paired(ens, member, 1.0) if len(ens) else None  # only the difference is read
+    ens, member = row.values("metrics.ensemble_acc"), row.values("metrics.individual_mean")
+    return _points(ens, member) if len(_pair(ens, member)[0]) else None
 
 
 def within_rows(rows: list[Row], metric: str, reference: str, margin: float | Margin) -> pd.DataFrame:
